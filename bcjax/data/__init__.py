@@ -1,5 +1,6 @@
 """Datasets -> one canonical dynamic graph; versions, splits, targets, sampling."""
 
+from bcjax.data.datasets import load_dataset
 from bcjax.data.graph import AttributeKind, DataError, DynamicGraph, build_graph
 from bcjax.data.sampling import TripleSampler, numpy_rng
 from bcjax.data.splits import PAPER_TIMES, VersionSplit, make_splits

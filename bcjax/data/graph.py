@@ -162,8 +162,13 @@ def _attribute_kind(kind: str, item_ids: np.ndarray,
   """Builds one kind's CSR, keeping values that occur on >= min_count items."""
   per_item = []
   for raw in item_ids:
+    values = values_of.get(raw, ())
+    if isinstance(values, (str, bytes)):
+      # A bare string would be iterated character by character.
+      raise DataError(f"attribute kind {kind!r}: item {raw!r} has the string "
+                      f"{values!r}; give a list of values, e.g. [{values!r}]")
     # An item counts once per value; keep first-occurrence order.
-    per_item.append(list(dict.fromkeys(values_of.get(raw, ()))))
+    per_item.append(list(dict.fromkeys(values)))
   counts: dict[str, int] = {}
   for values in per_item:
     for value in values:
@@ -209,7 +214,8 @@ def build_graph(name: str,
 
   Raises:
     DataError: empty input, arrays of different lengths, negative ids,
-      non-numeric or non-finite ratings or timestamps, out-of-range ratings.
+      non-numeric or non-finite ratings or timestamps, out-of-range ratings,
+      an item's attribute values given as one bare string.
   """
   user_ids, item_ids = np.asarray(user_ids), np.asarray(item_ids)
   ratings, timestamps = np.asarray(ratings), np.asarray(timestamps)

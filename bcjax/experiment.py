@@ -1,0 +1,378 @@
+"""One run: every version of every strategy, and the run directory it leaves.
+
+Run layout (`workdir`):
+
+  config.json, user_ids.npy, item_ids.npy     the run's configuration, raw ids
+  <strategy>/v<k>/variables.msgpack           M_k (params and batch statistics)
+                  users.npy, items.npy        E_k(M_k), running statistics,
+                                              [U1, d_k] and [I1, d_k]
+                  transform.npy               W_k [d_k, d_{k-1}] (k >= 1)
+                  bc_users.npy, bc_items.npy  the BC embedding of SPEC 6, in
+                                              version 0's space
+                  metrics.json                written last: marks v<k> complete
+
+Version 0 is shared: every strategy's v0 is nobc's (same key, same training).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bcjax import io, metrics, transforms
+from bcjax.data import DynamicGraph, TripleSampler, VersionSplit, make_splits
+from bcjax.models.pinsage import GraphInputs, PinSage, make_graph_inputs
+from bcjax.strategies import Strategy, get as get_strategy
+from bcjax.training import (AlignmentInputs, Objective, TrainState, embed,
+                            init_state, train_version)
+
+NOBC = "nobc"
+_PAD = 64
+
+
+def _round_up(n: int, multiple: int = _PAD) -> int:
+  return max(multiple, -(-n // multiple) * multiple)
+
+
+@dataclasses.dataclass
+class VersionData:
+  """Everything version k's training reads, built once per run."""
+  split: VersionSplit
+  inputs: GraphInputs
+  sampler: TripleSampler
+  recall: metrics.RecallInputs
+
+
+@dataclasses.dataclass
+class Artifacts:
+  """One completed (strategy, version)."""
+  variables: Any
+  transform: np.ndarray | None
+  users: np.ndarray
+  items: np.ndarray
+  metrics: dict
+
+
+class Experiment:
+  """Trains strategies version by version into `workdir`, resumably."""
+
+  def __init__(self, graph: DynamicGraph, config, workdir: str | os.PathLike):
+    self.graph, self.config = graph, config
+    self.workdir = Path(workdir)
+    self.splits = make_splits(graph, config.times)
+    if len(config.dims) != len(self.splits) or len(config.layers) != len(self.splits):
+      raise ValueError(f"config: {len(self.splits)} versions but dims "
+                       f"{tuple(config.dims)} and layers {tuple(config.layers)}")
+    self.vocab_sizes = tuple(a.num_values for a in graph.attributes.values())
+    last = self.splits[-1]
+    self.num_users_pad = _round_up(max(s.num_users for s in self.splits))
+    self.num_items_pad = _round_up(max(s.num_items for s in self.splits))
+    self.num_edges_pad = _round_up(2 * max(s.num_train for s in self.splits), 1024)
+    self.attribute_nnz_pad = {
+        name: _round_up(int(kind.offsets[last.num_items]))
+        for name, kind in last.attributes.items()}
+    self.root_key = jax.random.key(config.seed)
+    self._data: dict[int, VersionData] = {}
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    io.save_npy(self.workdir / "user_ids.npy", graph.user_ids)
+    io.save_npy(self.workdir / "item_ids.npy", graph.item_ids)
+    io.save_json(self.workdir / "config.json",
+                 {"dataset": graph.name, **config.to_dict()})
+
+  @property
+  def num_versions(self) -> int:
+    return len(self.splits)
+
+  # Data and models.
+
+  def data(self, k: int) -> VersionData:
+    if k not in self._data:
+      split = self.splits[k]
+      if split.num_val == 0:
+        raise ValueError(f"version {k}: no validation interactions in "
+                         f"({split.time_train}, {split.time_val}]")
+      inputs = make_graph_inputs(
+          split.train_user, split.train_item, split.num_users, split.num_items,
+          split.attributes, self.num_users_pad, self.num_items_pad,
+          num_edges_pad=self.num_edges_pad,
+          attribute_nnz_pad=self.attribute_nnz_pad,
+          layout=self.config.layout or None)
+      self._data[k] = VersionData(
+          split, inputs,
+          TripleSampler(split.train_user, split.train_item, split.num_users,
+                        split.num_items),
+          metrics.prepare_recall_inputs(
+              split.train_user, split.train_item, split.val_user,
+              split.val_item, split.num_items,
+              batch_users=self.config.recall_batch_users))
+    return self._data[k]
+
+  def model(self, k: int, strategy: str | None = None) -> PinSage:
+    """Version k's model; fix-m0 and finetune-m0 keep version 0's (d, L)."""
+    if strategy and get_strategy(strategy).model in ("fixed", "finetune"):
+      k = 0
+    return PinSage(self.config.dims[k], self.config.layers[k], self.vocab_sizes)
+
+  def embeddings(self, model: PinSage, variables, k: int) -> jax.Array:
+    """`[num_nodes_pad, d]` embeddings of `model` on version k's graph."""
+    return embed(model, variables["params"], variables["batch_stats"],
+                 self.data(k).inputs)
+
+  def real_rows(self, z, k: int) -> tuple[np.ndarray, np.ndarray]:
+    split = self.splits[k]
+    z = np.asarray(z)
+    return (z[:split.num_users],
+            z[self.num_users_pad:self.num_users_pad + split.num_items])
+
+  def recall(self, z: jax.Array, k: int) -> dict[str, float]:
+    result = metrics.recall_at_k(z[:self.num_users_pad],
+                                 z[self.num_users_pad:], self.data(k).recall)
+    return {f"recall@{K}": v for K, v in result.items()}
+
+  # Run directory.
+
+  def version_dir(self, strategy: str, k: int) -> Path:
+    return self.workdir / strategy / f"v{k}"
+
+  def complete(self, strategy: str, k: int) -> bool:
+    return (self.version_dir(strategy, k) / "metrics.json").exists()
+
+  def load(self, strategy: str, k: int) -> Artifacts:
+    path = self.version_dir(strategy, k)
+    model = self.model(k, strategy)
+    template = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), self.data(k).inputs, train=False))
+    variables = flax.serialization.from_bytes(
+        template, (path / "variables.msgpack").read_bytes())
+    transform = (io.load_npy(path / "transform.npy") if k else None)
+    return Artifacts(variables, transform, io.load_npy(path / "users.npy"),
+                     io.load_npy(path / "items.npy"),
+                     json.loads((path / "metrics.json").read_text()))
+
+  def chain(self, strategy: str, k: int, latest: np.ndarray | None = None
+            ) -> list[np.ndarray]:
+    """W_1..W_k of a strategy; `latest` stands in for W_k if given."""
+    ws = [self.load(strategy, j).transform for j in range(1, k)]
+    return ws + ([latest] if latest is not None else
+                 [self.load(strategy, k).transform] if k else [])
+
+  def save(self, strategy: str, k: int, variables, z: jax.Array,
+           transform: np.ndarray | None, record: dict) -> None:
+    """Writes one version's artifacts; metrics.json last."""
+    path = self.version_dir(strategy, k)
+    path.mkdir(parents=True, exist_ok=True)
+    users, items = self.real_rows(z, k)
+    io.save_bytes(path / "variables.msgpack",
+                  flax.serialization.to_bytes(jax.device_get(variables)))
+    io.save_npy(path / "users.npy", users)
+    io.save_npy(path / "items.npy", items)
+    to_v0 = np.eye(users.shape[1], dtype=np.float32)
+    if k:
+      io.save_npy(path / "transform.npy", transform)
+      to_v0 = transforms.chain_matrix(self.chain(strategy, k, latest=transform),
+                                      k, 0)
+    io.save_npy(path / "bc_users.npy", users @ to_v0)
+    io.save_npy(path / "bc_items.npy", items @ to_v0)
+    model = self.model(k, strategy)
+    io.save_json(path / "metrics.json", {
+        "strategy": strategy, "version": k, "dim": model.dim,
+        "layers": model.num_layers, **record})
+
+  # Training.
+
+  def key(self, k: int) -> jax.Array:
+    """Version k's key; shared by strategies so they see the same triples."""
+    return jax.random.fold_in(self.root_key, k)
+
+  def run(self, strategy: str, versions=None) -> None:
+    """Trains the given versions (default all) of a strategy, skipping those
+    whose artifacts are complete."""
+    versions = range(self.num_versions) if versions is None else versions
+    for k in versions:
+      if not self.complete(strategy, k):
+        self._run_version(get_strategy(strategy), k)
+
+  def _run_version(self, strategy: Strategy, k: int) -> None:
+    for j in range(k):  # Earlier versions are inputs of this one.
+      if not self.complete(strategy.name, j):
+        self._run_version(strategy, j)
+    if strategy.base and not self.complete(strategy.base, k):
+      self.run(strategy.base, range(k + 1))
+    if k == 0:
+      if strategy.name != NOBC:
+        self.run(NOBC, [0])
+        shutil.copytree(self.version_dir(NOBC, 0),
+                        self.version_dir(strategy.name, 0), dirs_exist_ok=True)
+        return
+      return self._train_model(strategy.name, k, Objective(), init=None,
+                               epochs=self.config.epochs, select_after=0)
+    if strategy.model == "fixed":
+      return self._apply_fixed(strategy.name, k)
+    if strategy.model == "finetune":
+      previous = self.load(strategy.name, k - 1).variables
+      return self._train_model(strategy.name, k, Objective(), init=previous,
+                               epochs=self.config.finetune_epochs,
+                               select_after=0, backward="identity")
+    if strategy.model == "scratch":
+      return self._train_model(
+          strategy.name, k, strategy.objective, init=None, epochs=self.config.epochs,
+          select_after=self.config.min_select_epoch if strategy.selects_late else 0,
+          backward=strategy.backward)
+    return self._fit_transform(strategy, k)
+
+  def _objective(self, objective: Objective) -> Objective:
+    """The strategy's objective with the run's lambda and regularisation."""
+    return dataclasses.replace(objective, lam=self.config.lam,
+                               reg=self.config.weight_decay)
+
+  def _alignment_target(self, strategy: str, k: int) -> jax.Array:
+    """E_k(M_{k-1}): the previous best model on the current graph."""
+    return self.embeddings(self.model(k - 1, strategy),
+                           self.load(strategy, k - 1).variables, k)
+
+  def _earlier(self, strategy: str, k: int) -> tuple[jax.Array, ...]:
+    """(W_{k-1}, ..., W_1) for the multi-step loss."""
+    return tuple(jnp.asarray(w) for w in reversed(self.chain(strategy, k - 1)))
+
+  def _train_model(self, name: str, k: int, objective: Objective, init,
+                   epochs: int, select_after: int,
+                   backward: str = "prefix") -> None:
+    config, data, model = self.config, self.data(k), self.model(k, name)
+    objective = self._objective(objective)
+    align = AlignmentInputs()
+    d_prev = config.dims[k - 1] if k else None
+    if objective.aligns:
+      align = AlignmentInputs(target=self._alignment_target(name, k),
+                              earlier=self._earlier(name, k)
+                              if objective.multi_step else ())
+    state = init_state(model, data.inputs, objective,
+                       jax.random.fold_in(self.key(k), 1), d_prev, config.lr,
+                       model_variables=init)
+
+    def evaluate(state: TrainState) -> dict:
+      z = embed(model, state.params["model"], state.batch_stats, data.inputs)
+      return self.recall(z, k)
+
+    best, history = train_version(
+        model, data.inputs, data.sampler, objective, state, align, evaluate,
+        "recall@50", self.key(k), epochs=epochs, eval_every=config.eval_every,
+        min_select_epoch=select_after, batch_size=config.batch_size,
+        lr=config.lr, label=f"{name} v{k}")
+    variables = {"params": best.state.params["model"],
+                 "batch_stats": best.state.batch_stats}
+    z = self.embeddings(model, variables, k)
+    transform = None
+    if k:
+      transform = self._backward_matrix(backward, best.state.params, k)
+    self.save(name, k, variables, z, transform,
+              {"best": best.metrics, "best_epoch": best.epoch,
+               "history": history})
+
+  def _backward_matrix(self, kind: str, params, k: int) -> np.ndarray:
+    if kind == "identity":
+      d = self.config.dims[0]
+      return np.eye(d, dtype=np.float32)
+    d_in, d_out = self.config.dims[k], self.config.dims[k - 1]
+    if kind == "linear":
+      return np.asarray(transforms.linear().matrix(params["transform"], d_in, d_out))
+    return np.eye(d_in, d_out, dtype=np.float32)
+
+  def _apply_fixed(self, name: str, k: int) -> None:
+    """fix-m0: M_0 on version k's graph; its d must equal every version's."""
+    variables = self.load(name, 0).variables
+    z = self.embeddings(self.model(0), variables, k)
+    recall = self.recall(z, k)
+    self.save(name, k, variables, z, np.eye(z.shape[1], dtype=np.float32),
+              {"best": recall, "best_epoch": 0, "history": []})
+
+  def _fit_transform(self, strategy: Strategy, k: int) -> None:
+    """Post-hoc: B_k on top of nobc's M_k, by gradient or in closed form."""
+    base_k = self.load(NOBC, k)
+    model = self.model(k)
+    z = self.embeddings(model, base_k.variables, k)
+    target = self._alignment_target(NOBC, k)
+    real = self.data(k).inputs.node_mask
+    if strategy.model == "closed":
+      x, y = np.asarray(z)[np.asarray(real)], np.asarray(target)[np.asarray(real)]
+      transform = transforms.fit(strategy.fit, x, y)
+      record = {"alignment_mse": _mse(z, target, transform, self, k)}
+    else:
+      transform, record = self._train_posthoc(strategy, k, z, target)
+    self.save(strategy.name, k, base_k.variables, z, transform,
+              {"best": base_k.metrics["best"], "best_epoch": base_k.metrics["best_epoch"],
+               "history": base_k.metrics["history"], **record})
+
+  def _train_posthoc(self, strategy: Strategy, k: int, z, target):
+    config, data, model = self.config, self.data(k), self.model(k)
+    objective = self._objective(strategy.objective)
+    align = AlignmentInputs(target=target, embeddings=z,
+                            earlier=self._earlier(strategy.name, k)
+                            if objective.multi_step else ())
+    state = init_state(model, data.inputs, objective,
+                       jax.random.fold_in(self.key(k), 2), config.dims[k - 1],
+                       config.lr,
+                       model_variables=self.load(NOBC, k).variables)
+
+    def evaluate(state: TrainState) -> dict:
+      w = transforms.linear().matrix(state.params["transform"],
+                                     config.dims[k], config.dims[k - 1])
+      return {"mse": _mse(z, target, w, self, k)}
+
+    best, history = train_version(
+        model, data.inputs, data.sampler, objective, state, align, evaluate,
+        "mse", self.key(k), epochs=config.posthoc_epochs, eval_every=1,
+        min_select_epoch=config.min_select_epoch, batch_size=config.batch_size,
+        lr=config.lr, label=f"{strategy.name} v{k}", lower_is_better=True)
+    transform = self._backward_matrix("linear", best.state.params, k)
+    return transform, {"alignment_mse": best.metrics["mse"],
+                       "alignment_epoch": best.epoch,
+                       "alignment_history": history}
+
+
+def _mse(z, target, w, experiment: Experiment, k: int) -> float:
+  """Mean of the user MSE and the item MSE of z @ w against the target."""
+  users, items = experiment.real_rows(np.asarray(z) @ np.asarray(w), k)
+  t_users, t_items = experiment.real_rows(target, k)
+  return float((np.mean((users - t_users) ** 2)
+                + np.mean((items - t_items) ** 2)) / 2)
+
+
+def check_config(config) -> list[int]:
+  """Validates a run configuration before any work; returns the versions.
+
+  Raises:
+    ValueError: naming the first bad field.
+  """
+  num_versions = len(config.times) - 1
+  for field in ("dims", "layers"):
+    if len(config[field]) != num_versions:
+      raise ValueError(f"config.{field} has {len(config[field])} entries for "
+                       f"{num_versions} versions (config.times)")
+  for field in ("batch_size", "epochs", "eval_every", "finetune_epochs",
+                "posthoc_epochs", "recall_batch_users"):
+    if int(config[field]) < 1:
+      raise ValueError(f"config.{field} must be positive, got {config[field]}")
+  if any(int(d) < 1 for d in config.dims) or any(int(l) < 1 for l in config.layers):
+    raise ValueError(f"config.dims and config.layers must be positive")
+  if config.versions == "all":
+    return list(range(num_versions))
+  try:
+    versions = sorted({int(v) for v in str(config.versions).split(",")})
+  except ValueError:
+    raise ValueError(f"config.versions={config.versions!r}: expected 'all' or "
+                     "comma-separated integers") from None
+  bad = [v for v in versions if not 0 <= v < num_versions]
+  if bad:
+    raise ValueError(f"config.versions: version {bad[0]} is out of range "
+                     f"0..{num_versions - 1}")
+  return versions

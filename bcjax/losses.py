@@ -1,0 +1,131 @@
+"""Intended-task and alignment losses (SPEC 5 and 6).
+
+Every loss works on a fixed-size batch of B rows (users, positives, negatives)
+with an optional `mask [B]` marking the real rows. Padding rows are zeroed
+before anything is computed, so whatever they hold changes nothing: the loss
+ignores them and its gradient with respect to them is zero. Every denominator
+counts real rows only; a batch without real rows gives a loss of zero.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+Rows = tuple[jax.Array, jax.Array, jax.Array]
+
+
+def _real_rows(mask: jax.Array | None, num_rows: int) -> tuple[jax.Array,
+                                                                jax.Array]:
+  """The boolean row mask `[B]` and the number of real rows (at least 1)."""
+  if mask is None:
+    keep = jnp.ones((num_rows,), bool)
+  else:
+    keep = jnp.asarray(mask).astype(bool)
+  count = jnp.maximum(jnp.sum(keep, dtype=jnp.float32), 1.0)
+  return keep, count
+
+
+def _zero_padding(x: jax.Array, keep: jax.Array) -> jax.Array:
+  """`x [B, d]` with the rows where `keep [B]` is False set to zero."""
+  return jnp.where(keep[:, None], x, jnp.zeros_like(x))
+
+
+def bpr_loss(z_user: jax.Array, z_pos: jax.Array, z_neg: jax.Array,
+             mask: jax.Array | None = None, reg: float = 0.01) -> jax.Array:
+  """BPR loss with L2 regularisation of the batch embeddings (SPEC 5).
+
+  loss = mean_b softplus(<z_u, z_neg> - <z_u, z_pos>)
+       + reg * (||z_u||_F^2 + ||z_pos||_F^2 + ||z_neg||_F^2) / (2 * n),
+  with the mean, the Frobenius norms and n over the real rows.
+
+  Args:
+    z_user: `[B, d]` user embeddings.
+    z_pos: `[B, d]` embeddings of the positive items.
+    z_neg: `[B, d]` embeddings of the negative items.
+    mask: optional `[B]` bool or 0/1 float, True on real rows; None means all.
+    reg: weight of the regularisation term.
+
+  Returns:
+    The scalar loss.
+  """
+  keep, count = _real_rows(mask, z_user.shape[0])
+  z_user, z_pos, z_neg = (
+      _zero_padding(z, keep) for z in (z_user, z_pos, z_neg))
+  margin = jnp.sum(z_user * z_neg, -1) - jnp.sum(z_user * z_pos, -1)
+  ranking = jnp.sum(jnp.where(keep, jax.nn.softplus(margin), 0.0)) / count
+  squares = jnp.sum(z_user**2) + jnp.sum(z_pos**2) + jnp.sum(z_neg**2)
+  return ranking + reg * squares / (2.0 * count)
+
+
+def alignment(diff_rows: Rows, mask: jax.Array | None = None) -> jax.Array:
+  """A(x) of SPEC 6: the summed mean squares of the three row groups.
+
+  A(x) = mean(x_u^2) + mean(x_{i+}^2) + mean(x_{i-}^2), each mean over the
+  real rows and all dimensions.
+
+  Args:
+    diff_rows: `(x_u, x_pos, x_neg)`, each `[B, d]`.
+    mask: optional `[B]` bool or 0/1 float, True on real rows; None means all.
+
+  Returns:
+    The scalar A(x).
+  """
+  keep, count = _real_rows(mask, diff_rows[0].shape[0])
+  return sum(
+      jnp.sum(_zero_padding(x, keep)**2) / (count * x.shape[-1])
+      for x in diff_rows)
+
+
+def single_step_alignment(target_rows: Rows, predicted_rows: Rows,
+                          mask: jax.Array | None = None) -> jax.Array:
+  """Single-step alignment loss A(target - predicted) (SPEC 6).
+
+  Args:
+    target_rows: `(users, positives, negatives)`, each `[B, d_{k-1}]`: the
+      previous model's embeddings E_k(M_{k-1}) of the batch rows.
+    predicted_rows: the same three groups, each `[B, d_{k-1}]`: the new
+      embeddings mapped to version k-1 (B_k z_k, or the first d_{k-1} dims).
+    mask: optional `[B]` bool or 0/1 float, True on real rows; None means all.
+
+  Returns:
+    The scalar loss.
+  """
+  return alignment(tuple(t - p for t, p in zip(target_rows, predicted_rows)),
+                   mask)
+
+
+def multi_step_alignment(target_rows: Rows, predicted_rows: Rows,
+                         earlier: Sequence[jax.Array],
+                         mask: jax.Array | None = None) -> jax.Array:
+  """Multi-step alignment loss (SPEC 6): the error in every older space.
+
+  With D = target - predicted (in version k-1's space) and
+  `earlier = [W_{k-1}, W_{k-2}, ..., W_1]`,
+
+    loss = (1/k) * [A(D) + A(D @ W_{k-1}) + A(D @ W_{k-1} @ W_{k-2}) + ...
+                    + A(D @ W_{k-1} @ ... @ W_1)],   k = 1 + len(earlier).
+
+  The earlier transformations are frozen: no gradient reaches them. With
+  `earlier` empty this is `single_step_alignment`.
+
+  Args:
+    target_rows: `(users, positives, negatives)`, each `[B, d_{k-1}]`.
+    predicted_rows: the same three groups, each `[B, d_{k-1}]`.
+    earlier: the previous backward matrices, *newest first*: W_{k-1}
+      `[d_{k-1}, d_{k-2}]`, then W_{k-2} `[d_{k-2}, d_{k-3}]`, ..., down to
+      W_1 `[d_1, d_0]`; the order in which the chain applies them to D.
+    mask: optional `[B]` bool or 0/1 float, True on real rows; None means all.
+
+  Returns:
+    The scalar loss.
+  """
+  diff = tuple(t - p for t, p in zip(target_rows, predicted_rows))
+  total = alignment(diff, mask)
+  for matrix in earlier:
+    frozen = jax.lax.stop_gradient(matrix)
+    diff = tuple(x @ frozen for x in diff)
+    total = total + alignment(diff, mask)
+  return total / (1 + len(earlier))

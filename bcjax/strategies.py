@@ -1,0 +1,87 @@
+"""The paper's eight strategies and two closed-form baselines, as descriptions.
+
+A strategy says, for versions k >= 1, how the model M_k is obtained and how
+B_k is learned; version 0 is the same for all (trained from scratch on the
+intended task). The mechanics live in `bcjax.experiment` and
+`bcjax.training`; nothing here runs a loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from bcjax.training import Objective
+
+# How M_k (k >= 1) is obtained:
+#   fixed     - M_0 itself, applied to graph k (fix-m0);
+#   finetune  - the previous best model trained further (same d, L);
+#   scratch   - a fresh model trained on version k (with `objective`);
+#   posthoc   - nobc's M_k; B_k trained alone afterwards (with `objective`);
+#   closed    - nobc's M_k; B_k fitted in closed form (`fit`).
+Model = Literal["fixed", "finetune", "scratch", "posthoc", "closed"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+  """How one strategy trains versions k >= 1.
+
+  Attributes:
+    name: the SPEC 6 name.
+    model: how M_k is obtained (see `Model`).
+    objective: what version k's training optimises.
+    backward: the backward transformation each version records, "linear"
+      (learned), "prefix" (the first d_{k-1} dims) or "identity".
+    fit: for `closed`, "lstsq" or "procrustes".
+    selects_late: the model (or B_k) is selected only from
+      `config.min_select_epoch` on.
+  """
+  name: str
+  model: Model
+  objective: Objective = Objective()
+  backward: Literal["linear", "prefix", "identity"] = "prefix"
+  fit: str | None = None
+  selects_late: bool = False
+
+  @property
+  def base(self) -> str | None:
+    """The strategy whose models this one reuses (post-hoc methods)."""
+    return "nobc" if self.model in ("posthoc", "closed") else None
+
+
+def _posthoc(name, multi_step):
+  return Strategy(name, "posthoc",
+                  Objective(train_model=False, transform="linear",
+                            multi_step=multi_step),
+                  backward="linear", selects_late=True)
+
+
+def _joint(name, transform, multi_step):
+  return Strategy(name, "scratch",
+                  Objective(transform=transform, multi_step=multi_step),
+                  backward="linear" if transform == "linear" else "prefix",
+                  selects_late=True)
+
+
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
+    Strategy("fix-m0", "fixed", backward="identity"),
+    Strategy("finetune-m0", "finetune", backward="identity"),
+    Strategy("nobc", "scratch"),
+    _posthoc("posthoc-lin-sloss", multi_step=False),
+    _posthoc("posthoc-lin-mloss", multi_step=True),
+    _joint("joint-notrans-sloss", "notrans", multi_step=False),
+    _joint("joint-lin-sloss", "linear", multi_step=False),
+    _joint("joint-lin-mloss", "linear", multi_step=True),
+    Strategy("posthoc-lstsq", "closed", backward="linear", fit="lstsq"),
+    Strategy("posthoc-procrustes", "closed", backward="linear",
+             fit="procrustes"),
+)}
+BC_ALIGNER = "joint-lin-mloss"
+
+
+def get(name: str) -> Strategy:
+  """The strategy called `name`; ValueError lists the known names."""
+  if name not in STRATEGIES:
+    raise ValueError(f"unknown strategy {name!r}; known: "
+                     f"{', '.join(STRATEGIES)}")
+  return STRATEGIES[name]

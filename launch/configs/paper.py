@@ -1,0 +1,28 @@
+"""The paper's settings, exactly as SPEC 4-6 state them (for an accelerator)."""
+
+import ml_collections
+
+from bcjax.data import PAPER_TIMES
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.preset = "paper"
+  config.dataset = "ml100k"
+  config.times = PAPER_TIMES
+  config.dims = (256, 320, 384, 448, 512)
+  config.layers = (2, 2, 3, 3, 3)
+  config.epochs = 500            # from-scratch training of every version
+  config.finetune_epochs = 250   # finetune-m0, versions >= 1
+  config.posthoc_epochs = 200    # post-hoc B_k training
+  config.eval_every = 10
+  config.min_select_epoch = 50   # joint and post-hoc selection starts here
+  config.batch_size = 2048
+  config.lr = 1e-3
+  config.weight_decay = 0.01     # the BPR regularisation coefficient
+  config.lam = 16.0              # weight of the alignment term
+  config.seed = 0
+  config.versions = "all"        # or e.g. "0" / "0,1,2"
+  config.layout = ""             # aggregation layout; "" chooses by size
+  config.recall_batch_users = 256
+  return config

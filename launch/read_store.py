@@ -1,0 +1,50 @@
+"""Reads one version of an embedding store.
+
+  python -m launch.read_store --store=STORE --version=J --out=FILE.npz
+  python -m launch.read_store --store=STORE --version=J --ids=u1,u2
+
+The first form writes arrays `users` and `items` (every stored row, in version
+J's space) atomically; the second prints the rows of the given user ids (and
+`--item_ids`) as text, one per line: kind, id, then the values. A bad request
+exits with code 2 and a one-line message.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+
+from bcjax import store as store_lib
+
+_STORE = flags.DEFINE_string("store", None, "Embedding store directory.",
+                             required=True)
+_VERSION = flags.DEFINE_integer("version", None,
+                                "Version to read; the latest by default.")
+_OUT = flags.DEFINE_string("out", None, "Output .npz file.")
+_IDS = flags.DEFINE_list("ids", [], "User ids to print.")
+_ITEM_IDS = flags.DEFINE_list("item_ids", [], "Item ids to print.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  try:
+    store = store_lib.EmbeddingStore.open(_STORE.value)
+    if _IDS.value or _ITEM_IDS.value:
+      rows = store.lookup(_IDS.value, _ITEM_IDS.value, _VERSION.value)
+      for kind, ids, table in zip(("user", "item"), (_IDS.value,
+                                                     _ITEM_IDS.value), rows):
+        for raw_id, row in zip(ids, table):
+          print(kind, raw_id, " ".join(f"{x:.9g}" for x in row), sep="\t")
+    elif _OUT.value:
+      store.save_npz(_OUT.value, _VERSION.value)
+    else:
+      raise store_lib.StoreError("nothing to do: give --out, or --ids / "
+                                 "--item_ids")
+  except (store_lib.StoreError, OSError) as e:
+    print(f"read_store: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

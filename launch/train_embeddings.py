@@ -1,0 +1,40 @@
+"""Trains one strategy's embedding models, version by version.
+
+  python -m launch.train_embeddings --dataset=ml100k --strategy=nobc \
+      --workdir=/tmp/run --config=launch/configs/quick.py --config.epochs=14
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from bcjax import strategies
+from bcjax.experiment import Experiment, check_config
+from launch import common
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "launch/configs/quick.py",
+                                "Preset: launch/configs/{paper,quick,test}.py")
+flags.DEFINE_string("strategy", "nobc", "One of: " + ", ".join(strategies.STRATEGIES))
+flags.DEFINE_string("workdir", None, "Run directory.", required=True)
+common.define_dataset_flags()
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  try:
+    strategies.get(FLAGS.strategy)
+    versions = check_config(config)
+    graph = common.dataset_from_flags()
+    experiment = Experiment(graph, config, FLAGS.workdir)
+  except common.USER_ERRORS as e:
+    common.fail(str(e))
+  experiment.run(FLAGS.strategy, versions)
+  for k in versions:
+    best = experiment.load(FLAGS.strategy, k).metrics["best"]
+    print(f"{FLAGS.strategy} v{k}: " + " ".join(
+        f"{name} {value:.4f}" for name, value in best.items()))
+
+
+if __name__ == "__main__":
+  app.run(main)

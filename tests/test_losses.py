@@ -1,0 +1,138 @@
+"""Tests of bcjax.losses against plain numpy formulas."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bcjax import losses
+
+B, D = 9, 5
+
+
+def _rows(rng, num_rows, dim):
+  return tuple(rng.normal(size=(num_rows, dim)).astype(np.float32)
+               for _ in range(3))
+
+
+def _numpy_bpr(z_user, z_pos, z_neg, reg):
+  margin = (z_user * z_neg).sum(-1) - (z_user * z_pos).sum(-1)
+  squares = (z_user**2).sum() + (z_pos**2).sum() + (z_neg**2).sum()
+  return np.mean(np.logaddexp(0.0, margin)) + reg * squares / (2 * len(z_user))
+
+
+def _numpy_alignment(diff_rows):
+  return sum(np.mean(x**2) for x in diff_rows)
+
+
+def _with_garbage(rows, num_pad):
+  """Appends num_pad rows of huge values and NaN to each array."""
+  garbage = np.full((num_pad, rows[0].shape[1]), 1e30, np.float32)
+  garbage[0, 0] = np.nan
+  return tuple(np.concatenate([r, garbage]) for r in rows)
+
+
+def _mask(num_real, num_pad):
+  return np.arange(num_real + num_pad) < num_real
+
+
+@pytest.mark.parametrize("reg", [0.0, 0.01, 0.5])
+def test_bpr_matches_numpy(reg):
+  rows = _rows(np.random.default_rng(0), B, D)
+  np.testing.assert_allclose(losses.bpr_loss(*rows, reg=reg),
+                             _numpy_bpr(*rows, reg), rtol=1e-5)
+
+
+@pytest.mark.parametrize("mask_dtype", [bool, np.float32])
+def test_bpr_ignores_padding_rows(mask_dtype):
+  rows = _rows(np.random.default_rng(1), B, D)
+  padded = _with_garbage(rows, 4)
+  mask = _mask(B, 4).astype(mask_dtype)
+  loss = losses.bpr_loss(*padded, mask=mask)
+  np.testing.assert_allclose(loss, _numpy_bpr(*rows, 0.01), rtol=1e-5)
+  grads = jax.grad(lambda z: losses.bpr_loss(*z, mask=mask))(padded)
+  for grad in grads:
+    assert np.isfinite(grad).all()
+    np.testing.assert_array_equal(grad[B:], 0.0)
+
+
+def test_alignment_ignores_padding_rows():
+  rows = _rows(np.random.default_rng(2), B, D)
+  np.testing.assert_allclose(losses.alignment(rows), _numpy_alignment(rows),
+                             rtol=1e-5)
+  padded = _with_garbage(rows, 3)
+  np.testing.assert_allclose(losses.alignment(padded, _mask(B, 3)),
+                             _numpy_alignment(rows), rtol=1e-5)
+
+
+def test_single_step_is_alignment_of_difference():
+  rng = np.random.default_rng(3)
+  target, predicted = _rows(rng, B, D), _rows(rng, B, D)
+  diff = tuple(t - p for t, p in zip(target, predicted))
+  np.testing.assert_allclose(
+      losses.single_step_alignment(target, predicted),
+      _numpy_alignment(diff), rtol=1e-5)
+
+
+def _earlier(rng, dims):
+  """Returns [W_{k-1}, ..., W_1] for dims = [d_0, ..., d_{k-1}]."""
+  return [rng.normal(size=(dims[j], dims[j - 1])).astype(np.float32)
+          for j in range(len(dims) - 1, 0, -1)]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_multi_step_matches_explicit_formula(k):
+  rng = np.random.default_rng(10 + k)
+  dims = [3, 4, 6, 7][:k]
+  target, predicted = _rows(rng, B, dims[-1]), _rows(rng, B, dims[-1])
+  earlier = _earlier(rng, dims)
+  diff = [t.astype(np.float64) - p for t, p in zip(target, predicted)]
+  expected = _numpy_alignment(diff)
+  for m in range(1, k):
+    # m-th term: D @ W_{k-1} @ ... @ W_{k-m}.
+    chain = np.eye(dims[-1])
+    for j in range(k - 1, k - 1 - m, -1):
+      chain = chain @ earlier[k - 1 - j]
+    expected += _numpy_alignment([x @ chain for x in diff])
+  expected /= k
+  loss = jax.jit(losses.multi_step_alignment)(target, predicted, earlier)
+  np.testing.assert_allclose(loss, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_multi_step_ignores_padding_rows(k):
+  rng = np.random.default_rng(20 + k)
+  dims = [3, 4, 6][:k]
+  target, predicted = _rows(rng, B, dims[-1]), _rows(rng, B, dims[-1])
+  earlier = _earlier(rng, dims)
+  expected = losses.multi_step_alignment(target, predicted, earlier)
+  loss = losses.multi_step_alignment(_with_garbage(target, 2),
+                                     _with_garbage(predicted, 2), earlier,
+                                     mask=_mask(B, 2))
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_multi_step_with_k1_is_single_step():
+  rng = np.random.default_rng(4)
+  target, predicted = _rows(rng, B, D), _rows(rng, B, D)
+  mask = _mask(B - 2, 2)
+  np.testing.assert_allclose(
+      losses.multi_step_alignment(target, predicted, [], mask=mask),
+      losses.single_step_alignment(target, predicted, mask=mask), rtol=1e-6)
+
+
+def test_multi_step_gradient_skips_earlier():
+  rng = np.random.default_rng(5)
+  dims = [3, 4, 5]
+  target, z = _rows(rng, B, dims[-1]), _rows(rng, B, dims[-1])
+  earlier = _earlier(rng, dims)
+  w_new = jnp.eye(dims[-1]) * 0.5
+
+  def loss(w_new, earlier):
+    predicted = tuple(x @ w_new for x in z)
+    return losses.multi_step_alignment(target, predicted, earlier)
+
+  grad_new, grad_earlier = jax.grad(loss, argnums=(0, 1))(w_new, earlier)
+  assert np.abs(grad_new).max() > 0
+  for grad in grad_earlier:
+    np.testing.assert_array_equal(grad, 0.0)
