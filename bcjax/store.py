@@ -31,11 +31,12 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, Sequence
 
 from absl import logging
 import numpy as np
 
+from bcjax import io
 from bcjax import transforms
 
 MANIFEST = "manifest.json"
@@ -49,20 +50,6 @@ _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
 
 class StoreError(ValueError):
   """A bad request to an embedding store, or a store that fails verification."""
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-  """Writes `path` as a fsynced temporary file beside it, then renames it."""
-  tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-  try:
-    with open(tmp, "xb") as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
 
 
 def _fsync_dir(path: Path) -> None:
@@ -84,7 +71,7 @@ def _sha256(path: Path) -> str:
 def _write_npy(root: Path, name: str, array: np.ndarray) -> dict[str, Any]:
   """Writes one array atomically; returns its manifest entry."""
   path = root / name
-  _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+  io.atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
   return {"sha256": _sha256(path), "size": path.stat().st_size,
           "shape": list(array.shape), "dtype": array.dtype.str}
 
@@ -305,7 +292,7 @@ class EmbeddingStore:
     """Makes the written files durable, then switches to `manifest`."""
     _fsync_dir(root)
     raw = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    _atomic_write(root / MANIFEST, lambda f: f.write(raw))
+    io.atomic_write(root / MANIFEST, lambda f: f.write(raw))
     _fsync_dir(root)
     return raw
 
@@ -475,7 +462,7 @@ class EmbeddingStore:
     """Writes `users` and `items` of `version` (see `embeddings`) atomically."""
     users, items = self.embeddings(version)
     out = Path(out)
-    _atomic_write(out, lambda f: np.savez(f, users=users, items=items))
+    io.atomic_write(out, lambda f: np.savez(f, users=users, items=items))
     _fsync_dir(out.parent)
 
   def append_version(self, users: Any, items: Any, transform: Any,
@@ -559,6 +546,18 @@ def _run_version(strategy_dir: Path, k: int, user_ids: np.ndarray,
   return users, items, user_ids[:len(users)], item_ids[:len(items)]
 
 
+def _run_dataset(run: Path) -> str:
+  """The dataset named in the run's config.json, else the run's directory."""
+  path = run / "config.json"
+  if not path.exists():
+    return run.resolve().name
+  try:
+    dataset = json.loads(path.read_text())["dataset"]
+  except (json.JSONDecodeError, KeyError, TypeError) as e:
+    raise StoreError(f"run file {path} names no dataset: {e!r}") from None
+  return str(dataset)
+
+
 def _complete_versions(strategy_dir: Path) -> list[int]:
   """Versions 0..n-1 of a run: those with metrics.json, without gaps."""
   present = sorted(int(p.name[1:]) for p in strategy_dir.iterdir()
@@ -586,7 +585,7 @@ def export_run(workdir: str | os.PathLike[str], strategy: str,
   """Builds a store from one strategy of a training run directory.
 
   The run holds `user_ids.npy`, `item_ids.npy` (the full graph's raw ids;
-  version k uses the first rows) and, per version k,
+  version k uses the first rows), optionally `config.json` and, per version k,
   `<strategy>/v<k>/{users,items}.npy`, `transform.npy` (`[d_k, d_{k-1}]`, for
   k >= 1) and `metrics.json`, written last to mark the version complete.
   Complete versions 0..n-1 are exported; later incomplete ones are skipped.
@@ -597,7 +596,8 @@ def export_run(workdir: str | os.PathLike[str], strategy: str,
     workdir: the run directory.
     strategy: the strategy's subdirectory name.
     out: the store directory to create (absent or empty).
-    dataset: recorded in the manifest; defaults to the run directory's name.
+    dataset: recorded in the manifest; by default the `dataset` of the run's
+      `config.json`, or the run directory's name without one.
 
   Returns:
     The open store at `out`.
@@ -630,7 +630,7 @@ def export_run(workdir: str | os.PathLike[str], strategy: str,
   try:
     store = EmbeddingStore.create(tmp, *_run_version(strategy_dir, 0, user_ids,
                                                      item_ids),
-                                  dataset=dataset or run.resolve().name,
+                                  dataset=dataset or _run_dataset(run),
                                   strategy=strategy)
     for k in versions[1:]:
       users, items, k_user_ids, k_item_ids = _run_version(

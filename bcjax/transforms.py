@@ -203,13 +203,13 @@ def chain_matrix(transforms: Sequence[Any], from_version: int,
   if to_version > from_version:
     raise ValueError(f"chain_matrix: cannot map version {from_version} forward "
                      f"to the newer version {to_version}")
-  chain = [transforms[v - 1] for v in range(from_version, to_version, -1)]
-  for v, w in zip(range(from_version, to_version, -1), chain):
+  versions = range(from_version, to_version, -1)
+  chain = [transforms[v - 1] for v in versions]
+  for v, w in zip(versions, chain):
     if np.ndim(w) != 2:
       raise ValueError(f"chain_matrix: W_{v} has shape {np.shape(w)}, "
                        "expected [d_v, d_{v-1}]")
-  for v, (newer, older) in zip(range(from_version, to_version, -1),
-                               zip(chain, chain[1:])):
+  for v, newer, older in zip(versions, chain, chain[1:]):
     if np.shape(newer)[1] != np.shape(older)[0]:
       raise ValueError(f"chain_matrix: W_{v} has shape {np.shape(newer)} but "
                        f"W_{v - 1} has shape {np.shape(older)}; version "
@@ -220,5 +220,8 @@ def chain_matrix(transforms: Sequence[Any], from_version: int,
   if num == 0:
     raise ValueError("chain_matrix: no transforms, so version 0's dimension "
                      "is unknown")
-  w = transforms[from_version - 1] if from_version else transforms[0]
-  return np.eye(np.shape(w)[0 if from_version else 1], dtype=np.float32)
+  if from_version == 0:
+    dim = np.shape(transforms[0])[1]
+  else:
+    dim = np.shape(transforms[from_version - 1])[0]
+  return np.eye(dim, dtype=np.float32)

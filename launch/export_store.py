@@ -22,8 +22,8 @@ _STRATEGY = flags.DEFINE_string("strategy", None, "Strategy to export.",
 _OUT = flags.DEFINE_string("out", None, "Store directory to create.",
                            required=True)
 _DATASET = flags.DEFINE_string(
-    "dataset", None, "Dataset name for the manifest; the run's directory "
-    "name by default.")
+    "dataset", None, "Dataset name for the manifest; by default the one in "
+    "the run's config.json.")
 
 
 def main(argv):

@@ -378,6 +378,7 @@ def test_manifest_that_is_not_json_is_rejected(tmp_path):
 def _fake_run(root, strategy="bc", num_versions=4, with_transform=True):
   """A training run directory as the training code writes it."""
   root.mkdir()
+  (root / "config.json").write_text('{"dataset": "synthetic", "seed": 0}')
   np.save(root / "user_ids.npy", USER_IDS)
   np.save(root / "item_ids.npy", ITEM_IDS)
   arrays = _version_arrays()
@@ -396,7 +397,7 @@ def test_export_run_builds_the_store(tmp_path):
   arrays = _fake_run(tmp_path / "run")
   store = store_lib.export_run(tmp_path / "run", "bc", tmp_path / "out")
   assert store.latest_version == 3 and store.dims == list(DIMS)
-  assert (store.dataset, store.strategy) == ("run", "bc")
+  assert (store.dataset, store.strategy) == ("synthetic", "bc")
   users, _ = store.embeddings(0)
   np.testing.assert_allclose(users, arrays[3][0] @ _explicit_chain(arrays, 3,
                                                                      0),
@@ -410,6 +411,13 @@ def test_export_run_skips_a_trailing_incomplete_version(tmp_path):
   store = store_lib.export_run(tmp_path / "run", "bc", tmp_path / "out",
                                dataset="ml100k")
   assert store.latest_version == 2 and store.dataset == "ml100k"
+
+
+def test_export_run_without_config_names_the_run(tmp_path):
+  _fake_run(tmp_path / "run")
+  (tmp_path / "run" / "config.json").unlink()
+  store = store_lib.export_run(tmp_path / "run", "bc", tmp_path / "out")
+  assert store.dataset == "run"
 
 
 @pytest.mark.parametrize("setup, message", [
