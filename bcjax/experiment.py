@@ -150,8 +150,9 @@ class Experiment:
   def load(self, strategy: str, k: int) -> Artifacts:
     path = self.version_dir(strategy, k)
     model = self.model(k, strategy)
+    inputs = self.data(k).inputs  # Built outside the trace below.
     template = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), self.data(k).inputs, train=False))
+        lambda: model.init(jax.random.key(0), inputs, train=False))
     variables = flax.serialization.from_bytes(
         template, (path / "variables.msgpack").read_bytes())
     transform = (io.load_npy(path / "transform.npy") if k else None)

@@ -225,3 +225,45 @@ def chain_matrix(transforms: Sequence[Any], from_version: int,
   else:
     dim = np.shape(transforms[from_version - 1])[0]
   return np.eye(dim, dtype=np.float32)
+
+
+def fit_lstsq(x: np.ndarray, y: np.ndarray, ridge: float = 1e-4) -> np.ndarray:
+  """The W minimising ||x W - y||^2 + ridge * n * ||W||^2, in closed form.
+
+  Args:
+    x: `[n, d_in]` source embeddings.
+    y: `[n, d_out]` target embeddings.
+    ridge: a small ridge, relative to the number of rows, for conditioning.
+
+  Returns:
+    `[d_in, d_out]` float32.
+  """
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  gram = x.T @ x + ridge * len(x) * np.eye(x.shape[1])
+  return np.linalg.solve(gram, x.T @ y).astype(np.float32)
+
+
+def fit_procrustes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """The (semi-)orthogonal W minimising ||x W - y||: W = U V^T of svd(x^T y).
+
+  Args:
+    x: `[n, d_in]` source embeddings.
+    y: `[n, d_out]` target embeddings.
+
+  Returns:
+    `[d_in, d_out]` float32 with orthonormal columns (d_in >= d_out) or rows.
+  """
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  u, _, vt = np.linalg.svd(x.T @ y, full_matrices=False)
+  return (u @ vt).astype(np.float32)
+
+
+_FITS = {"lstsq": fit_lstsq, "procrustes": fit_procrustes}
+
+
+def fit(name: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """Fits a closed-form backward matrix ("lstsq" or "procrustes")."""
+  if name not in _FITS:
+    raise ValueError(f"unknown closed-form fit {name!r}; known: "
+                     f"{', '.join(_FITS)}")
+  return _FITS[name](x, y)
