@@ -19,7 +19,7 @@ $(STAMP): setup.py Makefile
 	touch $(STAMP)
 
 reproduce: $(STAMP)
-	$(PY) -m launch.data_stats --dataset=ml100k
+	$(PY) -m launch.reproduce
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

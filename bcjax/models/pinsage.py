@@ -6,6 +6,13 @@ embeddings. L GraphSAGE mean-aggregation layers follow, each with BatchNorm
 (batch statistics in training, running statistics otherwise) and ReLU between
 layers. Nodes are padded to a fixed budget per run so each (d, L) compiles
 once; `GraphInputs.node_mask` keeps padding out of the BatchNorm statistics.
+
+The first layer is computed in factorised form when the attribute vocabulary
+is small (`FirstLayerInputs`): its input rows are linear in the attribute
+embeddings, so mean_{i in N(u)} x_i = (A X)_u E with A X (users x attribute
+values) precomputed, and an item's neighbours all carry the one shared user
+vector. This is an exact identity (tests compare both forms) that removes the
+first layer's aggregation and most of its matmuls from every step.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse
 
 from bcjax.models.aggregate import Adjacency, aggregate, make_adjacency
 
@@ -41,6 +49,19 @@ class AttributeInputs:
 
 
 @flax.struct.dataclass
+class FirstLayerInputs:
+  """Precomputed operators of the factorised first layer.
+
+  Attributes:
+    user_attributes: per kind, `[num_users_pad, num_values]` the mean over a
+      user's neighbours of their (mean-normalised) attribute indicators.
+    item_has_neighbour: `[num_items_pad]` float, 1 for items with an edge.
+  """
+  user_attributes: tuple[jax.Array, ...]
+  item_has_neighbour: jax.Array
+
+
+@flax.struct.dataclass
 class GraphInputs:
   """Everything the model reads about one version's graph (padded).
 
@@ -48,10 +69,13 @@ class GraphInputs:
     adjacency: the mean-aggregation operator of the training interactions.
     node_mask: `[num_users_pad + num_items_pad]` bool, real nodes.
     attributes: one `AttributeInputs` per attribute kind.
+    first_layer: operators of the factorised first layer, or None for the
+      plain form (large attribute vocabularies).
   """
   adjacency: Adjacency
   node_mask: jax.Array
   attributes: tuple[AttributeInputs, ...]
+  first_layer: FirstLayerInputs | None = None
 
   @property
   def num_users(self) -> int:
@@ -80,12 +104,38 @@ def _attribute_inputs(kind, num_items: int, num_items_pad: int,
       weight=jnp.asarray(np.concatenate([weight, np.zeros(pad)]), jnp.float32))
 
 
+# The factorised first layer stores users x attribute values floats.
+FACTORISED_MAX_ENTRIES = 1 << 25
+
+
+def _first_layer_inputs(train_user, train_item, attributes, num_items,
+                        num_users_pad, num_items_pad) -> FirstLayerInputs:
+  user = np.asarray(train_user, np.int64)
+  item = np.asarray(train_item, np.int64)
+  user_degree = np.bincount(user, minlength=num_users_pad).astype(np.float64)
+  item_degree = np.bincount(item, minlength=num_items_pad)
+  edges = scipy.sparse.csr_matrix(
+      (1.0 / user_degree[user], (user, item)),
+      shape=(num_users_pad, num_items_pad))
+  per_kind = []
+  for kind in attributes.values():
+    counts = np.diff(kind.offsets)[:num_items]
+    rows = np.repeat(np.arange(num_items), counts)
+    indicator = scipy.sparse.csr_matrix(
+        (1.0 / counts[rows], (rows, kind.values[:len(rows)])),
+        shape=(num_items_pad, kind.num_values))
+    per_kind.append(jnp.asarray((edges @ indicator).toarray(), jnp.float32))
+  return FirstLayerInputs(tuple(per_kind),
+                          jnp.asarray(item_degree > 0, jnp.float32))
+
+
 def make_graph_inputs(train_user: np.ndarray, train_item: np.ndarray,
                       num_users: int, num_items: int, attributes,
                       num_users_pad: int, num_items_pad: int,
                       num_edges_pad: int | None = None,
                       attribute_nnz_pad: dict[str, int] | None = None,
-                      layout: str | None = None) -> GraphInputs:
+                      layout: str | None = None,
+                      factorise: bool | None = None) -> GraphInputs:
   """Builds the padded model inputs of one version's training graph.
 
   Args:
@@ -96,6 +146,8 @@ def make_graph_inputs(train_user: np.ndarray, train_item: np.ndarray,
     num_edges_pad: directed-edge budget for sparse layouts.
     attribute_nnz_pad: per kind, the (item, value) pair budget.
     layout: aggregation layout, default chosen by size.
+    factorise: compute the first layer in factorised form; default when
+      users x attribute values is at most `FACTORISED_MAX_ENTRIES`.
 
   Returns:
     The `GraphInputs`.
@@ -114,8 +166,14 @@ def make_graph_inputs(train_user: np.ndarray, train_item: np.ndarray,
       _attribute_inputs(kind, num_items, num_items_pad,
                         nnz_pad.get(name, int(kind.offsets[num_items])))
       for name, kind in attributes.items())
+  num_values = sum(kind.num_values for kind in attributes.values())
+  if factorise is None:
+    factorise = num_users_pad * num_values <= FACTORISED_MAX_ENTRIES
+  first_layer = (_first_layer_inputs(train_user, train_item, attributes,
+                                     num_items, num_users_pad, num_items_pad)
+                 if factorise else None)
   return GraphInputs(adjacency=adjacency, node_mask=jnp.asarray(mask),
-                     attributes=attrs)
+                     attributes=attrs, first_layer=first_layer)
 
 
 class MaskedBatchNorm(nn.Module):
@@ -150,17 +208,47 @@ class MaskedBatchNorm(nn.Module):
 
 
 class SAGEConv(nn.Module):
-  """h' = W_l mean_{j in N(i)} h_j + b_l + W_r h_i."""
+  """h' = W_l mean_{j in N(i)} h_j + b_l + W_r h_i (PyG's SAGEConv), d -> d."""
   dim: int
 
-  @nn.compact
+  def setup(self):
+    shape = (self.dim, self.dim)
+    self.kernel_l = self.param("kernel_l", torch_linear_init, shape)
+    self.bias_l = self.param("bias_l", torch_bias_init(self.dim), (self.dim,))
+    self.kernel_r = self.param("kernel_r", torch_linear_init, shape)
+
   def __call__(self, adjacency: Adjacency, h):
-    fan_in = h.shape[-1]
-    neighbours = nn.Dense(self.dim, kernel_init=torch_linear_init,
-                          bias_init=torch_bias_init(fan_in), name="lin_l")
-    root = nn.Dense(self.dim, use_bias=False, kernel_init=torch_linear_init,
-                    name="lin_r")
-    return neighbours(aggregate(adjacency, h)) + root(h)
+    # One matmul over [mean of neighbours, self] is faster than two.
+    both = jnp.concatenate([aggregate(adjacency, h), h], axis=-1)
+    return both @ jnp.concatenate([self.kernel_l, self.kernel_r]) + self.bias_l
+
+  def first_layer(self, graph: "GraphInputs", user, tables):
+    """The layer on input features, factorised (see the module docstring).
+
+    Args:
+      graph: inputs with `first_layer` set.
+      user: `[d_in]` the shared user vector.
+      tables: per attribute kind, `[num_values, d_in]` value embeddings.
+
+    Returns:
+      `[num_users_pad + num_items_pad, dim]`, equal to `__call__` on the
+      explicit input rows.
+    """
+    kernel_l, bias_l, kernel_r = self.kernel_l, self.bias_l, self.kernel_r
+    ops = graph.first_layer
+    users = user @ kernel_r + bias_l
+    items = ops.item_has_neighbour[:, None] * (user @ kernel_l) + bias_l
+    for table, attr, user_attr in zip(tables, graph.attributes,
+                                      ops.user_attributes):
+      users += user_attr @ (table @ kernel_l)
+      items += _item_mean(table @ kernel_r, attr, graph.num_items)
+    return jnp.concatenate([users, items])
+
+
+def _item_mean(table, attr: AttributeInputs, num_items: int):
+  """`[num_items, d]` per item, the mean of its rows of `table`."""
+  return jax.ops.segment_sum(table[attr.value] * attr.weight[:, None],
+                             attr.item, num_segments=num_items)
 
 
 class PinSage(nn.Module):
@@ -176,22 +264,24 @@ class PinSage(nn.Module):
   num_layers: int
   vocab_sizes: tuple[int, ...]
 
-  def item_features(self, graph: GraphInputs):
-    features = jnp.zeros((graph.num_items, self.dim))
-    for k, (size, attr) in enumerate(zip(self.vocab_sizes, graph.attributes)):
-      table = nn.Embed(size, self.dim, embedding_init=nn.initializers.normal(1.0),
-                       name=f"attribute_{k}")
-      features += jax.ops.segment_sum(table(attr.value) * attr.weight[:, None],
-                                      attr.item, num_segments=graph.num_items)
-    return features
-
   @nn.compact
   def __call__(self, graph: GraphInputs, train: bool):
-    user = self.param("user_embedding", nn.initializers.normal(1.0), (self.dim,))
-    h = jnp.concatenate([jnp.broadcast_to(user, (graph.num_users, self.dim)),
-                         self.item_features(graph)])
+    normal = nn.initializers.normal(1.0)
+    user = self.param("user_embedding", normal, (self.dim,))
+    tables = [self.param(f"attribute_{k}", normal, (size, self.dim))
+              for k, size in enumerate(self.vocab_sizes)]
+    convs = [SAGEConv(self.dim, name=f"conv_{l}")
+             for l in range(self.num_layers)]
+    if graph.first_layer is not None:
+      h = convs[0].first_layer(graph, user, tables)
+    else:
+      items = sum(_item_mean(table, attr, graph.num_items)
+                  for table, attr in zip(tables, graph.attributes))
+      users = jnp.broadcast_to(user, (graph.num_users, self.dim))
+      h = convs[0](graph.adjacency, jnp.concatenate([users, items]))
     for layer in range(self.num_layers):
-      h = SAGEConv(self.dim, name=f"conv_{layer}")(graph.adjacency, h)
+      if layer:
+        h = convs[layer](graph.adjacency, h)
       h = MaskedBatchNorm(name=f"norm_{layer}")(h, graph.node_mask, train)
       if layer < self.num_layers - 1:
         h = nn.relu(h)

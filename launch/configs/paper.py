@@ -25,4 +25,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.versions = "all"        # or e.g. "0" / "0,1,2"
   config.layout = ""             # aggregation layout; "" chooses by size
   config.recall_batch_users = 256
+  # Consumers of the unintended tasks (SPEC 7).
+  config.consumer_epochs = 300
+  config.consumer_hidden = (128, 256, 512, 1024)
+  config.consumer_dropout = (0.0, 0.25, 0.5)
+  config.consumer_seeds = 10
+  config.consumer_batch_size = 2048
+  config.consumer_lr = 1e-3
   return config

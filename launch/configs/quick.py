@@ -12,4 +12,8 @@ def get_config():
   config.posthoc_epochs = 60
   config.eval_every = 5
   config.min_select_epoch = 20
+  config.consumer_epochs = 30
+  config.consumer_hidden = (128,)
+  config.consumer_dropout = (0.0, 0.5)
+  config.consumer_seeds = 3
   return config

@@ -14,4 +14,9 @@ def get_config():
   config.eval_every = 2
   config.min_select_epoch = 2
   config.batch_size = 512
+  config.consumer_epochs = 3
+  config.consumer_hidden = (16,)
+  config.consumer_dropout = (0.0,)
+  config.consumer_seeds = 2
+  config.consumer_batch_size = 512
   return config

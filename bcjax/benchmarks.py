@@ -1,0 +1,133 @@
+"""Speed measurements behind `launch.benchmark`: medians of repeated runs.
+
+Every timing blocks on its result and excludes compilation (timed apart).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bcjax.data import DynamicGraph
+from bcjax.experiment import Experiment
+from bcjax.models import aggregate as agg
+from bcjax.training import (AlignmentInputs, Objective, embed, epoch_batches,
+                            init_state, train_epoch)
+
+
+def timed(fn: Callable, *args, repeats: int = 5) -> dict:
+  """Median and spread (min, max) of `fn(*args)` in seconds, after a warm-up."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return {"median_s": float(np.median(times)), "min_s": float(np.min(times)),
+          "max_s": float(np.max(times))}
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+  """GFLOP/s of an n x n x n float32 matmul, the machine's dense peak."""
+  x = jax.random.normal(jax.random.key(0), (n, n))
+  t = timed(jax.jit(lambda a: a @ a), x, repeats=repeats)["median_s"]
+  return 2 * n ** 3 / t / 1e9
+
+
+def replicated_graph(user: np.ndarray, item: np.ndarray, copies: int,
+                     seed: int = 0):
+  """`copies` disjoint copies of a bipartite graph, items shifted per copy."""
+  rng = np.random.default_rng(seed)
+  num_users, num_items = int(user.max()) + 1, int(item.max()) + 1
+  users = np.concatenate([user + c * num_users for c in range(copies)])
+  items = np.concatenate([(item + rng.integers(num_items)) % num_items
+                          + c * num_items for c in range(copies)])
+  return users, items, num_users * copies, num_items * copies
+
+
+def aggregation_candidates(user, item, scales=(1, 10, 100), dim: int = 512,
+                           repeats: int = 5,
+                           dense_max_entries: int = 200_000_000) -> list[dict]:
+  """Forward and forward+backward time of every layout at several sizes."""
+  rows = []
+  for scale in scales:
+    users, items, num_users, num_items = replicated_graph(user, item, scale)
+    h = jax.random.normal(jax.random.key(0), (num_users + num_items, dim))
+    for layout in agg.LAYOUTS:
+      row = {"scale": scale, "layout": layout, "edges": 2 * len(users),
+             "nodes": num_users + num_items, "dim": dim}
+      if layout == "dense" and num_users * num_items > dense_max_entries:
+        rows.append({**row, "fwd_ms": None, "fwd_bwd_ms": None})
+        continue
+      adjacency = agg.make_adjacency(users, items, num_users, num_items,
+                                     layout=layout)
+      forward = jax.jit(agg.aggregate)
+      backward = jax.jit(jax.grad(
+          lambda a, h: jnp.vdot(agg.aggregate(a, h), h), argnums=1))
+      row["fwd_ms"] = 1e3 * timed(forward, adjacency, h, repeats=repeats)["median_s"]
+      row["fwd_bwd_ms"] = 1e3 * timed(backward, adjacency, h,
+                                      repeats=repeats)["median_s"]
+      rows.append(row)
+      del adjacency
+  return rows
+
+
+def training_epoch(graph: DynamicGraph, config, workdir: str, version: int,
+                   repeats: int = 3) -> dict:
+  """One intended-task epoch (sampling + all steps) and one evaluation pass.
+
+  Returns:
+    `{"step_ms", "epoch_s", "epoch_spread_s", "eval_s", "compile_s",
+    "steps", "gflop_per_step", "achieved_gflops", "layout"}`; flops from
+    XLA's cost analysis of one step (custom calls such as the CSR product
+    count zero there, so achieved GFLOP/s is a lower bound).
+  """
+  experiment = Experiment(graph, config, workdir)
+  data, model = experiment.data(version), experiment.model(version)
+  objective = Objective(reg=config.weight_decay)
+  state = init_state(model, data.inputs, objective, jax.random.key(0), None,
+                     config.lr)
+  align = AlignmentInputs()
+  run = lambda state, batches: train_epoch(state, data.inputs, align, batches,
+                                           model=model, objective=objective,
+                                           lr=config.lr)
+  one = epoch_batches(data.sampler, jax.random.key(0), config.batch_size)
+  one_step = tuple(a[:1] for a in one)
+  start = time.perf_counter()
+  compiled = jax.jit(run).lower(state, one).compile()
+  compile_s = time.perf_counter() - start
+  cost = jax.jit(run).lower(state, one_step).compile().cost_analysis()
+  if isinstance(cost, list):
+    cost = cost[0]
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  del compiled
+
+  times = []
+  state, loss = run(state, one)  # Warm-up (compiles the donated variant).
+  loss.block_until_ready()
+  for r in range(repeats):
+    start = time.perf_counter()
+    batches = epoch_batches(data.sampler, jax.random.key(r + 1),
+                            config.batch_size)
+    state, loss = run(state, batches)
+    loss.block_until_ready()
+    times.append(time.perf_counter() - start)
+  epoch_s = float(np.median(times))
+  steps = one[0].shape[0]
+
+  def evaluate(state):
+    z = embed(model, state.params["model"], state.batch_stats, data.inputs)
+    return experiment.recall(z, version)
+
+  eval_s = timed(evaluate, state, repeats=repeats)["median_s"]
+  step_s = epoch_s / steps
+  return {"layout": data.inputs.adjacency.layout, "steps": steps,
+          "step_ms": 1e3 * step_s, "epoch_s": epoch_s,
+          "epoch_spread_s": [float(min(times)), float(max(times))],
+          "eval_s": eval_s, "compile_s": compile_s,
+          "gflop_per_step": flops / 1e9,
+          "achieved_gflops": flops / 1e9 / step_s}

@@ -1,0 +1,265 @@
+"""The report of a finished run (SPEC 8): table, JSON, CSV and plots.
+
+Reads the run directory (`config.json`, every `<strategy>/v<k>/metrics.json`
+and BC embedding, `consumers/auc.json`) and writes `report.json`,
+`report.csv` and PNG plots into it, every file atomically. The arithmetic
+(`summarize`) is a pure function of per-version numbers, tested on its own.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _stdio
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from bcjax import io, metrics
+from bcjax.strategies import BC_ALIGNER, STRATEGIES
+
+NOBC, FIX_M0 = "nobc", "fix-m0"
+PAPER_NAMES = {
+    "fix-m0": "Fix-M0",
+    "finetune-m0": "Finetune-M0",
+    "nobc": "No-BC",
+    "posthoc-lin-sloss": "Post-hoc-Lin-SLoss",
+    "posthoc-lin-mloss": "Post-hoc-Lin-MLoss",
+    "joint-notrans-sloss": "Joint-NoTrans-SLoss",
+    "joint-lin-sloss": "Joint-Lin-SLoss",
+    "joint-lin-mloss": "Joint-Lin-MLoss (BC-Aligner)",
+    "posthoc-lstsq": "Post-hoc-Lstsq (ours)",
+    "posthoc-procrustes": "Post-hoc-Procrustes (ours)",
+}
+PLOTS = ("recall50_vs_nobc.png", "auc_vs_fixm0.png", "alignment_error.png",
+         "bc_aligner_auc.png")
+
+
+def _flatten(values) -> list:
+  if isinstance(values, (list, tuple, np.ndarray)):
+    return [x for v in values for x in _flatten(v)]
+  return [values]
+
+
+def _mean(values) -> float | None:
+  """Mean of the finite numbers in a nested list (None and NaN skipped);
+  None if there are none."""
+  flat = np.asarray([v for v in _flatten(values) if v is not None], np.float64)
+  flat = flat[np.isfinite(flat)]
+  return float(flat.mean()) if flat.size else None
+
+
+def _pct(value: float | None, reference: float | None) -> float | None:
+  if value is None or reference is None or reference == 0:
+    return None
+  return 100.0 * (value - reference) / reference
+
+
+def task_version_means(auc: Mapping[str, Mapping[str, Sequence]]
+                       ) -> dict[str, dict[str, list]]:
+  """task -> strategy -> per version: the mean AUC over seeds, or None."""
+  return {task: {s: [None if seeds is None else _mean(seeds)
+                     for seeds in per_version]
+                 for s, per_version in by_strategy.items()}
+          for task, by_strategy in auc.items()}
+
+
+def unintended_score(auc: Mapping[str, Mapping[str, Sequence]],
+                     strategy: str) -> float | None:
+  """Mean over tasks of the mean over scored versions and seeds of ROC-AUC."""
+  per_task = [_mean([a for a in by_strategy[strategy] if a is not None])
+              for by_strategy in auc.values() if strategy in by_strategy]
+  return _mean([p for p in per_task if p is not None])
+
+
+def summarize(recall50: Mapping[str, Sequence[float]],
+              auc: Mapping[str, Mapping[str, Sequence]],
+              alignment: Mapping[str, Sequence[float]]) -> dict[str, dict]:
+  """The SPEC 8 numbers of every strategy.
+
+  Args:
+    recall50: strategy -> Recall@50 per version.
+    auc: task -> strategy -> per version: per-seed AUCs (None: not scored).
+    alignment: strategy -> alignment error per version.
+
+  Returns:
+    strategy -> {"recall50", "intended_pct", "unintended_pct", "total_pct",
+    "alignment_error", "auc": task -> per-version mean over seeds}; a
+    percentage is None when its reference strategy is missing.
+  """
+  mean_recall = {s: _mean(r) for s, r in recall50.items()}
+  fix_score = unintended_score(auc, FIX_M0)
+  means = task_version_means(auc)
+  out = {}
+  for s in recall50:
+    intended = _pct(mean_recall[s], mean_recall.get(NOBC))
+    unintended = _pct(unintended_score(auc, s), fix_score)
+    total = (None if intended is None or unintended is None
+             else intended + unintended)
+    out[s] = {"recall50": [float(r) for r in recall50[s]],
+              "intended_pct": intended, "unintended_pct": unintended,
+              "total_pct": total,
+              "alignment_error": _mean(alignment.get(s, [])),
+              "auc": {task: by_strategy[s] for task, by_strategy in means.items()
+                      if s in by_strategy}}
+  return out
+
+
+# Reading a run.
+
+
+def completed_strategies(workdir: str | os.PathLike, num_versions: int) -> list[str]:
+  """The strategies (in `STRATEGIES` order) with every version complete."""
+  root = Path(workdir)
+  return [s for s in STRATEGIES
+          if all((root / s / f"v{k}" / "metrics.json").exists()
+                 for k in range(num_versions))]
+
+
+def read_recall50(workdir: str | os.PathLike, strategies: Sequence[str],
+                  num_versions: int) -> dict[str, list[float]]:
+  root = Path(workdir)
+  return {s: [json.loads((root / s / f"v{k}" / "metrics.json").read_text())
+              ["best"]["recall@50"] for k in range(num_versions)]
+          for s in strategies}
+
+
+def alignment_errors(workdir: str | os.PathLike, strategies: Sequence[str],
+                     num_versions: int) -> dict[str, list[float]]:
+  """strategy -> per version: mean L2 distance of its BC embedding to fix-m0's."""
+  root = Path(workdir)
+  load = lambda s, k, kind: io.load_npy(root / s / f"v{k}" / f"bc_{kind}.npy")
+  out = {}
+  for s in strategies:
+    out[s] = [float(metrics.alignment_error(
+        load(s, k, "users"), load(s, k, "items"),
+        load(FIX_M0, k, "users"), load(FIX_M0, k, "items")))
+        for k in range(num_versions)]
+  return out
+
+
+# Writing.
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+  return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(strategies: Mapping[str, dict]) -> str:
+  """Strategy, mean R@50, intended %, unintended %, total %, alignment error."""
+  lines = ["| strategy | mean R@50 | intended % | unintended % | total % | "
+           "alignment error |", "|---|---:|---:|---:|---:|---:|"]
+  for s, r in strategies.items():
+    name = PAPER_NAMES.get(s, s)
+    if s == BC_ALIGNER:
+      name = f"**{name}**"
+    lines.append(f"| {name} | {_fmt(_mean(r['recall50']), 4)} | "
+                 f"{_fmt(r['intended_pct'])} | {_fmt(r['unintended_pct'])} | "
+                 f"{_fmt(r['total_pct'])} | {_fmt(r['alignment_error'])} |")
+  return "\n".join(lines)
+
+
+def csv_text(strategies: Mapping[str, dict], num_versions: int) -> str:
+  out = _stdio.StringIO()
+  writer = csv.writer(out, lineterminator="\n")
+  writer.writerow(["strategy", "name", "mean_recall50", "intended_pct",
+                   "unintended_pct", "total_pct", "alignment_error",
+                   *[f"recall50_v{k}" for k in range(num_versions)]])
+  value = lambda v: "" if v is None else repr(float(v))
+  for s, r in strategies.items():
+    writer.writerow([s, PAPER_NAMES.get(s, s), value(_mean(r["recall50"])),
+                     value(r["intended_pct"]), value(r["unintended_pct"]),
+                     value(r["total_pct"]), value(r["alignment_error"]),
+                     *[value(v) for v in r["recall50"]]])
+  return out.getvalue()
+
+
+def _save_figure(figure, path: Path) -> None:
+  buffer = _stdio.BytesIO()
+  figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+  io.save_bytes(path, buffer.getvalue())
+
+
+def plot(strategies: Mapping[str, dict], alignment: Mapping[str, Sequence[float]],
+         out_dir: str | os.PathLike, title: str = "") -> list[Path]:
+  """The four PNG plots of the report; returns their paths."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  out_dir = Path(out_dir)
+  num_versions = len(next(iter(strategies.values()))["recall50"])
+  versions = np.arange(num_versions)
+  label = lambda s: PAPER_NAMES.get(s, s)
+  paths = []
+
+  def series(ylabel: str, name: str, curves: dict[str, list]):
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for s, ys in curves.items():
+      ys = np.asarray([np.nan if y is None else y for y in ys], np.float64)
+      axes.plot(versions, ys, "o-", label=label(s),
+                linewidth=2.5 if s == BC_ALIGNER else 1.2)
+    axes.set_xlabel("version")
+    axes.set_xticks(versions)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    _save_figure(figure, out_dir / name)
+    plt.close(figure)
+    paths.append(out_dir / name)
+
+  nobc = strategies.get(NOBC, {}).get("recall50")
+  series("Recall@50 vs No-BC (%)", PLOTS[0], {
+      s: [_pct(r, b) for r, b in zip(v["recall50"], nobc)] if nobc else
+      [None] * num_versions for s, v in strategies.items()})
+
+  def task_mean(s: str) -> list:
+    aucs = strategies[s]["auc"].values()
+    return [_mean([a[k] for a in aucs]) for k in versions]
+
+  fix = task_mean(FIX_M0) if FIX_M0 in strategies else [None] * num_versions
+  series("ROC-AUC vs Fix-M0, mean over tasks (%)", PLOTS[1],
+         {s: [_pct(a, b) for a, b in zip(task_mean(s), fix)]
+          for s in strategies})
+  series("alignment error (mean L2 to Fix-M0)", PLOTS[2],
+         {s: list(alignment[s]) for s in strategies if s in alignment})
+  if BC_ALIGNER in strategies:
+    series(f"ROC-AUC of {label(BC_ALIGNER)}", PLOTS[3],
+           dict(strategies[BC_ALIGNER]["auc"]))
+  return paths
+
+
+def write_report(workdir: str | os.PathLike,
+                 strategies: Sequence[str] | None = None
+                 ) -> tuple[dict, str, list[Path]]:
+  """Builds and writes the report of a finished run.
+
+  Args:
+    workdir: the run directory.
+    strategies: default: every strategy with all versions complete.
+
+  Returns:
+    (report.json's content, the markdown table, the plot paths).
+  """
+  root = Path(workdir)
+  config = json.loads((root / "config.json").read_text())
+  num_versions = len(config["times"]) - 1
+  strategies = list(strategies or completed_strategies(root, num_versions))
+  auc_path = root / "consumers" / "auc.json"
+  auc = json.loads(auc_path.read_text()) if auc_path.exists() else {}
+  auc = {t: {s: v for s, v in by.items() if s in strategies}
+         for t, by in auc.items()}
+  alignment = (alignment_errors(root, strategies, num_versions)
+               if FIX_M0 in strategies else {})
+  summary = summarize(read_recall50(root, strategies, num_versions), auc,
+                      alignment)
+  report = {"dataset": config.get("dataset"), "preset": config.get("preset"),
+            "seed": config.get("seed"), "strategies": summary}
+  io.save_json(root / "report.json", report)
+  io.save_bytes(root / "report.csv", csv_text(summary, num_versions).encode())
+  title = f"{report['dataset']} ({report['preset']})"
+  paths = plot(summary, alignment, root, title) if summary else []
+  return report, markdown_table(summary), paths
