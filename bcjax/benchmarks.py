@@ -131,3 +131,94 @@ def training_epoch(graph: DynamicGraph, config, workdir: str, version: int,
           "eval_s": eval_s, "compile_s": compile_s,
           "gflop_per_step": flops / 1e9,
           "achieved_gflops": flops / 1e9 / step_s}
+
+
+def store_read(dims=(256, 320, 384, 448, 512), num_users: int = 943,
+               num_items: int = 1682, repeats: int = 5) -> dict:
+  """Rows per second of reading version 0 from a version-4 store.
+
+  `composed` multiplies by the one cached matrix M_{4->0}; `chained` applies
+  W_4, ..., W_1 one after the other, as a store without composition would.
+  """
+  import tempfile
+  from bcjax import store as store_lib
+  rng = np.random.default_rng(0)
+  rows = num_users + num_items
+  with tempfile.TemporaryDirectory() as root:
+    path = f"{root}/store"
+    users = lambda d: rng.normal(size=(num_users, d)).astype(np.float32)
+    items = lambda d: rng.normal(size=(num_items, d)).astype(np.float32)
+    ids = (np.arange(num_users).astype(str), np.arange(num_items).astype(str))
+    store = store_lib.EmbeddingStore.create(path, users(dims[0]),
+                                            items(dims[0]), *ids, "bench",
+                                            "bench")
+    chain = []
+    for prev, d in zip(dims, dims[1:]):
+      w = rng.normal(size=(d, prev)).astype(np.float32) / np.sqrt(d)
+      chain.append(w)
+      store.append_version(users(d), items(d), w, *ids)
+    store.embeddings(version=0)  # Caches the composed matrix.
+    composed = timed(lambda: store.embeddings(version=0),
+                     repeats=repeats)["median_s"]
+    latest_u, latest_i = store.embeddings(version=len(dims) - 1)
+
+    def chained():
+      u, i = np.asarray(latest_u), np.asarray(latest_i)
+      for w in reversed(chain):
+        u, i = u @ w, i @ w
+      return u, i
+
+    stepwise = timed(chained, repeats=repeats)["median_s"]
+  return {"composed_rows_per_s": rows / composed,
+          "chained_rows_per_s": rows / stepwise}
+
+
+def strategy_overheads(graph: DynamicGraph, config, workdir: str,
+                       version: int, repeats: int = 3) -> dict:
+  """Seconds of extra work per version that each family of strategies adds.
+
+  Joint methods: (alignment epoch - plain epoch) x epochs; post-hoc methods:
+  their B_k epoch x posthoc epochs; closed-form fits: one solve.
+  """
+  from bcjax import transforms
+  experiment = Experiment(graph, config, workdir)
+  data, model = experiment.data(version), experiment.model(version)
+  d, d_prev = config.dims[version], config.dims[version - 1]
+  rng = np.random.default_rng(0)
+  n = experiment.num_users_pad + experiment.num_items_pad
+  target = jnp.asarray(rng.normal(size=(n, d_prev)), jnp.float32)
+  earlier = tuple(jnp.asarray(rng.normal(size=(config.dims[j], config.dims[j - 1])),
+                              jnp.float32) for j in range(version - 1, 0, -1))
+  embeddings = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+  batches = epoch_batches(data.sampler, jax.random.key(0), config.batch_size)
+
+  def epoch_time(objective, align):
+    variables = model.init(jax.random.key(0), data.inputs, train=False)
+    state = init_state(model, data.inputs, objective, jax.random.key(1),
+                       d_prev, config.lr, model_variables=variables)
+    def run():
+      nonlocal state
+      state, loss = train_epoch(state, data.inputs, align, batches,
+                                model=model, objective=objective, lr=config.lr)
+      return loss
+    return timed(run, repeats=repeats)["median_s"]
+
+  plain = epoch_time(Objective(), AlignmentInputs())
+  single = epoch_time(Objective(transform="linear"),
+                      AlignmentInputs(target=target))
+  multi = epoch_time(Objective(transform="linear", multi_step=True),
+                     AlignmentInputs(target=target, earlier=earlier))
+  posthoc = epoch_time(Objective(train_model=False, transform="linear"),
+                       AlignmentInputs(target=target, embeddings=embeddings))
+  x, y = np.asarray(embeddings), np.asarray(target)
+  return {
+      "version": version,
+      "epoch_s": plain,
+      "joint_sloss_extra_s": (single - plain) * config.epochs,
+      "joint_mloss_extra_s": (multi - plain) * config.epochs,
+      "posthoc_sgd_s": posthoc * config.posthoc_epochs,
+      "posthoc_lstsq_s": timed(transforms.fit_lstsq, x, y,
+                               repeats=repeats)["median_s"],
+      "posthoc_procrustes_s": timed(transforms.fit_procrustes, x, y,
+                                    repeats=repeats)["median_s"],
+  }

@@ -485,11 +485,17 @@ def evaluate(heads: Heads, inputs: EvalInputs) -> dict[str, np.ndarray]:
   return {s: auc[p] for p, s in enumerate(inputs.strategies)}
 
 
+@functools.partial(jax.jit, static_argnames=("hidden",))
+def _score(variables, x: jax.Array, labels: jax.Array, *, hidden: int):
+  return metrics.roc_auc(ConsumerMLP(hidden).apply(variables, x), labels)
+
+
 def evaluate_reference(heads: Heads, data: TaskData,
                        embeddings: Mapping[str, Mapping[int, Any]],
                        strategies: Sequence[str]) -> dict[str, np.ndarray]:
-  """`evaluate` as plain loops over strategies, versions and seeds, unpadded."""
-  model, out = ConsumerMLP(heads.hidden), {}
+  """`evaluate` as plain loops over strategies, versions and seeds, unpadded:
+  one small jitted call per (strategy, version, seed)."""
+  out = {}
   for s in strategies:
     per_version = []
     for k in sorted(data.evaluation):
@@ -497,12 +503,10 @@ def evaluate_reference(heads: Heads, data: TaskData,
       tables = [_table(embeddings, data.task, s, k, j)
                 for j in range(len(data.task.inputs))]
       x = np.concatenate([t[examples.rows[:, j]] for j, t in enumerate(tables)], 1)
-      per_seed = []
-      for seed in range(len(heads.val_auc)):
-        variables = jax.tree.map(lambda a: a[seed], heads.variables)
-        logits = model.apply(variables, jnp.asarray(x))
-        per_seed.append(float(metrics.roc_auc(logits, examples.labels)))
-      per_version.append(per_seed)
+      per_version.append([
+          float(_score(jax.tree.map(lambda a: a[seed], heads.variables), x,
+                       examples.labels, hidden=heads.hidden))
+          for seed in range(len(heads.val_auc))])
     out[s] = np.asarray(per_version)
   return out
 

@@ -129,3 +129,31 @@ def multi_step_alignment(target_rows: Rows, predicted_rows: Rows,
     diff = tuple(x @ frozen for x in diff)
     total = total + alignment(diff, mask)
   return total / (1 + len(earlier))
+
+
+def node_alignment(target: jax.Array, predicted: jax.Array,
+                   index: tuple[jax.Array, jax.Array, jax.Array],
+                   earlier: Sequence[jax.Array] = (),
+                   mask: jax.Array | None = None) -> jax.Array:
+  """`multi_step_alignment` with the batch given as node indices.
+
+  Equal to `multi_step_alignment` of the gathered rows, but the chain
+  D @ W_{k-1} @ ... runs once per node instead of once per batch row: the
+  cheaper order whenever the graph has fewer nodes than 3 x batch rows.
+
+  Args:
+    target: `[N, d_{k-1}]` E_k(M_{k-1}) of every node.
+    predicted: `[N, d_{k-1}]` the new embeddings of every node, mapped.
+    index: `(users, positives, negatives)` node ids, each `[B]`.
+    earlier: `[W_{k-1}, ..., W_1]`, newest first (frozen).
+    mask: optional `[B]`, True on real rows.
+
+  Returns:
+    The scalar loss.
+  """
+  diff = target - predicted
+  total = alignment(tuple(diff[i] for i in index), mask)
+  for matrix in earlier:
+    diff = diff @ jax.lax.stop_gradient(matrix)
+    total = total + alignment(tuple(diff[i] for i in index), mask)
+  return total / (1 + len(earlier))

@@ -112,22 +112,24 @@ def _batch_loss(model: PinSage, objective: Objective, params, state,
     new_stats = updates["batch_stats"]
   else:
     z, new_stats = align.embeddings, state.batch_stats
-  rows = (z[user], z[items[0]], z[items[1]])
+  index = (user, items[0], items[1])
+  rows = tuple(z[i] for i in index)
   loss = 0.0
   if objective.train_model:
     loss = losses.bpr_loss(*rows, mask=mask, reg=objective.reg)
   if objective.aligns:
     transform = transforms.get(objective.transform)
     d_prev = align.target.shape[1]
-    predicted = tuple(transform.apply(params["transform"], r, d_prev)
-                      for r in rows)
-    target = (align.target[user], align.target[items[0]],
-              align.target[items[1]])
-    if objective.multi_step:
-      term = losses.multi_step_alignment(target, predicted, align.earlier,
-                                         mask=mask)
+    earlier = align.earlier if objective.multi_step else ()
+    if z.shape[0] <= 3 * user.shape[0]:  # Map every node once, then gather.
+      term = losses.node_alignment(
+          align.target, transform.apply(params["transform"], z, d_prev),
+          index, earlier, mask=mask)
     else:
-      term = losses.single_step_alignment(target, predicted, mask=mask)
+      target = tuple(align.target[i] for i in index)
+      predicted = tuple(transform.apply(params["transform"], r, d_prev)
+                        for r in rows)
+      term = losses.multi_step_alignment(target, predicted, earlier, mask=mask)
     loss = loss + (objective.lam if objective.train_model else 1.0) * term
   return loss, new_stats
 

@@ -23,6 +23,8 @@ flags.DEFINE_list("agg_scales", ["1", "10", "100"],
                   "Aggregation candidates at these multiples of MovieLens-100k.")
 flags.DEFINE_integer("repeats", 5, "Timed repetitions per figure.")
 flags.DEFINE_string("layout", "", "Force an aggregation layout for training.")
+flags.DEFINE_integer("overhead_version", 4,
+                     "Version whose per-strategy extra work is timed.")
 
 
 def _table(result) -> str:
@@ -41,6 +43,18 @@ def _table(result) -> str:
   for row in result["aggregation"]:
     lines.append(f"| {row['layout']} | {row['scale']}x | {row['edges']} | "
                  f"{fmt(row['fwd_ms'])} | {fmt(row['fwd_bwd_ms'])} |")
+  o = result["strategy_overheads"]
+  lines += ["", f"extra work per version at version {o['version']} "
+            f"(plain epoch {o['epoch_s']:.2f} s):",
+            "| joint sloss s | joint mloss s | post-hoc SGD s | lstsq s | "
+            "procrustes s |", "|---|---|---|---|---|",
+            f"| {o['joint_sloss_extra_s']:.1f} | {o['joint_mloss_extra_s']:.1f} "
+            f"| {o['posthoc_sgd_s']:.1f} | {o['posthoc_lstsq_s']:.3f} | "
+            f"{o['posthoc_procrustes_s']:.3f} |"]
+  st = result["store"]
+  lines += ["", f"store, version 0 read from version 4: composed "
+            f"{st['composed_rows_per_s']:,.0f} rows/s, chained "
+            f"{st['chained_rows_per_s']:,.0f} rows/s"]
   return "\n".join(lines)
 
 
@@ -59,6 +73,10 @@ def main(argv):
       print(f"timing version {k} ...", file=sys.stderr, flush=True)
       result["versions"][k] = benchmarks.training_epoch(
           graph, config, workdir, int(k), repeats=max(2, FLAGS.repeats // 2))
+    print("timing strategy overheads ...", file=sys.stderr, flush=True)
+    result["strategy_overheads"] = benchmarks.strategy_overheads(
+        graph, config, workdir, FLAGS.overhead_version, repeats=2)
+  result["store"] = benchmarks.store_read(repeats=FLAGS.repeats)
   print("timing aggregation candidates ...", file=sys.stderr, flush=True)
   result["aggregation"] = benchmarks.aggregation_candidates(
       graph.user, graph.item, scales=[int(s) for s in FLAGS.agg_scales],

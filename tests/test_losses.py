@@ -136,3 +136,22 @@ def test_multi_step_gradient_skips_earlier():
   assert np.abs(grad_new).max() > 0
   for grad in grad_earlier:
     np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_node_alignment_equals_row_alignment_of_gathered_rows():
+  """Chaining per node then gathering gives the per-row multi-step loss."""
+  rng = np.random.default_rng(7)
+  dims = [5, 4, 3]
+  num_nodes, batch = 11, 6
+  target = jnp.asarray(rng.normal(size=(num_nodes, dims[0])), jnp.float32)
+  predicted = jnp.asarray(rng.normal(size=(num_nodes, dims[0])), jnp.float32)
+  earlier = [jnp.asarray(rng.normal(size=(a, b)), jnp.float32)
+             for a, b in zip(dims, dims[1:])]
+  index = tuple(jnp.asarray(rng.integers(num_nodes, size=batch)) for _ in range(3))
+  mask = jnp.asarray([1, 1, 1, 1, 0, 0], bool)
+  for chain in (earlier[:0], earlier[:1], earlier):
+    expected = losses.multi_step_alignment(
+        tuple(target[i] for i in index), tuple(predicted[i] for i in index),
+        chain, mask=mask)
+    got = losses.node_alignment(target, predicted, index, chain, mask=mask)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)

@@ -1,0 +1,157 @@
+"""Tests of the report arithmetic and files, and the end-to-end reproduce job."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bcjax import io, report
+from bcjax.strategies import STRATEGIES
+
+ROOT = Path(__file__).resolve().parents[1]
+BC = "joint-lin-mloss"
+
+RECALL50 = {"fix-m0": [0.15, 0.15], "nobc": [0.2, 0.4], BC: [0.3, 0.24]}
+AUC = {  # task -> strategy -> per version: per-seed AUCs (None: not scored)
+    "t1": {"fix-m0": [None, [0.8, 0.6]], "nobc": [None, [0.5, 0.5]],
+           BC: [None, [0.7, 0.7]]},
+    "t2": {"fix-m0": [None, [0.9, 0.9]], "nobc": [None, [0.6, 0.8]],
+           BC: [None, [0.8, 0.8]]},
+}
+ALIGNMENT = {"fix-m0": [0.0, 0.0], "nobc": [0.0, 2.0], BC: [0.0, 0.5]}
+
+
+def test_summarize_by_hand():
+  out = report.summarize(RECALL50, AUC, ALIGNMENT)
+  # Mean R@50: fix 0.15, nobc 0.3, BC 0.27 -> -50 %, 0 %, -10 %.
+  # Unintended: fix (0.7 + 0.9) / 2 = 0.8; nobc (0.5 + 0.7) / 2 = 0.6 -> -25 %;
+  # BC (0.7 + 0.8) / 2 = 0.75 -> -6.25 %.
+  expected = {"fix-m0": (-50.0, 0.0, -50.0, 0.0),
+              "nobc": (0.0, -25.0, -25.0, 1.0),
+              BC: (-10.0, -6.25, -16.25, 0.25)}
+  for s, (intended, unintended, total, alignment) in expected.items():
+    r = out[s]
+    assert r["intended_pct"] == pytest.approx(intended)
+    assert r["unintended_pct"] == pytest.approx(unintended)
+    assert r["total_pct"] == pytest.approx(total)
+    assert r["alignment_error"] == pytest.approx(alignment)
+    assert r["recall50"] == RECALL50[s]
+  assert out[BC]["auc"]["t1"] == [None, pytest.approx(0.7)]
+  assert out["nobc"]["auc"]["t2"] == [None, pytest.approx(0.7)]
+
+
+def test_summarize_without_references():
+  out = report.summarize({BC: [0.3, 0.24]}, {"t1": {BC: AUC["t1"][BC]}}, {})
+  r = out[BC]
+  assert r["intended_pct"] is r["unintended_pct"] is r["total_pct"] is None
+  assert r["alignment_error"] is None
+  table = report.markdown_table(out)
+  assert "**Joint-Lin-MLoss (BC-Aligner)**" in table and "n/a" in table
+
+
+def test_nan_and_none_seeds_are_skipped():
+  auc = {"t": {"fix-m0": [[0.5, float("nan")], None, [None, 0.7]]}}
+  assert report.unintended_score(auc, "fix-m0") == pytest.approx(0.6)
+
+
+def _fake_run(root: Path) -> None:
+  """Three strategies, two versions; U = I = 2 rows of 2 dims."""
+  io.save_json(root / "config.json", {"dataset": "toy", "preset": "test",
+                                       "seed": 3, "times": [0.5, 0.7, 1.0]})
+  for s, recalls in RECALL50.items():
+    for k, r in enumerate(recalls):
+      path = root / s / f"v{k}"
+      path.mkdir(parents=True)
+      users = np.zeros((2, 2), np.float32)
+      if s == "nobc" and k == 1:
+        users[:] = [3.0, 4.0]   # distance 5 on 2 of 4 rows: 2.5
+      io.save_npy(path / "bc_users.npy", users)
+      io.save_npy(path / "bc_items.npy", np.zeros((2, 2), np.float32))
+      io.save_json(path / "metrics.json", {"best": {"recall@50": r}})
+  (root / "consumers").mkdir()
+  io.save_json(root / "consumers" / "auc.json", AUC)
+
+
+def test_write_report(tmp_path):
+  _fake_run(tmp_path)
+  content, table, plots = report.write_report(tmp_path)
+  assert content == json.loads((tmp_path / "report.json").read_text())
+  assert list(content) == ["dataset", "preset", "seed", "strategies"]
+  assert (content["dataset"], content["preset"], content["seed"]) == ("toy", "test", 3)
+  assert list(content["strategies"]) == ["fix-m0", "nobc", BC]  # STRATEGIES order
+  for r in content["strategies"].values():
+    assert set(r) == {"recall50", "intended_pct", "unintended_pct", "total_pct",
+                      "alignment_error", "auc"}
+  nobc = content["strategies"]["nobc"]
+  assert nobc["alignment_error"] == pytest.approx(1.25)  # (0 + 2.5) / 2
+  assert nobc["unintended_pct"] == pytest.approx(-25.0)
+  assert content["strategies"][BC]["intended_pct"] == pytest.approx(-10.0)
+
+  rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+  assert [r["strategy"] for r in rows] == ["fix-m0", "nobc", BC]
+  assert float(rows[2]["total_pct"]) == pytest.approx(-16.25)
+  assert float(rows[1]["recall50_v1"]) == pytest.approx(0.4)
+
+  assert table.splitlines()[0].startswith("| strategy | mean R@50 |")
+  assert "| No-BC | 0.3000 | 0.00 | -25.00 | -25.00 | 1.25 |" in table
+  assert [p.name for p in plots] == list(report.PLOTS)
+  for p in plots:
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert not list(tmp_path.glob(".*.tmp"))  # atomic writes left nothing
+
+
+def _reproduce(workdir, *flags, timeout=600):
+  env = dict(os.environ)
+  # Tiny programs: XLA's optimisation passes cost more than they save.
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                      " --xla_backend_optimization_level=0").strip()
+  return subprocess.run(
+      [sys.executable, "-m", "launch.reproduce",
+       "--config=launch/configs/test.py", f"--workdir={workdir}", *flags],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_reproduce_rejects_bad_config(tmp_path):
+  for flag, message in (("--config.consumer_seeds=0", "consumer_seeds"),
+                        ("--strategies=nobc,bogus", "unknown strategy"),
+                        ("--config.versions=0", "every version")):
+    result = _reproduce(tmp_path / "run", flag)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert message in result.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_reproduce_end_to_end(tmp_path):
+  """The test preset on a small synthetic graph: every strategy, the report."""
+  start = time.perf_counter()
+  result = _reproduce(tmp_path / "run", "--dataset=synthetic",
+                      "--synthetic_interactions=3000")
+  elapsed = time.perf_counter() - start
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+  assert "| strategy | mean R@50 | intended % |" in out
+  assert "**Joint-Lin-MLoss (BC-Aligner)**" in out
+  content = json.loads((tmp_path / "run" / "report.json").read_text())
+  assert list(content["strategies"]) == list(STRATEGIES)
+  assert content["preset"] == "test" and content["dataset"] == "synthetic"
+  for name, r in content["strategies"].items():
+    assert len(r["recall50"]) == 5
+    assert set(r["auc"]) == {"binary-edge-rating", "user-activity",
+                             "user-positive-activity", "binary-item-rating-avg",
+                             "binary-item-rating-std"}
+    assert r["auc"]["user-activity"][:2] == [None, None]
+    assert r["auc"]["binary-edge-rating"][0] is None
+    assert all(a is not None for a in r["auc"]["binary-edge-rating"][1:])
+  fix = content["strategies"]["fix-m0"]
+  assert fix["unintended_pct"] == 0.0 and fix["alignment_error"] == 0.0
+  assert content["strategies"]["nobc"]["intended_pct"] == 0.0
+  for plot in report.PLOTS:
+    assert f"plot: {tmp_path / 'run' / plot}" in out
+  print(f"reproduce end to end: {elapsed:.1f}s")
