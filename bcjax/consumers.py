@@ -533,9 +533,10 @@ def train_consumers(workdir: str | os.PathLike, data: Mapping[str, TaskData],
                     ) -> dict[str, Heads]:
   """Trains (or loads, if saved) every task's consumers on fix-m0's embeddings.
 
-  Task t's key is `fold_in(key(seed), crc32(t))`. Tasks whose training or
-  early-stopping labels have a single class are skipped (absent from the
-  result), with a log line.
+  Task t's key is `fold_in(key(seed), crc32(t))`. Saved heads are reused when
+  their consumer settings and input width match, else retrained. Tasks whose
+  training or early-stopping labels have a single class are skipped (absent
+  from the result), with a log line.
   """
   log = log or (lambda line: print(line, file=sys.stderr, flush=True))
   out_dir = consumer_dir(workdir)
@@ -543,11 +544,17 @@ def train_consumers(workdir: str | os.PathLike, data: Mapping[str, TaskData],
   versions = sorted({0} | {d.task.val_version for d in data.values()})
   embeddings = load_embeddings(workdir, [REFERENCE], versions)[REFERENCE]
   heads = {}
+  settings = json.loads(json.dumps(dataclasses.asdict(config)))
   for name, d in data.items():
     stem = out_dir / name
+    d_in = sum(embeddings[0][0 if kind == "user" else 1].shape[1]
+               for kind in d.task.inputs)
     if stem.with_suffix(".json").exists():
-      heads[name] = load_heads(stem)
-      continue
+      meta = json.loads(stem.with_suffix(".json").read_text())
+      if meta.get("config") == settings and meta.get("d_in") == d_in:
+        heads[name] = load_heads(stem)
+        continue
+      log(f"[consumer {name}] saved heads have other settings; retraining")
     if single_class(d.train) or single_class(d.val):
       log(f"[consumer {name}] skipped: its training or early-stopping labels "
           "have a single class")
@@ -563,9 +570,8 @@ def train_consumers(workdir: str | os.PathLike, data: Mapping[str, TaskData],
     save_heads(stem, heads[name], {
         "task": name, "trained_on": f"{REFERENCE} v0",
         "val_version": d.task.val_version,
-        "d_in": int(sum(t.shape[1] for t in tables(0))),
-        "num_train": len(d.train), "num_val": len(d.val),
-        "epochs": config.epochs, "config": dataclasses.asdict(config)})
+        "d_in": d_in, "num_train": len(d.train), "num_val": len(d.val),
+        "config": settings})
     log(f"[consumer {name}] h={heads[name].hidden} dropout="
         f"{heads[name].dropout} val AUC {heads[name].val_auc.mean():.4f} "
         f"({time.perf_counter() - start:.1f}s)")

@@ -42,6 +42,7 @@ def main(argv):
                        "needs every version; use 'all'")
     consumer_config = consumers.ConsumerConfig.from_config(config)
     graph = common.dataset_from_flags()
+    config.dataset = graph.name  # What config.json and the report name.
     workdir = FLAGS.workdir or f"runs/{graph.name}-{config.preset}"
     experiment = Experiment(graph, config, workdir)
     tasks = consumers.all_task_data(experiment.splits)

@@ -33,9 +33,9 @@ class ConsumerMLP(nn.Module):
   """
   hidden: int
 
-  def _dense(self, features: int, fan_in: int) -> nn.Dense:
+  def _dense(self, features: int, fan_in: int, name: str) -> nn.Dense:
     return nn.Dense(features, kernel_init=torch_linear_init,
-                    bias_init=torch_bias_init(fan_in))
+                    bias_init=torch_bias_init(fan_in), name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False,
@@ -55,12 +55,12 @@ class ConsumerMLP(nn.Module):
       `[B]` logits.
     """
     mask = jnp.ones(x.shape[:1], bool) if mask is None else mask
-    h = self._dense(self.hidden, x.shape[-1])(x)
-    h = nn.relu(MaskedBatchNorm()(h, mask, train))
+    h = self._dense(self.hidden, x.shape[-1], "dense_0")(x)
+    h = nn.relu(MaskedBatchNorm(name="norm_0")(h, mask, train))
     if train:
       h = dropout(h, rate, self.make_rng("dropout"))
-    h = self._dense(self.hidden, self.hidden)(h)
-    h = MaskedBatchNorm()(h, mask, train)
+    h = self._dense(self.hidden, self.hidden, "dense_1")(h)
+    h = MaskedBatchNorm(name="norm_1")(h, mask, train)
     if train:
       h = dropout(h, rate, self.make_rng("dropout"))
-    return self._dense(1, self.hidden)(h)[:, 0]
+    return self._dense(1, self.hidden, "output")(h)[:, 0]
