@@ -19,6 +19,7 @@ setuptools.setup(
         "numpy>=2.0",
         "absl-py>=2.0",
         "ml_collections>=1.1",
+        "matplotlib>=3.8",  # the report's plots (PNG)
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
 )

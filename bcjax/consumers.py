@@ -494,7 +494,12 @@ def evaluate_reference(heads: Heads, data: TaskData,
                        embeddings: Mapping[str, Mapping[int, Any]],
                        strategies: Sequence[str]) -> dict[str, np.ndarray]:
   """`evaluate` as plain loops over strategies, versions and seeds, unpadded:
-  one small jitted call per (strategy, version, seed)."""
+  one small jitted call per (strategy, version, seed).
+
+  Agrees with `evaluate` up to float rounding: identical input rows (say a
+  repeated interaction) may round differently at different positions of the
+  batched computation, which can break their AUC tie (half a pair).
+  """
   out = {}
   for s in strategies:
     per_version = []

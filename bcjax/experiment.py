@@ -87,7 +87,7 @@ class Experiment:
     io.save_npy(self.workdir / "user_ids.npy", graph.user_ids)
     io.save_npy(self.workdir / "item_ids.npy", graph.item_ids)
     io.save_json(self.workdir / "config.json",
-                 {"dataset": graph.name, **config.to_dict()})
+                 {**config.to_dict(), "dataset": graph.name})
 
   @property
   def num_versions(self) -> int:

@@ -128,7 +128,11 @@ def read_recall50(workdir: str | os.PathLike, strategies: Sequence[str],
 
 def alignment_errors(workdir: str | os.PathLike, strategies: Sequence[str],
                      num_versions: int) -> dict[str, list[float]]:
-  """strategy -> per version: mean L2 distance of its BC embedding to fix-m0's."""
+  """strategy -> per version: mean L2 distance of its BC embedding to fix-m0's.
+
+  Version 0 is included (where every strategy shares nobc's model, so the
+  distance is 0), as in the paper's released analysis.
+  """
   root = Path(workdir)
   load = lambda s, k, kind: io.load_npy(root / s / f"v{k}" / f"bc_{kind}.npy")
   out = {}
