@@ -77,7 +77,9 @@ class Experiment:
     last = self.splits[-1]
     self.num_users_pad = _round_up(max(s.num_users for s in self.splits))
     self.num_items_pad = _round_up(max(s.num_items for s in self.splits))
-    self.num_edges_pad = _round_up(2 * max(s.num_train for s in self.splits), 1024)
+    max_train = max(s.num_train for s in self.splits)
+    self.num_edges_pad = _round_up(2 * max_train, 1024)
+    self.num_batches = -(-max_train // config.batch_size)
     self.attribute_nnz_pad = {
         name: _round_up(int(kind.offsets[last.num_items]))
         for name, kind in last.attributes.items()}
@@ -268,7 +270,7 @@ class Experiment:
         model, data.inputs, data.sampler, objective, state, align, evaluate,
         "recall@50", self.key(k), epochs=epochs, eval_every=config.eval_every,
         min_select_epoch=select_after, batch_size=config.batch_size,
-        lr=config.lr, label=f"{name} v{k}")
+        lr=config.lr, label=f"{name} v{k}", num_batches=self.num_batches)
     variables = {"params": best.state.params["model"],
                  "batch_stats": best.state.batch_stats}
     z = self.embeddings(model, variables, k)
@@ -333,7 +335,8 @@ class Experiment:
         model, data.inputs, data.sampler, objective, state, align, evaluate,
         "mse", self.key(k), epochs=config.posthoc_epochs, eval_every=1,
         min_select_epoch=config.min_select_epoch, batch_size=config.batch_size,
-        lr=config.lr, label=f"{strategy.name} v{k}", lower_is_better=True)
+        lr=config.lr, label=f"{strategy.name} v{k}", lower_is_better=True,
+        num_batches=self.num_batches)
     transform = self._backward_matrix("linear", best.state.params, k)
     return transform, {"alignment_mse": best.metrics["mse"],
                        "alignment_epoch": best.epoch,

@@ -153,7 +153,7 @@ def train_epoch(state: TrainState, graph: GraphInputs, align: AlignmentInputs,
   """
   optimizer = make_optimizer(lr)
 
-  def step(state, batch):
+  def update(state, batch):
     grad_fn = jax.value_and_grad(
         lambda p: _batch_loss(model, objective, p, state, graph, align, batch),
         has_aux=True)
@@ -163,8 +163,14 @@ def train_epoch(state: TrainState, graph: GraphInputs, align: AlignmentInputs,
     return state.replace(step=state.step + 1, params=params,
                          batch_stats=new_stats, opt_state=opt_state), loss
 
+  def step(state, batch):
+    # Batches of padding (epochs padded to a run-wide count) change nothing.
+    return jax.lax.cond(jnp.any(batch[3]), update,
+                        lambda state, _: (state, jnp.zeros(())), state, batch)
+
   state, batch_losses = jax.lax.scan(step, state, batches)
-  return state, jnp.mean(batch_losses)
+  real = jnp.any(batches[3], axis=1)
+  return state, jnp.sum(batch_losses) / jnp.maximum(jnp.sum(real), 1)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -175,12 +181,20 @@ def embed(model: PinSage, model_params: Params, batch_stats: Params,
                      graph, train=False)
 
 
-def epoch_batches(sampler: TripleSampler, key: jax.Array,
-                  batch_size: int) -> tuple[np.ndarray, ...]:
-  """One epoch's triples as `[num_batches, batch_size]` arrays plus a mask."""
+def epoch_batches(sampler: TripleSampler, key: jax.Array, batch_size: int,
+                  num_batches: int | None = None) -> tuple[np.ndarray, ...]:
+  """One epoch's triples as `[num_batches, batch_size]` arrays plus a mask.
+
+  `num_batches` pads the epoch with empty batches (all-False mask) up to a
+  count shared by every version of a run, so one program serves them all.
+  """
   user, pos, neg = sampler.sample(numpy_rng(key))
   n = len(user)
-  num_batches = -(-n // batch_size)
+  needed = -(-n // batch_size)
+  num_batches = needed if num_batches is None else num_batches
+  if num_batches < needed:
+    raise ValueError(f"{n} triples need {needed} batches of {batch_size}, "
+                     f"more than the budget {num_batches}")
   pad = num_batches * batch_size - n
   mask = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)])
   shaped = [np.concatenate([a, np.zeros(pad, a.dtype)]).reshape(num_batches, -1)
@@ -205,8 +219,9 @@ class Selection:
 class Progress:
   """One progress line per evaluation: epoch, loss, metric, rate, ETA."""
 
-  def __init__(self, label: str, total_epochs: int, stream=sys.stderr):
-    self.label, self.total, self.stream = label, total_epochs, stream
+  def __init__(self, label: str, total_epochs: int, stream=None):
+    self.label, self.total = label, total_epochs
+    self.stream = stream or sys.stderr
     self.start = time.perf_counter()
 
   def update(self, epoch: int, loss: float, metric_name: str, metric: float):
@@ -224,7 +239,8 @@ def train_version(model: PinSage, graph: GraphInputs, sampler: TripleSampler,
                   select_key: str, key: jax.Array, *, epochs: int,
                   eval_every: int, min_select_epoch: int, batch_size: int,
                   lr: float, label: str = "train",
-                  lower_is_better: bool = False) -> tuple[Selection, list]:
+                  lower_is_better: bool = False,
+                  num_batches: int | None = None) -> tuple[Selection, list]:
   """Trains one version and keeps the best evaluated state.
 
   Args:
@@ -236,6 +252,7 @@ def train_version(model: PinSage, graph: GraphInputs, sampler: TripleSampler,
     min_select_epoch: evaluations before this epoch never select.
     label: prefix of the progress lines.
     lower_is_better: select on the lowest value instead of the highest.
+    num_batches: pad every epoch to this many batches (see `epoch_batches`).
 
   Returns:
     The best `Selection` (its state copied to host) and the history
@@ -245,7 +262,8 @@ def train_version(model: PinSage, graph: GraphInputs, sampler: TripleSampler,
   progress = Progress(label, epochs)
   sign = -1.0 if lower_is_better else 1.0
   for epoch in range(1, epochs + 1):
-    batches = epoch_batches(sampler, jax.random.fold_in(key, epoch), batch_size)
+    batches = epoch_batches(sampler, jax.random.fold_in(key, epoch),
+                            batch_size, num_batches)
     state, loss = train_epoch(state, graph, align, batches, model=model,
                               objective=objective, lr=lr)
     if epoch % eval_every and epoch != epochs:

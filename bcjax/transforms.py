@@ -244,7 +244,11 @@ def fit_lstsq(x: np.ndarray, y: np.ndarray, ridge: float = 1e-4) -> np.ndarray:
 
 
 def fit_procrustes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-  """The (semi-)orthogonal W minimising ||x W - y||: W = U V^T of svd(x^T y).
+  """Orthogonal Procrustes: W = U V^T of svd(x^T y), maximising tr(W^T x^T y).
+
+  Over (semi-)orthogonal W this minimises ||x W - y|| exactly when
+  d_in == d_out (or x^T x is a multiple of I); for d_in > d_out it is the
+  usual semi-orthogonal relaxation.
 
   Args:
     x: `[n, d_in]` source embeddings.

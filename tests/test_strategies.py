@@ -186,7 +186,11 @@ def test_procrustes_square_recovers_rotation_of_any_rows():
                              atol=1e-4)
 
 
-def test_gradient_training_recovers_a_planted_linear_map():
+# 50 nodes: batches of 32 rows map every node then gather, batches of 8 rows
+# gather first (training._batch_loss picks by size); both must learn W.
+@pytest.mark.parametrize("num_batches,batch_size", [(10, 32), (40, 8)])
+def test_gradient_training_recovers_a_planted_linear_map(num_batches,
+                                                         batch_size):
   """Post-hoc B_k training (train_epoch, single-step loss) on fixed rows."""
   rng = np.random.default_rng(1)
   num_users, num_items, d_in, d_out = 20, 30, 12, 8
@@ -209,7 +213,7 @@ def test_gradient_training_recovers_a_planted_linear_map():
   initial_error = np.abs(np.asarray(state.params["transform"]["kernel"]) - w)
   for epoch in range(40):
     batch_rng = np.random.default_rng(epoch)
-    shape = (10, 32)
+    shape = (num_batches, batch_size)
     batches = (batch_rng.integers(num_users, size=shape).astype(np.int32),
                batch_rng.integers(num_items, size=shape).astype(np.int32),
                batch_rng.integers(num_items, size=shape).astype(np.int32),

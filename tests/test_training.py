@@ -42,7 +42,8 @@ def trace_counter(monkeypatch):
   return count
 
 
-def _epochs(experiment, versions, batch_size, epochs_per_version=3):
+def _epochs(experiment, versions, batch_size, epochs_per_version=3,
+            num_batches=None):
   """Runs a few real epochs of nobc training on each version."""
   model = experiment.model(0)
   objective = training.Objective()
@@ -53,7 +54,8 @@ def _epochs(experiment, versions, batch_size, epochs_per_version=3):
                                 jax.random.key(k), None, 1e-3)
     for epoch in range(epochs_per_version):
       batches = training.epoch_batches(
-          data.sampler, jax.random.key(100 * k + epoch), batch_size)
+          data.sampler, jax.random.key(100 * k + epoch), batch_size,
+          num_batches)
       state, loss = training.train_epoch(
           state, data.inputs, training.AlignmentInputs(), batches,
           model=model, objective=objective, lr=1e-3)
@@ -81,20 +83,38 @@ def test_train_epoch_compiles_once_across_epochs_and_versions(experiment,
   assert training.train_epoch._cache_size() == cache
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "epoch_batches makes [ceil(T / batch_size), batch_size] arrays, so two "
-    "versions with different training sizes T give different scan lengths "
-    "and train_epoch recompiles per version even at the same (d, L) and node "
-    "budget; padding the number of batches needs masked no-op steps"))
 def test_train_epoch_compiles_once_when_batch_counts_differ(experiment,
                                                             trace_counter):
+  """Epochs padded to a run-wide batch count share one program."""
   batch_size = 512
   counts = {-(-experiment.splits[k].num_train // batch_size) for k in (1, 2)}
   assert len(counts) == 2
-  for i, _ in enumerate(_epochs(experiment, (1, 2), batch_size, 2)):
+  for i, _ in enumerate(_epochs(experiment, (1, 2), batch_size, 2,
+                                num_batches=max(counts))):
     if i == 0:
       first = trace_counter[0]
   assert trace_counter[0] == first
+
+
+def test_padding_batches_change_nothing(experiment):
+  """Empty (all-masked) batches leave the state and the mean loss as is."""
+  data, model = experiment.data(1), experiment.model(1)
+  objective = training.Objective()
+  results = []
+  for extra in (0, 2):
+    state = training.init_state(model, data.inputs, objective,
+                                jax.random.key(0), None, 1e-3)
+    needed = -(-data.split.num_train // 256)
+    batches = training.epoch_batches(data.sampler, jax.random.key(1), 256,
+                                     needed + extra)
+    results.append(training.train_epoch(
+        state, data.inputs, training.AlignmentInputs(), batches, model=model,
+        objective=objective, lr=1e-3))
+  (a, loss_a), (b, loss_b) = results
+  np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+  assert int(a.step) == int(b.step) == needed
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6,
+                                                       atol=1e-6), a, b)
 
 
 @pytest.mark.parametrize("num_train,batch_size", [(10, 4), (12, 4), (3, 8)])
@@ -126,21 +146,23 @@ def test_epoch_batches_shapes_and_mask(num_train, batch_size):
   np.testing.assert_array_equal(again[0], user_b)
 
 
-def test_nobc_beats_random_recall(experiment):
-  config = experiment.config
-  config.epochs, config.eval_every = 20, 5
-  try:
-    experiment.run("nobc", [0])
-  finally:
-    config.epochs, config.eval_every = 4, 2
+def test_nobc_beats_random_recall(tmp_path):
+  # Low-rank latent preferences (synthetic dim 2) and more items than users:
+  # a learnable signal, and random Recall@50 (about 50 / I1) far below 1.
+  # With the generator's default 16 latent dims a model this small and this
+  # briefly trained is barely above random on a graph this size.
+  graph = make_synthetic(4000, num_users=150, num_items=500, dim=2, seed=0)
+  config = _config(times=(0.5, 0.7), dims=(16,), layers=(1,), epochs=20,
+                   eval_every=5, batch_size=128)
+  experiment = Experiment(graph, config, tmp_path)
+  experiment.run("nobc", [0])
   best = experiment.load("nobc", 0).metrics["best"]["recall@50"]
   n = experiment.num_users_pad + experiment.num_items_pad
-  random = [experiment.recall(jax.random.normal(jax.random.key(s), (n, 8)),
+  random = [experiment.recall(jax.random.normal(jax.random.key(s), (n, 16)),
                               0)["recall@50"] for s in range(10)]
   expected = 50 / experiment.splits[0].num_items
   assert abs(np.mean(random) - expected) < 0.05   # sanity of the baseline
-  assert best > 1.3 * np.mean(random) and best > max(random), (
-      best, random)
+  assert best > 1.5 * np.mean(random) and best > max(random), (best, random)
 
 
 # train_version's selection logic, with the epoch replaced by a script.

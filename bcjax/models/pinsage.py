@@ -236,7 +236,8 @@ class SAGEConv(nn.Module):
     """
     kernel_l, bias_l, kernel_r = self.kernel_l, self.bias_l, self.kernel_r
     ops = graph.first_layer
-    users = user @ kernel_r + bias_l
+    users = jnp.broadcast_to(user @ kernel_r + bias_l,
+                             (graph.num_users, self.dim))
     items = ops.item_has_neighbour[:, None] * (user @ kernel_l) + bias_l
     for table, attr, user_attr in zip(tables, graph.attributes,
                                       ops.user_attributes):
@@ -275,8 +276,9 @@ class PinSage(nn.Module):
     if graph.first_layer is not None:
       h = convs[0].first_layer(graph, user, tables)
     else:
-      items = sum(_item_mean(table, attr, graph.num_items)
-                  for table, attr in zip(tables, graph.attributes))
+      items = sum((_item_mean(table, attr, graph.num_items)
+                   for table, attr in zip(tables, graph.attributes)),
+                  jnp.zeros((graph.num_items, self.dim)))
       users = jnp.broadcast_to(user, (graph.num_users, self.dim))
       h = convs[0](graph.adjacency, jnp.concatenate([users, items]))
     for layer in range(self.num_layers):
