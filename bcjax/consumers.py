@@ -82,7 +82,8 @@ class Examples:
 
 @dataclasses.dataclass(frozen=True)
 class TaskData:
-  """Training (version 0), early-stopping and per-version scoring examples."""
+  """Training (version 0 unless built with another `train_version`),
+  early-stopping and per-version scoring examples."""
   task: Task
   train: Examples
   val: Examples
@@ -110,17 +111,31 @@ def _examples(name: str, split: VersionSplit, targets: VersionTargets,
   return Examples(stats.item.astype(np.int32)[:, None], np.asarray(label, bool))
 
 
+def early_stop_version(task: Task, train_version: int, num_versions: int) -> int:
+  """The version whose labels early-stop consumers trained on `train_version`:
+  `train_version + task.val_version`, clipped to the last version."""
+  return min(train_version + task.val_version, num_versions - 1)
+
+
 def task_data(name: str, splits: Sequence[VersionSplit],
-              targets: Sequence[VersionTargets] | None = None) -> TaskData:
+              targets: Sequence[VersionTargets] | None = None,
+              train_version: int = 0) -> TaskData:
   """Builds one task's examples from a run's splits.
+
+  With `train_version` j (SPEC 7 is j = 0), the consumers train on version
+  j's examples, early-stop on version j + `task.val_version` (clipped to the
+  last version) and are scored at every version k >= j + `task.first_version`;
+  the rating-average threshold is the median of version j's training means.
 
   Args:
     name: a key of `TASKS`.
     splits: every version's split, version 0 first.
     targets: their `version_targets` (computed if None).
+    train_version: j, the version the consumers train on.
 
   Raises:
-    ValueError: an unknown task, or too few versions for its early stopping.
+    ValueError: an unknown task, too few versions for its early stopping, or
+      a training version out of range.
   """
   if name not in TASKS:
     raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
@@ -128,13 +143,18 @@ def task_data(name: str, splits: Sequence[VersionSplit],
   if len(splits) <= task.val_version:
     raise ValueError(f"task {name}: needs {task.val_version + 1} versions, "
                      f"the run has {len(splits)}")
+  if not 0 <= train_version < len(splits):
+    raise ValueError(f"task {name}: train_version={train_version} is out of "
+                     f"range 0..{len(splits) - 1}")
   targets = targets or [version_targets(s) for s in splits]
-  threshold = float(np.median(targets[0].item_stats_train.mean))
+  j = train_version
+  threshold = float(np.median(targets[j].item_stats_train.mean))
   examples = lambda k, side: _examples(name, splits[k], targets[k], side,
                                        threshold)
-  return TaskData(task, examples(0, "train"), examples(task.val_version, "eval"),
+  val_version = early_stop_version(task, j, len(splits))
+  return TaskData(task, examples(j, "train"), examples(val_version, "eval"),
                   {k: examples(k, "eval")
-                   for k in range(task.first_version, len(splits))})
+                   for k in range(j + task.first_version, len(splits))})
 
 
 def all_task_data(splits: Sequence[VersionSplit]) -> dict[str, TaskData]:
@@ -220,11 +240,13 @@ def _start(key: jax.Array, *, hidden: int, d_in: int, seeds: int,
       jax.random.fold_in(key, hidden), s))(jnp.arange(seeds))
   keys = seed_keys[jnp.tile(jnp.arange(seeds), num_rates)]
   variables = _init(hidden, d_in, keys)
+  # best_auc strongly typed, as _grid_epoch returns it: else its second call
+  # recompiles.
   return {"params": variables["params"],
           "batch_stats": variables["batch_stats"],
           "opt_state": jax.vmap(optax.adam(lr).init)(variables["params"]),
           "best": jax.tree.map(jnp.copy, variables),
-          "best_auc": jnp.full(len(keys), -jnp.inf),
+          "best_auc": jnp.full(len(keys), -jnp.inf, jnp.float32),
           "best_epoch": jnp.zeros(len(keys), jnp.int32)}, keys
 
 

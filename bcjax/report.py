@@ -1,9 +1,11 @@
 """The report of a finished run (SPEC 8): table, JSON, CSV and plots.
 
 Reads the run directory (`config.json`, every `<strategy>/v<k>/metrics.json`
-and BC embedding, `consumers/auc.json`) and writes `report.json`,
-`report.csv` and PNG plots into it, every file atomically. The arithmetic
-(`summarize`) is a pure function of per-version numbers, tested on its own.
+and BC embedding, `consumers/auc.json`, and the compatibility matrices
+`compatibility/<strategy>/<task>.json` where present) and writes
+`report.json`, `report.csv` and PNG plots into it, every file atomically.
+The arithmetic (`summarize`, `compatibility.summarize`) is a pure function of
+per-version numbers, tested on its own.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from bcjax import io, metrics
+from bcjax import compatibility, io, metrics
 from bcjax.strategies import BC_ALIGNER, STRATEGIES
 
 NOBC, FIX_M0 = "nobc", "fix-m0"
@@ -165,6 +167,22 @@ def markdown_table(strategies: Mapping[str, dict]) -> str:
   return "\n".join(lines)
 
 
+def compatibility_table(summary: Mapping[str, dict]) -> str:
+  """Strategy, mean compatibility AUC, then each task's mean (beyond the paper:
+  consumers trained at every version j, scored at every later k)."""
+  tasks = list(dict.fromkeys(t for r in summary.values() for t in r["tasks"]))
+  lines = ["| strategy | mean compatibility AUC | " + " | ".join(tasks) + " |",
+           "|---|---:|" + "---:|" * len(tasks)]
+  for s, r in summary.items():
+    name = PAPER_NAMES.get(s, s)
+    if s == BC_ALIGNER:
+      name = f"**{name}**"
+    cells = [_fmt(r["tasks"][t]["mean"], 4) if t in r["tasks"] else "n/a"
+             for t in tasks]
+    lines.append(f"| {name} | {_fmt(r['mean'], 4)} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def csv_text(strategies: Mapping[str, dict], num_versions: int) -> str:
   out = _stdio.StringIO()
   writer = csv.writer(out, lineterminator="\n")
@@ -236,6 +254,63 @@ def plot(strategies: Mapping[str, dict], alignment: Mapping[str, Sequence[float]
   return paths
 
 
+def _matrix(rows) -> np.ndarray:
+  return np.asarray([[np.nan if v is None else v for v in row] for row in rows],
+                    np.float64)
+
+
+def plot_compatibility(summary: Mapping[str, dict], out_dir: str | os.PathLike,
+                       title: str = "") -> list[Path]:
+  """`compatibility_<strategy>.png`: one heat-map per task and their
+  entry-wise mean (over the tasks defining the entry), trained-at version j
+  down, scored-at version k across; one colour scale for every strategy."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  out_dir, paths = Path(out_dir), []
+  matrices = {s: {t: _matrix(r["matrix"]) for t, r in v["tasks"].items()}
+              for s, v in summary.items()}
+  finite = np.concatenate([m[np.isfinite(m)] for by_task in matrices.values()
+                           for m in by_task.values()] or [np.zeros(0)])
+  if not finite.size:
+    return paths
+  low, high = float(finite.min()), float(finite.max())
+  if high - low < 1e-6:
+    low, high = low - 0.01, high + 0.01
+  for s, by_task in matrices.items():
+    if not by_task:
+      continue
+    stacked = np.stack(list(by_task.values()))
+    defined = np.isfinite(stacked)
+    mean = np.where(defined.any(0), np.where(defined, stacked, 0).sum(0)
+                    / np.maximum(defined.sum(0), 1), np.nan)
+    panels = {**by_task, "mean over tasks": mean}
+    figure, axes = plt.subplots(1, len(panels),
+                                figsize=(2.6 * len(panels) + 1, 3.0),
+                                squeeze=False)
+    for ax, (task, m) in zip(axes[0], panels.items()):
+      image = ax.imshow(np.ma.masked_invalid(m), vmin=low, vmax=high,
+                        cmap="viridis")
+      for (j, k), v in np.ndenumerate(m):
+        if np.isfinite(v):
+          ax.text(k, j, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                  color="white" if v < (low + high) / 2 else "black")
+      ax.set_title(task, fontsize=7)
+      ax.set_xticks(range(m.shape[1]))
+      ax.set_yticks(range(m.shape[0]))
+      ax.set_xlabel("scored at version k", fontsize=7)
+    axes[0][0].set_ylabel("trained at version j", fontsize=7)
+    figure.colorbar(image, ax=list(axes[0]), shrink=0.8, label="ROC-AUC")
+    figure.suptitle(f"{title}: compatibility of {PAPER_NAMES.get(s, s)} "
+                    f"(mean {_fmt(summary[s]['mean'], 4)})", fontsize=8)
+    path = out_dir / f"compatibility_{s}.png"
+    _save_figure(figure, path)
+    plt.close(figure)
+    paths.append(path)
+  return paths
+
+
 def write_report(workdir: str | os.PathLike,
                  strategies: Sequence[str] | None = None
                  ) -> tuple[dict, str, list[Path]]:
@@ -246,7 +321,8 @@ def write_report(workdir: str | os.PathLike,
     strategies: default: every strategy with all versions complete.
 
   Returns:
-    (report.json's content, the markdown table, the plot paths).
+    (report.json's content, the markdown table (followed by the
+    compatibility table when any matrix is saved), the plot paths).
   """
   root = Path(workdir)
   config = json.loads((root / "config.json").read_text())
@@ -260,10 +336,17 @@ def write_report(workdir: str | os.PathLike,
                if FIX_M0 in strategies else {})
   summary = summarize(read_recall50(root, strategies, num_versions), auc,
                       alignment)
+  compat = compatibility.summarize(
+      compatibility.load_results(root, strategies))
   report = {"dataset": config.get("dataset"), "preset": config.get("preset"),
-            "seed": config.get("seed"), "strategies": summary}
+            "seed": config.get("seed"), "strategies": summary,
+            "compatibility": compat}
   io.save_json(root / "report.json", report)
   io.save_bytes(root / "report.csv", csv_text(summary, num_versions).encode())
   title = f"{report['dataset']} ({report['preset']})"
   paths = plot(summary, alignment, root, title) if summary else []
-  return report, markdown_table(summary), paths
+  paths += plot_compatibility(compat, root, title)
+  table = markdown_table(summary)
+  if compat:
+    table += "\n\n" + compatibility_table(compat)
+  return report, table, paths

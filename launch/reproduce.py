@@ -3,9 +3,14 @@
   python -m launch.reproduce [--config=launch/configs/quick.py] \
       [--workdir=runs/ml100k-quick] [--dataset=ml100k ...]
 
-Resumable: complete versions and saved consumers are skipped; the
-cross-version evaluation and the report (seconds) are always redone. Prints
-the SPEC 8 table and the paths of the plots.
+Resumable: complete versions, saved consumers and saved compatibility
+matrices are skipped; the cross-version evaluation and the report (seconds)
+are always redone. Prints the SPEC 8 table, the compatibility table and the
+paths of the plots.
+
+Beyond the paper, the stage "compatibility" trains consumers at every version
+of each strategy of `config.compat_strategies` that was run and scores them at
+every later version (`bcjax.compatibility`).
 """
 
 import time
@@ -13,7 +18,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from bcjax import consumers, report, strategies
+from bcjax import compatibility, consumers, report, strategies
 from bcjax.experiment import Experiment, check_config
 from launch import common
 
@@ -42,6 +47,7 @@ def main(argv):
       raise ValueError(f"config.versions={config.versions!r}: the report "
                        "needs every version; use 'all'")
     consumer_config = consumers.ConsumerConfig.from_config(config)
+    compat_config = compatibility.CompatConfig.from_config(config)
     graph = common.dataset_from_flags()
     config.dataset = graph.name  # What config.json and the report name.
     workdir = FLAGS.workdir or f"runs/{graph.name}-{config.preset}"
@@ -65,6 +71,14 @@ def main(argv):
   _stage("cross-version evaluation", start)
   consumers.evaluate_consumers(workdir, tasks, heads, names,
                                experiment.num_versions)
+  compat_names = [s for s in compat_config.strategies if s in names]
+  if compat_names:
+    _stage(f"compatibility: {', '.join(compat_names)}; consumers at every "
+           f"version, {compat_config.epochs} epochs x {compat_config.seeds} "
+           "seeds", start)
+    compatibility.run_compatibility(workdir, experiment.splits, compat_names,
+                                    compat_config, consumer_config,
+                                    seed=config.seed)
   _stage("report", start)
   _, table, plots = report.write_report(workdir, names)
   print(table)

@@ -82,7 +82,9 @@ def test_write_report(tmp_path):
   _fake_run(tmp_path)
   content, table, plots = report.write_report(tmp_path)
   assert content == json.loads((tmp_path / "report.json").read_text())
-  assert list(content) == ["dataset", "preset", "seed", "strategies"]
+  assert list(content) == ["dataset", "preset", "seed", "strategies",
+                           "compatibility"]
+  assert content["compatibility"] == {}  # no matrices saved
   assert (content["dataset"], content["preset"], content["seed"]) == ("toy", "test", 3)
   assert list(content["strategies"]) == ["fix-m0", "nobc", BC]  # STRATEGIES order
   for r in content["strategies"].values():
@@ -154,4 +156,12 @@ def test_reproduce_end_to_end(tmp_path):
   assert content["strategies"]["nobc"]["intended_pct"] == 0.0
   for plot in report.PLOTS:
     assert f"plot: {tmp_path / 'run' / plot}" in out
+  # The compatibility matrix of the test preset's one strategy.
+  compat = content["compatibility"]
+  assert list(compat) == [BC] and set(compat[BC]["tasks"]) == set(
+      content["strategies"][BC]["auc"])
+  matrix = compat[BC]["tasks"]["binary-edge-rating"]["matrix"]
+  assert len(matrix) == 5 and matrix[0][0] is None and matrix[0][1] is not None
+  assert "| strategy | mean compatibility AUC |" in out
+  assert f"plot: {tmp_path / 'run' / f'compatibility_{BC}.png'}" in out
   print(f"reproduce end to end: {elapsed:.1f}s")

@@ -3,6 +3,7 @@
 import ml_collections
 
 from bcjax.data import PAPER_TIMES
+from bcjax.strategies import STRATEGIES
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -32,4 +33,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.consumer_seeds = 10
   config.consumer_batch_size = 2048
   config.consumer_lr = 1e-3
+  # Beyond the paper: the compatibility matrix (bcjax.compatibility):
+  # consumers trained at every version of these strategies, scored at every
+  # later one; h and dropout those the main consumers chose on validation.
+  config.compat_strategies = tuple(STRATEGIES)
+  config.compat_epochs = 300
+  config.compat_seeds = 10
   return config

@@ -2,7 +2,11 @@
 
 Paper layers and batch size; dims a quarter of the paper's; 80 epochs with
 evaluation every 5 and joint/post-hoc selection from epoch 30. Consumers: one
-hidden size, two dropout rates, 5 seeds, 40 epochs.
+hidden size, two dropout rates, 5 seeds, 40 epochs. Compatibility matrix:
+No-BC and the two joint linear strategies (single- vs multi-step loss), 8
+epochs, 1 seed: about 3 minutes on 2 busy cores (10 epochs measured 210 s:
+~65 s compiling one consumer per task shape and version, ~4 s per epoch of the
+edge task's 4 x 60-90k examples per strategy, ~6 s for the small tasks).
 """
 
 from launch.configs import paper
@@ -21,4 +25,7 @@ def get_config():
   config.consumer_hidden = (128,)
   config.consumer_dropout = (0.0, 0.5)
   config.consumer_seeds = 5
+  config.compat_strategies = ("nobc", "joint-lin-sloss", "joint-lin-mloss")
+  config.compat_epochs = 8
+  config.compat_seeds = 1
   return config

@@ -19,4 +19,7 @@ def get_config():
   config.consumer_dropout = (0.0,)
   config.consumer_seeds = 2
   config.consumer_batch_size = 512
+  config.compat_strategies = ("joint-lin-mloss",)
+  config.compat_epochs = 2
+  config.compat_seeds = 1
   return config

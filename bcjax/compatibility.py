@@ -1,0 +1,310 @@
+"""Beyond the paper: the compatibility matrix of a strategy, per task.
+
+SPEC 7 trains consumers once, at version 0. Here, for a strategy s and every
+version j, a task's consumers are trained on s's own version-j embeddings
+E_j(M_j) (`s/v<j>/users.npy`, `items.npy`, d_j dims) with version-j targets
+(`consumers.task_data(..., train_version=j)`): trained on version j,
+early-stopped on version j + `task.val_version` (clipped to the last; the
+user tasks: j + 1), scored at every version k >= j + `task.first_version`
+(activity tasks: k >= j + 2, the others k >= j + 1). Every table a version-j
+consumer reads at version i (its early-stopping set included) is s's
+version-i embedding mapped into version j's space by
+M_{i->j} = W_i ... W_{j+1} (`transforms.chain_matrix`, W_i from
+`s/v<i>/transform.npy`; the identity when i == j).
+
+Entry (j, k) of a task's matrix is the mean over seeds of ROC-AUC; it is
+NaN (JSON null) where k < j + `task.first_version`, for a row whose training
+or early-stopping labels have a single class, and for a single-class
+version. A task's summary is the mean of its defined entries (the average
+compatibility of the retrieval literature); a strategy's is the mean over
+tasks. Row 0 is SPEC 7's consumers, trained on s's (shared) version 0.
+
+Consumers: one grid point per task, the (h, dropout) the main consumers chose
+on validation (`consumers/<task>.json`) when present, else the first entry of
+the consumer grid; `compat_epochs` epochs, `compat_seeds` seeds, the consumer
+batch size and learning rate. Consumers of (task, j) start from the same key
+for every strategy (common random numbers): `fold_in(fold_in(key(seed),
+crc32(task)), j)`.
+
+Run directory (next to the strategies and `consumers/`):
+
+  compatibility/<strategy>/<task>.json   settings, per-seed AUCs
+      `auc[j][k]` (a list, or null), `matrix[j][k]` (their mean, or null);
+      written atomically, reused when its settings match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from bcjax import consumers, io, transforms
+from bcjax.data.splits import VersionSplit
+from bcjax.data.targets import VersionTargets, version_targets
+from bcjax.strategies import STRATEGIES, get as get_strategy
+
+
+@dataclasses.dataclass(frozen=True)
+class CompatConfig:
+  """The `compat_*` fields of a run config."""
+  strategies: tuple[str, ...] = tuple(STRATEGIES)
+  epochs: int = 300
+  seeds: int = 10
+
+  @classmethod
+  def from_config(cls, config) -> "CompatConfig":
+    """Reads `compat_strategies`, `compat_epochs`, `compat_seeds`;
+    ValueError for an unknown strategy or a non-positive count."""
+    c = cls(tuple(get_strategy(s).name for s in config.compat_strategies),
+            int(config.compat_epochs), int(config.compat_seeds))
+    for field in ("epochs", "seeds"):
+      if getattr(c, field) < 1:
+        raise ValueError(f"config.compat_{field} must be positive, got "
+                         f"{getattr(c, field)}")
+    return c
+
+
+class StrategyTables:
+  """A strategy's own per-version embeddings and backward transformations.
+
+  Attributes:
+    tables: per version k, (users `[U1_k, d_k]`, items `[I1_k, d_k]`).
+    transforms: `[W_1, ..., W_K]`, W_k `[d_k, d_{k-1}]`.
+  """
+
+  def __init__(self, tables: Sequence[tuple[np.ndarray, np.ndarray]],
+               backward: Sequence[np.ndarray]):
+    if len(backward) != len(tables) - 1:
+      raise ValueError(f"{len(tables)} versions need {len(tables) - 1} "
+                       f"transforms, got {len(backward)}")
+    self.tables, self.transforms = list(tables), list(backward)
+
+  @classmethod
+  def load(cls, workdir: str | os.PathLike, strategy: str,
+           num_versions: int) -> "StrategyTables":
+    root = Path(workdir) / strategy
+    return cls([tuple(io.load_npy(root / f"v{k}" / f"{kind}.npy")
+                      for kind in ("users", "items"))
+                for k in range(num_versions)],
+               [io.load_npy(root / f"v{k}" / "transform.npy")
+                for k in range(1, num_versions)])
+
+  def mapped(self, k: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """Version k's (users, items) in version j's space: `x @ M_{k->j}`."""
+    if k == j:
+      return self.tables[k]
+    m = np.asarray(transforms.chain_matrix(self.transforms, k, j), np.float32)
+    return tuple(np.asarray(t, np.float32) @ m for t in self.tables[k])
+
+
+def _inputs(task: consumers.Task, pair) -> list[np.ndarray]:
+  return [pair[0] if kind == "user" else pair[1] for kind in task.inputs]
+
+
+def train_row(data: consumers.TaskData, tables: StrategyTables,
+              train_version: int, config: consumers.ConsumerConfig,
+              key: jax.Array, log: Callable[[str], None] | None = None
+              ) -> tuple[consumers.Heads, dict[int, np.ndarray]]:
+  """Trains one row's consumers and scores them at every later version.
+
+  Args:
+    data: the task built with `train_version` (`consumers.task_data`).
+    tables: the strategy's embeddings and transforms.
+    train_version: j.
+    config: a single grid point (one h, one dropout rate).
+    key: the row's PRNG key.
+    log: progress lines of `consumers.train_heads` (default: none).
+
+  Returns:
+    (the heads, k -> `[seeds]` ROC-AUC for every scored version k).
+  """
+  j, num_versions = train_version, len(tables.tables)
+  val_version = consumers.early_stop_version(data.task, j, num_versions)
+  heads = consumers.train_heads(
+      _inputs(data.task, tables.mapped(j, j)), data.train,
+      _inputs(data.task, tables.mapped(val_version, j)), data.val, config, key,
+      label=f"compat {data.task.name} v{j}", log=log or (lambda _: None))
+  embeddings = {"s": {k: tables.mapped(k, j) for k in data.evaluation}}
+  inputs = consumers.prepare_evaluation(data, embeddings, ["s"])
+  auc = consumers.evaluate(heads, inputs)["s"]
+  return heads, {k: auc[v] for v, k in enumerate(inputs.versions)}
+
+
+def row_key(seed: int, task: str, train_version: int) -> jax.Array:
+  key = jax.random.fold_in(jax.random.key(seed),
+                           zlib.crc32(task.encode()) & 0x7FFFFFFF)
+  return jax.random.fold_in(key, train_version)
+
+
+def task_matrix(name: str, splits: Sequence[VersionSplit],
+                targets: Sequence[VersionTargets], tables: StrategyTables,
+                config: consumers.ConsumerConfig, seed: int = 0,
+                log: Callable[[str], None] | None = None) -> list[list]:
+  """Per-seed AUCs of one task: `auc[j][k]`, a list of floats (NaN: None),
+  or None where (j, k) is not scored."""
+  log = log or (lambda _: None)
+  num_versions = len(splits)
+  auc: list[list] = [[None] * num_versions for _ in range(num_versions)]
+  for j in range(num_versions):
+    data = consumers.task_data(name, splits, targets, train_version=j)
+    if not data.evaluation:
+      continue
+    if consumers.single_class(data.train) or consumers.single_class(data.val):
+      log(f"[compat {name} v{j}] skipped: its training or early-stopping "
+          "labels have a single class")
+      continue
+    _, row = train_row(data, tables, j, config, row_key(seed, name, j))
+    for k, values in row.items():
+      auc[j][k] = consumers._finite_or_none(values)
+  return auc
+
+
+def matrix_means(auc: Sequence[Sequence]) -> np.ndarray:
+  """`[K, K]`: the mean over finite seeds of each entry, NaN where none."""
+  out = np.full((len(auc), len(auc)), np.nan)
+  for j, row in enumerate(auc):
+    for k, seeds in enumerate(row):
+      finite = [v for v in seeds or [] if v is not None and np.isfinite(v)]
+      if finite:
+        out[j, k] = float(np.mean(finite))
+  return out
+
+
+def _json_matrix(matrix: np.ndarray) -> list[list]:
+  return [[float(v) if np.isfinite(v) else None for v in row] for row in matrix]
+
+
+def compat_dir(workdir: str | os.PathLike) -> Path:
+  return Path(workdir) / "compatibility"
+
+
+def chosen_hyper(workdir: str | os.PathLike, task: str,
+                 consumer_config: consumers.ConsumerConfig) -> tuple[int, float]:
+  """(h, dropout): the main consumers' choice for `task`, else the first grid
+  entry."""
+  path = consumers.consumer_dir(workdir) / f"{task}.json"
+  if path.exists():
+    meta = json.loads(path.read_text())
+    return int(meta["hidden"]), float(meta["dropout"])
+  return consumer_config.hidden[0], consumer_config.dropout[0]
+
+
+def run_compatibility(workdir: str | os.PathLike,
+                      splits: Sequence[VersionSplit], strategies: Sequence[str],
+                      config: CompatConfig,
+                      consumer_config: consumers.ConsumerConfig, seed: int = 0,
+                      tasks: Sequence[str] | None = None,
+                      log: Callable[[str], None] | None = None
+                      ) -> dict[str, dict[str, dict]]:
+  """Computes (or loads, if saved with the same settings) every matrix.
+
+  Args:
+    workdir: the run directory; each strategy's versions must be complete.
+    splits: the run's splits.
+    strategies: the strategies to compute.
+    config: epochs and seeds (its `strategies` field is not read here).
+    consumer_config: batch size, learning rate, and the grid fallback.
+    seed: the run's seed.
+    tasks: default all of `consumers.TASKS`.
+    log: progress lines (default stderr), one per (strategy, task).
+
+  Returns:
+    strategy -> task -> the saved record (see the module docstring).
+  """
+  log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+  tasks = list(tasks or consumers.TASKS)
+  targets = [version_targets(s) for s in splits]
+  results: dict[str, dict[str, dict]] = {}
+  for strategy in strategies:
+    out_dir = compat_dir(workdir) / strategy
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables, results[strategy] = None, {}
+    for name in tasks:
+      path = out_dir / f"{name}.json"
+      hidden, dropout = chosen_hyper(workdir, name, consumer_config)
+      head_config = dataclasses.replace(
+          consumer_config, epochs=config.epochs, hidden=(hidden,),
+          dropout=(dropout,), seeds=config.seeds)
+      settings = {**json.loads(json.dumps(dataclasses.asdict(head_config))),
+                  "seed": seed, "num_versions": len(splits)}
+      if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("config") == settings:
+          results[strategy][name] = saved
+          continue
+        log(f"[compat {strategy} {name}] saved matrix has other settings; "
+            "recomputing")
+      tables = tables or StrategyTables.load(workdir, strategy, len(splits))
+      start = time.perf_counter()
+      auc = task_matrix(name, splits, targets, tables, head_config, seed,
+                        log=log)
+      means = matrix_means(auc)
+      record = {"strategy": strategy, "task": name, "hidden": hidden,
+                "dropout": dropout, "config": settings,
+                "mean": _nanmean(means), "matrix": _json_matrix(means),
+                "auc": auc}
+      io.save_json(path, record)
+      results[strategy][name] = record
+      log(f"[compat {strategy} {name}] mean AUC {_fmt(record['mean'])} "
+          f"({time.perf_counter() - start:.1f}s)")
+  return results
+
+
+def load_results(workdir: str | os.PathLike,
+                 strategies: Sequence[str] | None = None
+                 ) -> dict[str, dict[str, dict]]:
+  """strategy -> task -> saved record, for the saved matrices (strategies in
+  `STRATEGIES` order, then any others; tasks in `consumers.TASKS` order)."""
+  root = compat_dir(workdir)
+  if not root.is_dir():
+    return {}
+  found = sorted(p.name for p in root.iterdir() if p.is_dir())
+  order = [s for s in STRATEGIES if s in found] + [
+      s for s in found if s not in STRATEGIES]
+  out = {}
+  for s in order:
+    if strategies is not None and s not in strategies:
+      continue
+    records = {p.stem: json.loads(p.read_text())
+               for p in (root / s).glob("*.json")}
+    ordered = [t for t in consumers.TASKS if t in records] + sorted(
+        t for t in records if t not in consumers.TASKS)
+    if ordered:
+      out[s] = {t: records[t] for t in ordered}
+  return out
+
+
+def _nanmean(values) -> float | None:
+  values = np.asarray(values, np.float64)
+  values = values[np.isfinite(values)]
+  return float(values.mean()) if values.size else None
+
+
+def _fmt(value: float | None) -> str:
+  return "n/a" if value is None else f"{value:.4f}"
+
+
+def summarize(results: Mapping[str, Mapping[str, Mapping[str, Any]]]
+              ) -> dict[str, dict]:
+  """strategy -> {"mean": mean over tasks (None if none), "tasks": task ->
+  {"mean": mean of the defined entries, "matrix": `[[float | None]]`}}."""
+  out = {}
+  for s, by_task in results.items():
+    tasks = {}
+    for t, record in by_task.items():
+      means = np.asarray([[np.nan if v is None else v for v in row]
+                          for row in record["matrix"]], np.float64)
+      tasks[t] = {"mean": _nanmean(means), "matrix": _json_matrix(means)}
+    out[s] = {"mean": _nanmean([r["mean"] for r in tasks.values()
+                                if r["mean"] is not None]),
+              "tasks": tasks}
+  return out
