@@ -86,10 +86,11 @@ class Experiment:
     self.root_key = jax.random.key(config.seed)
     self._data: dict[int, VersionData] = {}
     self.workdir.mkdir(parents=True, exist_ok=True)
+    record = {**config.to_dict(), "dataset": graph.name}
+    _check_resumable(self.workdir / "config.json", record)
     io.save_npy(self.workdir / "user_ids.npy", graph.user_ids)
     io.save_npy(self.workdir / "item_ids.npy", graph.item_ids)
-    io.save_json(self.workdir / "config.json",
-                 {**config.to_dict(), "dataset": graph.name})
+    io.save_json(self.workdir / "config.json", record)
 
   @property
   def num_versions(self) -> int:
@@ -341,6 +342,27 @@ class Experiment:
     return transform, {"alignment_mse": best.metrics["mse"],
                        "alignment_epoch": best.epoch,
                        "alignment_history": history}
+
+
+# Fields that change trained artifacts; a run directory keeps them for life.
+TRAINING_FIELDS = ("dataset", "times", "dims", "layers", "epochs",
+                   "finetune_epochs", "posthoc_epochs", "eval_every",
+                   "min_select_epoch", "batch_size", "lr", "weight_decay",
+                   "lam", "seed", "layout")
+
+
+def _check_resumable(path: Path, record: dict) -> None:
+  """Refuses to resume a run directory made with other training settings."""
+  if not path.exists():
+    return
+  old = json.loads(path.read_text())
+  for field in TRAINING_FIELDS:
+    before, now = old.get(field), record.get(field)
+    if isinstance(now, tuple):
+      now = list(now)
+    if before != now:
+      raise ValueError(f"{path.parent} was trained with {field}={before!r}, "
+                       f"not {now!r}; use a new workdir")
 
 
 def _mse(z, target, w, experiment: Experiment, k: int) -> float:

@@ -228,7 +228,8 @@ def plot(strategies: Mapping[str, dict], alignment: Mapping[str, Sequence[float]
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7)
+    if curves:  # A run without the strategies of this plot has no legend.
+      axes.legend(fontsize=7)
     _save_figure(figure, out_dir / name)
     plt.close(figure)
     paths.append(out_dir / name)

@@ -223,3 +223,13 @@ def test_gradient_training_recovers_a_planted_linear_map(num_batches,
   kernel = np.asarray(state.params["transform"]["kernel"])
   assert np.abs(kernel - w).max() < 0.02 < initial_error.max()
   assert float(loss) < 1e-3
+
+
+def test_resuming_with_other_training_settings_is_refused(run):
+  """A run directory keeps its training settings; other ones are an error."""
+  graph = make_synthetic(3000, seed=0)
+  Experiment(graph, run.config, run.workdir)  # Same settings: fine.
+  changed = run.config.copy_and_resolve_references()
+  changed.lam = run.config.lam * 2
+  with pytest.raises(ValueError, match="lam"):
+    Experiment(graph, changed, run.workdir)
