@@ -137,8 +137,10 @@ def node_alignment(target: jax.Array, predicted: jax.Array,
                    mask: jax.Array | None = None) -> jax.Array:
   """`multi_step_alignment` with the batch given as node indices.
 
-  Equal to `multi_step_alignment` of the gathered rows, but the chain
-  D @ W_{k-1} @ ... runs once per node instead of once per batch row: the
+  Equal to `multi_step_alignment` of the gathered rows: A(x) over the batch
+  rows is sum_n c_n ||x_n||^2 / (rows x d) with c_n the number of real rows
+  that are node n. So the chain D @ W_{k-1} @ ... runs once per node, and
+  no row is gathered (whose gradient would be a serial scatter on CPU): the
   cheaper order whenever the graph has fewer nodes than 3 x batch rows.
 
   Args:
@@ -151,9 +153,18 @@ def node_alignment(target: jax.Array, predicted: jax.Array,
   Returns:
     The scalar loss.
   """
+  keep, count = _real_rows(mask, index[0].shape[0])
+  weight = jnp.zeros(target.shape[0], jnp.float32)
+  for ids in index:
+    weight = weight.at[ids].add(keep.astype(jnp.float32), mode="drop")
+  weight = weight[:, None] / count
+
+  def term(x):  # Nodes outside the batch count zero, whatever they hold.
+    return jnp.sum(jnp.where(weight > 0, weight * x**2, 0.0)) / x.shape[-1]
+
   diff = target - predicted
-  total = alignment(tuple(diff[i] for i in index), mask)
+  total = term(diff)
   for matrix in earlier:
     diff = diff @ jax.lax.stop_gradient(matrix)
-    total = total + alignment(tuple(diff[i] for i in index), mask)
+    total = total + term(diff)
   return total / (1 + len(earlier))
