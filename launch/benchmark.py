@@ -14,6 +14,7 @@ from absl import app, flags
 from bcjax import benchmarks, io
 from bcjax.data import load_dataset
 from launch.configs import paper
+from launch import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("format", "table", ["table", "json"], "Output format.")
@@ -88,4 +89,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

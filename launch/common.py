@@ -9,6 +9,7 @@ from absl import flags
 from bcjax.data import DataError, load_dataset
 
 FLAGS = flags.FLAGS
+USER_ERRORS = (DataError, ValueError, OSError)
 
 
 def define_dataset_flags(default: str = "ml100k") -> None:
@@ -16,10 +17,15 @@ def define_dataset_flags(default: str = "ml100k") -> None:
   flags.DEFINE_string("ml100k_path", None, "A GroupLens ml-100k/ folder; "
                       "default: the copy shipped by recbole 1.2.1.")
   flags.DEFINE_string("amazon_dir", None, "Folder of the Amazon 2018 files.")
-  flags.DEFINE_string("category", None, "Amazon category, e.g. Musical_Instruments.")
+  flags.DEFINE_string("category", None,
+                      "Amazon category, e.g. Musical_Instruments.")
   flags.DEFINE_integer("synthetic_interactions", 100_000,
-                       "Interactions of the synthetic graph.")
-  flags.DEFINE_integer("synthetic_seed", 0, "Seed of the synthetic graph.")
+                       "Synthetic: interactions.", lower_bound=1)
+  flags.DEFINE_integer("synthetic_users", None, "Synthetic: latent users.",
+                       lower_bound=1)
+  flags.DEFINE_integer("synthetic_items", None, "Synthetic: latent items.",
+                       lower_bound=1)
+  flags.DEFINE_integer("synthetic_seed", 0, "Synthetic: random seed.")
 
 
 def dataset_from_flags():
@@ -28,15 +34,26 @@ def dataset_from_flags():
       "ml100k": {"path": FLAGS.ml100k_path},
       "amazon": {"amazon_dir": FLAGS.amazon_dir, "category": FLAGS.category},
       "synthetic": {"num_interactions": FLAGS.synthetic_interactions,
+                    "num_users": FLAGS.synthetic_users,
+                    "num_items": FLAGS.synthetic_items,
                     "seed": FLAGS.synthetic_seed},
   }.get(FLAGS.dataset, {})
   return load_dataset(FLAGS.dataset, **options)
 
 
-def fail(message: str) -> None:
+def fail(message) -> None:
   """Exits with code 2 and a one-line message, no traceback."""
-  print(f"error: {message}", file=sys.stderr)
+  program = sys.argv[0].rsplit("/", 1)[-1].removesuffix(".py")
+  print(f"{program}: error: {' '.join(str(message).split())}", file=sys.stderr)
   sys.exit(2)
 
 
-USER_ERRORS = (DataError, ValueError, OSError)
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, but a bad flag is a one-line error and exit status 2.
+
+  Pass as `app.run(main, flags_parser=parse_flags)`.
+  """
+  try:
+    return FLAGS(argv)
+  except flags.Error as error:
+    fail(error)

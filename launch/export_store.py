@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 
 from bcjax import store as store_lib
+from launch import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.",
                                required=True)
@@ -40,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 
 from bcjax import store as store_lib
+from launch import common
 
 _STORE = flags.DEFINE_string("store", None, "Embedding store directory.",
                              required=True)
@@ -47,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

@@ -125,7 +125,7 @@ def test_reproduce_rejects_bad_config(tmp_path):
                         ("--config.versions=0", "every version")):
     result = _reproduce(tmp_path / "run", flag)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert result.stderr.strip().splitlines()[-1].startswith("reproduce: error: ")
     assert message in result.stderr
   assert not (tmp_path / "run").exists()
 

@@ -70,7 +70,7 @@ def test_bad_configurations_exit_2_with_one_line(tmp_path):
     assert process.returncode == 2, (name, stderr[-2000:])
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, (name, stderr)
-    assert lines[0].startswith("error: "), (name, stderr)
+    assert lines[0].startswith("train_embeddings: error: "), (name, stderr)
     assert EXPECTED_WORD[name] in lines[0], (name, stderr)
     assert "Traceback" not in stderr
     assert stdout == ""
