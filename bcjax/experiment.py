@@ -215,8 +215,13 @@ class Experiment:
     if k == 0:
       if strategy.name != NOBC:
         self.run(NOBC, [0])
-        shutil.copytree(self.version_dir(NOBC, 0),
-                        self.version_dir(strategy.name, 0), dirs_exist_ok=True)
+        # Copied whole, then renamed: a crash never leaves a partial v0.
+        target = self.version_dir(strategy.name, 0)
+        staging = target.with_name(".v0.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(self.version_dir(NOBC, 0), staging)
+        os.replace(staging, target)
         return
       return self._train_model(strategy.name, k, Objective(), init=None,
                                epochs=self.config.epochs, select_after=0)
