@@ -17,7 +17,6 @@ Version 0 is shared: every strategy's v0 is nobc's (same key, same training).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import shutil
@@ -166,9 +165,10 @@ class Experiment:
   def chain(self, strategy: str, k: int, latest: np.ndarray | None = None
             ) -> list[np.ndarray]:
     """W_1..W_k of a strategy; `latest` stands in for W_k if given."""
-    ws = [self.load(strategy, j).transform for j in range(1, k)]
-    return ws + ([latest] if latest is not None else
-                 [self.load(strategy, k).transform] if k else [])
+    # Only the matrices: loading whole artifacts would read every model.
+    ws = [io.load_npy(self.version_dir(strategy, j) / "transform.npy")
+          for j in range(1, k if latest is not None else k + 1)]
+    return ws + ([latest] if latest is not None else [])
 
   def save(self, strategy: str, k: int, variables, z: jax.Array,
            transform: np.ndarray | None, record: dict) -> None:
@@ -394,7 +394,7 @@ def check_config(config) -> list[int]:
     if int(config[field]) < 1:
       raise ValueError(f"config.{field} must be positive, got {config[field]}")
   if any(int(d) < 1 for d in config.dims) or any(int(l) < 1 for l in config.layers):
-    raise ValueError(f"config.dims and config.layers must be positive")
+    raise ValueError("config.dims and config.layers must be positive")
   if config.versions == "all":
     return list(range(num_versions))
   try:

@@ -2,13 +2,12 @@
 
 import json
 
-import jax
 import numpy as np
 import pytest
 
 from bcjax import compatibility, consumers, io, report
 from bcjax.data import load_dataset
-from bcjax.data.graph import build_graph
+from test_consumers import _hand_graph  # One hand-worked graph for both.
 from bcjax.data.splits import make_splits
 from bcjax.data.targets import version_targets
 from launch.configs import paper, quick
@@ -16,18 +15,6 @@ from launch.configs import test as test_config
 
 TIMES = (0.4, 0.52, 0.64, 0.76, 0.88)  # four versions
 TASKS = ("user-activity", "binary-item-rating-std")
-
-
-def _hand_graph():
-  """The hand graph of tests/test_consumers.py: two versions (W_0, W_1)."""
-  rows = ([("A" if e % 2 == 0 else "B", "p", 5 - e % 2) for e in range(10)] +
-          [("A" if e % 2 == 0 else "B", "q", 1 + 4 * (e % 2)) for e in range(10)] +
-          [("A", "r", 2), ("C", "p", 3), ("A", "q", 4), ("C", "q", 5),
-           ("D", "r", 1)] + [("B", "r", 2)] * 6 +
-          [("E", "p", 5), ("A", "r", 5), ("E", "r", 1)] + [("D", "r", 5)] * 7)
-  users, items, ratings = zip(*rows)
-  return build_graph("hand", list(users), list(items), list(ratings),
-                     list(range(len(rows))), {})
 
 
 def _same(a: consumers.Examples, b: consumers.Examples) -> bool:

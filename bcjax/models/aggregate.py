@@ -23,7 +23,6 @@ passed as arguments (never closed over: XLA would constant-fold them).
 
 from __future__ import annotations
 
-import functools
 from typing import Literal
 
 import flax.struct
