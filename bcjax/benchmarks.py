@@ -15,8 +15,8 @@ import numpy as np
 from bcjax.data import DynamicGraph
 from bcjax.experiment import Experiment
 from bcjax.models import aggregate as agg
-from bcjax.training import (AlignmentInputs, Objective, embed, epoch_batches,
-                            init_state, train_epoch)
+from bcjax.training import (AlignmentInputs, Objective, embed, init_state,
+                            train_epoch)
 
 
 def timed(fn: Callable, *args, repeats: int = 5,
@@ -118,14 +118,14 @@ def training_epoch(graph: DynamicGraph, config, workdir: str, version: int,
   """
   experiment = Experiment(graph, config, workdir)
   data, model = experiment.data(version), experiment.model(version)
-  objective = Objective(reg=config.weight_decay)
+  objective = Objective()
   state = init_state(model, data.inputs, objective, jax.random.key(0), None,
                      config.lr)
   align = AlignmentInputs()
   run = lambda state, batches: train_epoch(state, data.inputs, align, batches,
-                                           model=model, objective=objective,
-                                           lr=config.lr)
-  one = epoch_batches(data.sampler, jax.random.key(0), config.batch_size)
+                                           model=model, task=experiment.task,
+                                           objective=objective, lr=config.lr)
+  one = experiment.batches(version)(jax.random.key(0))
   one_step = tuple(a[:1] for a in one)
   start = time.perf_counter()
   compiled = jax.jit(run).lower(state, one).compile()
@@ -141,16 +141,15 @@ def training_epoch(graph: DynamicGraph, config, workdir: str, version: int,
   loss.block_until_ready()
   for r in range(repeats):
     start = time.perf_counter()
-    batches = epoch_batches(data.sampler, jax.random.key(r + 1),
-                            config.batch_size)
+    batches = experiment.batches(version)(jax.random.key(r + 1))
     state, loss = run(state, batches)
     loss.block_until_ready()
     times.append(time.perf_counter() - start)
   epoch_s = float(np.median(times))
-  steps = one[0].shape[0]
+  steps = int(np.any(one[3], axis=1).sum())  # Real batches, not padding.
 
   def evaluate(state):
-    z = embed(model, state.params["model"], state.batch_stats, data.inputs)
+    z = embed(model, state.model_variables(), data.inputs)
     return experiment.recall(z, version)
 
   eval_s = timed(evaluate, state, repeats=repeats)["median_s"]
@@ -220,16 +219,17 @@ def strategy_overheads(graph: DynamicGraph, config, workdir: str,
   earlier = tuple(jnp.asarray(rng.normal(size=(config.dims[j], config.dims[j - 1])),
                               jnp.float32) for j in range(version - 1, 0, -1))
   embeddings = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
-  batches = epoch_batches(data.sampler, jax.random.key(0), config.batch_size)
+  batches = experiment.batches(version)(jax.random.key(0))
 
   def epoch_time(objective, align):
-    variables = model.init(jax.random.key(0), data.inputs, train=False)
+    variables = model.init(jax.random.key(0), data.inputs)
     state = init_state(model, data.inputs, objective, jax.random.key(1),
                        d_prev, config.lr, model_variables=variables)
     def run():
       nonlocal state
       state, loss = train_epoch(state, data.inputs, align, batches,
-                                model=model, objective=objective, lr=config.lr)
+                                model=model, task=experiment.task,
+                                objective=objective, lr=config.lr)
       return loss
     return timed(run, repeats=repeats)["median_s"]
 

@@ -10,8 +10,12 @@ Run layout (`workdir`):
                   bc_users.npy, bc_items.npy  the BC embedding of SPEC 6, in
                                               version 0's space
                   metrics.json                written last: marks v<k> complete
+                  checkpoint.msgpack          training in progress (removed
+                                              when the version completes)
 
 Version 0 is shared: every strategy's v0 is nobc's (same key, same training).
+The embedding model is a family of `bcjax.models.families` (`config.model`,
+PinSAGE by default); every strategy trains through `bcjax.training.fit`.
 """
 
 from __future__ import annotations
@@ -25,17 +29,18 @@ from typing import Any
 
 import flax.serialization
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from bcjax import io, metrics, transforms
 from bcjax.data import DynamicGraph, TripleSampler, VersionSplit, make_splits
-from bcjax.models.pinsage import GraphInputs, PinSage, make_graph_inputs
+from bcjax.models import families
+from bcjax.models.interface import EmbeddingModel
 from bcjax.strategies import Strategy, get as get_strategy
-from bcjax.training import (AlignmentInputs, Objective, TrainState, embed,
-                            init_state, train_version)
+from bcjax.tasks import BPRTask, epoch_batches
+from bcjax.training import Checkpointing, Objective, embed, fit
 
 NOBC = "nobc"
+CHECKPOINT = "checkpoint.msgpack"
 _PAD = 64
 
 
@@ -47,7 +52,7 @@ def _round_up(n: int, multiple: int = _PAD) -> int:
 class VersionData:
   """Everything version k's training reads, built once per run."""
   split: VersionSplit
-  inputs: GraphInputs
+  inputs: Any
   sampler: TripleSampler
   recall: metrics.RecallInputs
 
@@ -83,6 +88,8 @@ class Experiment:
         name: _round_up(int(kind.offsets[last.num_items]))
         for name, kind in last.attributes.items()}
     self.root_key = jax.random.key(config.seed)
+    self.family = families.check(config.get("model", "pinsage"))
+    self.task = BPRTask(reg=config.weight_decay)
     self._data: dict[int, VersionData] = {}
     self.workdir.mkdir(parents=True, exist_ok=True)
     record = {**config.to_dict(), "dataset": graph.name}
@@ -103,10 +110,9 @@ class Experiment:
       if split.num_val == 0:
         raise ValueError(f"version {k}: no validation interactions in "
                          f"({split.time_train}, {split.time_val}]")
-      inputs = make_graph_inputs(
-          split.train_user, split.train_item, split.num_users, split.num_items,
-          split.attributes, self.num_users_pad, self.num_items_pad,
-          num_edges_pad=self.num_edges_pad,
+      inputs = families.make_inputs(
+          self.family, split, num_users_pad=self.num_users_pad,
+          num_items_pad=self.num_items_pad, num_edges_pad=self.num_edges_pad,
           attribute_nnz_pad=self.attribute_nnz_pad,
           layout=self.config.layout or None)
       self._data[k] = VersionData(
@@ -119,16 +125,30 @@ class Experiment:
               batch_users=self.config.recall_batch_users))
     return self._data[k]
 
-  def model(self, k: int, strategy: str | None = None) -> PinSage:
-    """Version k's model; fix-m0 and finetune-m0 keep version 0's (d, L)."""
+  @staticmethod
+  def _size_version(k: int, strategy: str | None) -> int:
+    """The version whose (d, L) version k's model has: fix-m0 and
+    finetune-m0 keep version 0's."""
     if strategy and get_strategy(strategy).model in ("fixed", "finetune"):
-      k = 0
-    return PinSage(self.config.dims[k], self.config.layers[k], self.vocab_sizes)
+      return 0
+    return k
 
-  def embeddings(self, model: PinSage, variables, k: int) -> jax.Array:
+  def model(self, k: int, strategy: str | None = None) -> EmbeddingModel:
+    """Version k's model of the run's family (`config.model`)."""
+    size = self._size_version(k, strategy)
+    return families.build(self.family, self.config.dims[size],
+                          self.config.layers[size], self.vocab_sizes)
+
+  def embeddings(self, model: EmbeddingModel, variables, k: int) -> jax.Array:
     """`[num_nodes_pad, d]` embeddings of `model` on version k's graph."""
-    return embed(model, variables["params"], variables["batch_stats"],
-                 self.data(k).inputs)
+    return embed(model, variables, self.data(k).inputs)
+
+  def batches(self, k: int):
+    """Epoch key -> one epoch of version k's BPR batches, padded to the
+    run's batch count."""
+    sampler = self.data(k).sampler
+    return lambda key: epoch_batches(sampler, key, self.config.batch_size,
+                                     self.num_users_pad, self.num_batches)
 
   def real_rows(self, z, k: int) -> tuple[np.ndarray, np.ndarray]:
     split = self.splits[k]
@@ -153,8 +173,7 @@ class Experiment:
     path = self.version_dir(strategy, k)
     model = self.model(k, strategy)
     inputs = self.data(k).inputs  # Built outside the trace below.
-    template = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), inputs, train=False))
+    template = jax.eval_shape(lambda: model.init(jax.random.key(0), inputs))
     variables = flax.serialization.from_bytes(
         template, (path / "variables.msgpack").read_bytes())
     transform = (io.load_npy(path / "transform.npy") if k else None)
@@ -187,10 +206,17 @@ class Experiment:
                                       k, 0)
     io.save_npy(path / "bc_users.npy", users @ to_v0)
     io.save_npy(path / "bc_items.npy", items @ to_v0)
-    model = self.model(k, strategy)
+    size = self._size_version(k, strategy)
     io.save_json(path / "metrics.json", {
-        "strategy": strategy, "version": k, "dim": model.dim,
-        "layers": model.num_layers, **record})
+        "strategy": strategy, "version": k, "dim": self.config.dims[size],
+        "layers": self.config.layers[size], **record})
+    (path / CHECKPOINT).unlink(missing_ok=True)
+
+  def checkpointing(self, strategy: str, k: int) -> Checkpointing | None:
+    every = int(self.config.get("checkpoint_every", 0))
+    if every < 1:
+      return None
+    return Checkpointing(self.version_dir(strategy, k) / CHECKPOINT, every)
 
   # Training.
 
@@ -239,62 +265,53 @@ class Experiment:
           backward=strategy.backward)
     return self._fit_transform(strategy, k)
 
-  def _objective(self, objective: Objective) -> Objective:
-    """The strategy's objective with the run's lambda and regularisation."""
-    return dataclasses.replace(objective, lam=self.config.lam,
-                               reg=self.config.weight_decay)
-
   def _alignment_target(self, strategy: str, k: int) -> jax.Array:
     """E_k(M_{k-1}): the previous best model on the current graph."""
     return self.embeddings(self.model(k - 1, strategy),
                            self.load(strategy, k - 1).variables, k)
 
-  def _earlier(self, strategy: str, k: int) -> tuple[jax.Array, ...]:
-    """(W_{k-1}, ..., W_1) for the multi-step loss."""
-    return tuple(jnp.asarray(w) for w in reversed(self.chain(strategy, k - 1)))
+  def _fit(self, name: str, k: int, model: EmbeddingModel,
+           objective: Objective, previous=None, **kwargs):
+    """`training.fit` of version k with the run's settings; `previous`
+    defaults to the strategy's own E_k(M_{k-1}) when the objective aligns."""
+    objective = dataclasses.replace(objective, lam=self.config.lam)
+    chain = ()
+    if objective.aligns:
+      if previous is None:
+        previous = self._alignment_target(name, k)
+      chain = self.chain(name, k - 1)
+    return fit(model, self.task, self.data(k).inputs, self.batches(k),
+               self.key(k), objective=objective, previous=previous,
+               chain=chain, lr=self.config.lr, label=f"{name} v{k}",
+               checkpointing=self.checkpointing(name, k), **kwargs)
 
   def _train_model(self, name: str, k: int, objective: Objective, init,
                    epochs: int, select_after: int,
                    backward: str = "prefix") -> None:
-    config, data, model = self.config, self.data(k), self.model(k, name)
-    objective = self._objective(objective)
-    align = AlignmentInputs()
-    d_prev = config.dims[k - 1] if k else None
-    if objective.aligns:
-      align = AlignmentInputs(target=self._alignment_target(name, k),
-                              earlier=self._earlier(name, k)
-                              if objective.multi_step else ())
-    state = init_state(model, data.inputs, objective,
-                       jax.random.fold_in(self.key(k), 1), d_prev, config.lr,
-                       model_variables=init)
-
-    def evaluate(state: TrainState) -> dict:
-      z = embed(model, state.params["model"], state.batch_stats, data.inputs)
-      return self.recall(z, k)
-
-    best, history = train_version(
-        model, data.inputs, data.sampler, objective, state, align, evaluate,
-        "recall@50", self.key(k), epochs=epochs, eval_every=config.eval_every,
-        min_select_epoch=select_after, batch_size=config.batch_size,
-        lr=config.lr, label=f"{name} v{k}", num_batches=self.num_batches)
-    variables = {"params": best.state.params["model"],
-                 "batch_stats": best.state.batch_stats}
-    z = self.embeddings(model, variables, k)
+    model, inputs = self.model(k, name), self.data(k).inputs
+    result = self._fit(
+        name, k, model, objective, init_variables=init,
+        evaluate=lambda variables, _: self.recall(
+            embed(model, variables, inputs), k),
+        select_key="recall@50", epochs=epochs,
+        eval_every=self.config.eval_every, min_select_epoch=select_after,
+        init_key=jax.random.fold_in(self.key(k), 1))
+    z = self.embeddings(model, result.variables, k)
     transform = None
     if k:
-      transform = self._backward_matrix(backward, best.state.params, k)
-    self.save(name, k, variables, z, transform,
-              {"best": best.metrics, "best_epoch": best.epoch,
-               "history": history})
+      transform = (result.transform if result.transform is not None
+                   else self._backward_matrix(backward, k))
+    self.save(name, k, result.variables, z, transform,
+              {"best": result.metrics, "best_epoch": result.epoch,
+               "history": result.history})
 
-  def _backward_matrix(self, kind: str, params, k: int) -> np.ndarray:
+  def _backward_matrix(self, kind: str, k: int) -> np.ndarray:
+    """The fixed W_k of strategies that learn none: identity or prefix."""
     if kind == "identity":
       d = self.config.dims[0]
       return np.eye(d, dtype=np.float32)
-    d_in, d_out = self.config.dims[k], self.config.dims[k - 1]
-    if kind == "linear":
-      return np.asarray(transforms.linear().matrix(params["transform"], d_in, d_out))
-    return np.eye(d_in, d_out, dtype=np.float32)
+    return np.eye(self.config.dims[k], self.config.dims[k - 1],
+                  dtype=np.float32)
 
   def _apply_fixed(self, name: str, k: int) -> None:
     """fix-m0: M_0 on version k's graph; its d must equal every version's."""
@@ -316,44 +333,38 @@ class Experiment:
       transform = transforms.fit(strategy.fit, x, y)
       record = {"alignment_mse": _mse(z, target, transform, self, k)}
     else:
-      transform, record = self._train_posthoc(strategy, k, z, target)
+      transform, record = self._train_posthoc(strategy, k, base_k.variables,
+                                              z, target)
     self.save(strategy.name, k, base_k.variables, z, transform,
               {"best": base_k.metrics["best"], "best_epoch": base_k.metrics["best_epoch"],
                "history": base_k.metrics["history"], **record})
 
-  def _train_posthoc(self, strategy: Strategy, k: int, z, target):
-    config, data, model = self.config, self.data(k), self.model(k)
-    objective = self._objective(strategy.objective)
-    align = AlignmentInputs(target=target, embeddings=z,
-                            earlier=self._earlier(strategy.name, k)
-                            if objective.multi_step else ())
-    state = init_state(model, data.inputs, objective,
-                       jax.random.fold_in(self.key(k), 2), config.dims[k - 1],
-                       config.lr,
-                       model_variables=self.load(NOBC, k).variables)
+  def _train_posthoc(self, strategy: Strategy, k: int, variables, z, target):
+    """B_k trained alone by SGD on nobc's fixed M_k (`variables`)."""
+    config = self.config
 
-    def evaluate(state: TrainState) -> dict:
-      w = transforms.linear().matrix(state.params["transform"],
-                                     config.dims[k], config.dims[k - 1])
+    def evaluate(variables, w) -> dict:
+      del variables
       return {"mse": _mse(z, target, w, self, k)}
 
-    best, history = train_version(
-        model, data.inputs, data.sampler, objective, state, align, evaluate,
-        "mse", self.key(k), epochs=config.posthoc_epochs, eval_every=1,
-        min_select_epoch=config.min_select_epoch, batch_size=config.batch_size,
-        lr=config.lr, label=f"{strategy.name} v{k}", lower_is_better=True,
-        num_batches=self.num_batches)
-    transform = self._backward_matrix("linear", best.state.params, k)
-    return transform, {"alignment_mse": best.metrics["mse"],
-                       "alignment_epoch": best.epoch,
-                       "alignment_history": history}
+    result = self._fit(
+        strategy.name, k, self.model(k), strategy.objective, previous=target,
+        init_variables=variables, evaluate=evaluate,
+        select_key="mse", lower_is_better=True, epochs=config.posthoc_epochs,
+        eval_every=1, min_select_epoch=config.min_select_epoch,
+        init_key=jax.random.fold_in(self.key(k), 2))
+    return result.transform, {"alignment_mse": result.metrics["mse"],
+                              "alignment_epoch": result.epoch,
+                              "alignment_history": result.history}
 
 
 # Fields that change trained artifacts; a run directory keeps them for life.
-TRAINING_FIELDS = ("dataset", "times", "dims", "layers", "epochs",
+TRAINING_FIELDS = ("dataset", "model", "times", "dims", "layers", "epochs",
                    "finetune_epochs", "posthoc_epochs", "eval_every",
                    "min_select_epoch", "batch_size", "lr", "weight_decay",
                    "lam", "seed", "layout")
+# Values of fields added later, for run directories written before them.
+FIELD_DEFAULTS = {"model": "pinsage"}
 
 
 def _check_resumable(path: Path, record: dict) -> None:
@@ -362,7 +373,8 @@ def _check_resumable(path: Path, record: dict) -> None:
     return
   old = json.loads(path.read_text())
   for field in TRAINING_FIELDS:
-    before, now = old.get(field), record.get(field)
+    before = old.get(field, FIELD_DEFAULTS.get(field))
+    now = record.get(field, FIELD_DEFAULTS.get(field))
     if isinstance(now, tuple):
       now = list(now)
     if before != now:

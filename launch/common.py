@@ -7,6 +7,7 @@ import sys
 from absl import flags
 
 from bcjax.data import DataError, load_dataset
+from bcjax.models import families
 
 FLAGS = flags.FLAGS
 USER_ERRORS = (DataError, ValueError, OSError)
@@ -26,6 +27,17 @@ def define_dataset_flags(default: str = "ml100k") -> None:
   flags.DEFINE_integer("synthetic_items", None, "Synthetic: latent items.",
                        lower_bound=1)
   flags.DEFINE_integer("synthetic_seed", 0, "Synthetic: random seed.")
+
+
+def define_model_flag() -> None:
+  flags.DEFINE_enum("model", None, list(families.FAMILIES),
+                    "Embedding model family; default config.model (pinsage).")
+
+
+def apply_model_flag(config) -> None:
+  """`--model`, when given, overrides `config.model`."""
+  if FLAGS.model is not None:
+    config.model = FLAGS.model
 
 
 def dataset_from_flags():

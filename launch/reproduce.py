@@ -26,10 +26,11 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "launch/configs/quick.py",
                                 "Preset: launch/configs/{paper,quick,test}.py")
 flags.DEFINE_string("workdir", None,
-                    "Run directory; default runs/<dataset>-<preset>.")
+                    "Run directory; default runs/<dataset>[-<model>]-<preset>.")
 flags.DEFINE_list("strategies", list(strategies.STRATEGIES),
                   "Strategies to run (default: all).")
 common.define_dataset_flags()
+common.define_model_flag()
 
 
 def _stage(message: str, start: float) -> None:
@@ -40,6 +41,7 @@ def _stage(message: str, start: float) -> None:
 def main(argv):
   del argv
   config, start = FLAGS.config, time.perf_counter()
+  common.apply_model_flag(config)
   try:
     names = [strategies.get(s).name for s in FLAGS.strategies]
     versions = check_config(config)
@@ -50,15 +52,17 @@ def main(argv):
     compat_config = compatibility.CompatConfig.from_config(config)
     graph = common.dataset_from_flags()
     config.dataset = graph.name  # What config.json and the report name.
-    workdir = FLAGS.workdir or f"runs/{graph.name}-{config.preset}"
+    family = "" if config.model == "pinsage" else f"-{config.model}"
+    workdir = FLAGS.workdir or f"runs/{graph.name}{family}-{config.preset}"
     experiment = Experiment(graph, config, workdir)
     tasks = consumers.all_task_data(experiment.splits)
   except common.USER_ERRORS as e:
     common.fail(str(e))
   if consumers.REFERENCE not in names:
     names.insert(0, consumers.REFERENCE)  # The consumers train on it.
-  print(f"== run {workdir}: {graph.name}, preset {config.preset}, "
-        f"{len(versions)} versions, strategies {', '.join(names)}", flush=True)
+  print(f"== run {workdir}: {graph.name}, model {config.model}, preset "
+        f"{config.preset}, {len(versions)} versions, strategies "
+        f"{', '.join(names)}", flush=True)
 
   for i, name in enumerate(names, 1):
     _stage(f"strategy {i}/{len(names)}: {name}", start)

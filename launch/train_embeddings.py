@@ -1,7 +1,8 @@
 """Trains one strategy's embedding models, version by version.
 
   python -m launch.train_embeddings --dataset=ml100k --strategy=nobc \
-      --workdir=/tmp/run --config=launch/configs/quick.py --config.epochs=14
+      --workdir=/tmp/run --config=launch/configs/quick.py --config.epochs=14 \
+      [--model=lightgcn]
 """
 
 from absl import app, flags
@@ -17,11 +18,13 @@ config_flags.DEFINE_config_file("config", "launch/configs/quick.py",
 flags.DEFINE_string("strategy", "nobc", "One of: " + ", ".join(strategies.STRATEGIES))
 flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 common.define_dataset_flags()
+common.define_model_flag()
 
 
 def main(argv):
   del argv
   config = FLAGS.config
+  common.apply_model_flag(config)
   try:
     strategies.get(FLAGS.strategy)
     versions = check_config(config)

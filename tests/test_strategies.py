@@ -21,7 +21,9 @@ from bcjax import metrics, strategies, training, transforms
 from bcjax.data.graph import AttributeKind
 from bcjax.data.synthetic import make_synthetic
 from bcjax.experiment import Experiment
+from bcjax.models.interface import FlaxModel
 from bcjax.models.pinsage import PinSage, make_graph_inputs
+from bcjax.tasks import BPRTask
 from launch.configs import test as test_config
 
 BC_STRATEGIES = ("joint-notrans-sloss", "joint-lin-sloss", "joint-lin-mloss",
@@ -201,7 +203,7 @@ def test_gradient_training_recovers_a_planted_linear_map(num_batches,
                        np.zeros(num_items, np.int32), ("value",))
   graph = make_graph_inputs(user, item, num_users, num_items, {"kind": kind},
                             num_users, num_items, layout="dense")
-  model = PinSage(d_in, 1, (1,))
+  model = FlaxModel(PinSage(d_in, 1, (1,)))
   objective = training.Objective(train_model=False, transform="linear")
   z = rng.normal(size=(num_users + num_items, d_in)).astype(np.float32)
   w = rng.uniform(-1, 1, size=(d_in, d_out)).astype(np.float32)
@@ -215,11 +217,12 @@ def test_gradient_training_recovers_a_planted_linear_map(num_batches,
     batch_rng = np.random.default_rng(epoch)
     shape = (num_batches, batch_size)
     batches = (batch_rng.integers(num_users, size=shape).astype(np.int32),
-               batch_rng.integers(num_items, size=shape).astype(np.int32),
-               batch_rng.integers(num_items, size=shape).astype(np.int32),
+               num_users + batch_rng.integers(num_items, size=shape).astype(np.int32),
+               num_users + batch_rng.integers(num_items, size=shape).astype(np.int32),
                np.ones(shape, bool))
     state, loss = training.train_epoch(state, graph, align, batches,
-                                       model=model, objective=objective, lr=lr)
+                                       model=model, task=BPRTask(),
+                                       objective=objective, lr=lr)
   kernel = np.asarray(state.params["transform"]["kernel"])
   assert np.abs(kernel - w).max() < 0.02 < initial_error.max()
   assert float(loss) < 1e-3

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from bcjax import training
+from bcjax import tasks, training
 from bcjax.data.sampling import TripleSampler
 from bcjax.data.synthetic import make_synthetic
 from bcjax.experiment import Experiment
@@ -53,12 +53,12 @@ def _epochs(experiment, versions, batch_size, epochs_per_version=3,
     state = training.init_state(model, data.inputs, objective,
                                 jax.random.key(k), None, 1e-3)
     for epoch in range(epochs_per_version):
-      batches = training.epoch_batches(
+      batches = tasks.epoch_batches(
           data.sampler, jax.random.key(100 * k + epoch), batch_size,
-          num_batches)
+          experiment.num_users_pad, num_batches)
       state, loss = training.train_epoch(
           state, data.inputs, training.AlignmentInputs(), batches,
-          model=model, objective=objective, lr=1e-3)
+          model=model, task=experiment.task, objective=objective, lr=1e-3)
       losses.append(float(loss))
       yield batches
   assert np.all(np.isfinite(losses))
@@ -105,11 +105,11 @@ def test_padding_batches_change_nothing(experiment):
     state = training.init_state(model, data.inputs, objective,
                                 jax.random.key(0), None, 1e-3)
     needed = -(-data.split.num_train // 256)
-    batches = training.epoch_batches(data.sampler, jax.random.key(1), 256,
-                                     needed + extra)
+    batches = tasks.epoch_batches(data.sampler, jax.random.key(1), 256,
+                                  experiment.num_users_pad, needed + extra)
     results.append(training.train_epoch(
         state, data.inputs, training.AlignmentInputs(), batches, model=model,
-        objective=objective, lr=1e-3))
+        task=experiment.task, objective=objective, lr=1e-3))
   (a, loss_a), (b, loss_b) = results
   np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
   assert int(a.step) == int(b.step) == needed
@@ -123,8 +123,8 @@ def test_epoch_batches_shapes_and_mask(num_train, batch_size):
   user = rng.integers(5, size=num_train)
   item = rng.integers(20, size=num_train)
   sampler = TripleSampler(user, item, 5, 20)
-  user_b, pos_b, neg_b, mask = training.epoch_batches(
-      sampler, jax.random.key(0), batch_size)
+  user_b, pos_b, neg_b, mask = tasks.epoch_batches(
+      sampler, jax.random.key(0), batch_size, item_offset=0)
   num_batches = -(-num_train // batch_size)
   for array in (user_b, pos_b, neg_b, mask):
     assert array.shape == (num_batches, batch_size)
@@ -142,7 +142,7 @@ def test_epoch_batches_shapes_and_mask(num_train, batch_size):
   assert all((a, b) in pairs for a, b in zip(u.tolist(), p.tolist()))
   assert not any((a, b) in pairs for a, b in zip(u.tolist(), n.tolist()))
   # The same key draws the same epoch.
-  again = training.epoch_batches(sampler, jax.random.key(0), batch_size)
+  again = tasks.epoch_batches(sampler, jax.random.key(0), batch_size, 0)
   np.testing.assert_array_equal(again[0], user_b)
 
 
@@ -168,27 +168,33 @@ def test_nobc_beats_random_recall(tmp_path):
 # train_version's selection logic, with the epoch replaced by a script.
 
 
-def _scripted_train_version(monkeypatch, scores, losses=None, **kwargs):
-  """Runs train_version with fake epochs; state = number of epochs run."""
-  monkeypatch.setattr(training, "epoch_batches", lambda *a, **k: None)
-  losses = losses or {}
+def _fake_state(epoch, param=0.0):
+  return training.TrainState(step=np.array(epoch), params={"w": np.float32(param)},
+                             frozen={}, model_state={}, opt_state=())
 
-  def fake_epoch(state, graph, align, batches, *, model, objective, lr):
-    epoch = int(state["epoch"]) + 1
-    return {"epoch": np.array(epoch)}, np.float32(losses.get(epoch, 1.0))
+
+def _scripted_train_version(monkeypatch, scores, losses=None, params=None,
+                            **kwargs):
+  """Runs train_version with fake epochs; state.step = epochs run."""
+  losses, params = losses or {}, params or {}
+
+  def fake_epoch(state, inputs, align, batches, *, model, task, objective, lr):
+    epoch = int(state.step) + 1
+    return (_fake_state(epoch, params.get(epoch, 0.0)),
+            np.float32(losses.get(epoch, 1.0)))
 
   monkeypatch.setattr(training, "train_epoch", fake_epoch)
   evaluated = []
 
   def evaluate(state):
-    evaluated.append(int(state["epoch"]))
-    return {"score": scores[int(state["epoch"])], "other": 0.5}
+    evaluated.append(int(state.step))
+    return {"score": scores[int(state.step)], "other": 0.5}
 
-  options = dict(epochs=10, eval_every=2, min_select_epoch=4, batch_size=1,
-                 lr=1e-3, label="fake v3")
+  options = dict(epochs=10, eval_every=2, min_select_epoch=4, lr=1e-3,
+                 label="fake v3")
   options.update(kwargs)
   best, history = training.train_version(
-      None, None, None, training.Objective(), {"epoch": np.array(0)},
+      None, None, None, lambda key: None, training.Objective(), _fake_state(0),
       training.AlignmentInputs(), evaluate, "score", jax.random.key(0),
       **options)
   return best, history, evaluated
@@ -202,7 +208,7 @@ def test_train_version_selects_strict_improvement_after_min_epoch(monkeypatch):
   assert evaluated == [2, 4, 6, 8, 10]
   assert best.epoch == 6
   assert best.score == 0.5
-  assert int(best.state["epoch"]) == 6   # the state of that epoch, not later
+  assert int(best.state.step) == 6   # the state of that epoch, not later
   assert best.metrics == {"score": 0.5, "other": 0.5}
   assert [h["epoch"] for h in history] == [2, 4, 6, 8, 10]
   assert history[0] == {"epoch": 2, "loss": 1.0, "score": 0.9, "other": 0.5}
@@ -216,7 +222,7 @@ def test_train_version_lower_is_better_and_last_epoch(monkeypatch):
       lower_is_better=True)
   assert evaluated == [3, 6, 9, 11]
   assert best.epoch == 9
-  assert int(best.state["epoch"]) == 9
+  assert int(best.state.step) == 9
 
 
 def test_train_version_without_selectable_epoch_keeps_last(monkeypatch):
@@ -224,7 +230,7 @@ def test_train_version_without_selectable_epoch_keeps_last(monkeypatch):
   best, _, _ = _scripted_train_version(monkeypatch, scores, epochs=4,
                                        min_select_epoch=50)
   assert best.epoch == 4
-  assert int(best.state["epoch"]) == 4
+  assert int(best.state.step) == 4
 
 
 def test_train_version_nan_loss_raises_with_label(monkeypatch):

@@ -10,6 +10,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.preset = "paper"
   config.dataset = "ml100k"
+  config.model = "pinsage"       # embedding model family: pinsage, lightgcn
   config.times = PAPER_TIMES
   config.dims = (256, 320, 384, 448, 512)
   config.layers = (2, 2, 3, 3, 3)
@@ -26,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.versions = "all"        # or e.g. "0" / "0,1,2"
   config.layout = ""             # aggregation layout; "" chooses by size
   config.recall_batch_users = 256
+  config.checkpoint_every = 10   # epochs between checkpoints (0: never)
   # Consumers of the unintended tasks (SPEC 7).
   config.consumer_epochs = 300
   config.consumer_hidden = (128, 256, 512, 1024)

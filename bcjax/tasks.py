@@ -1,0 +1,86 @@
+"""Intended tasks: a loss over node embeddings and the nodes a batch touches.
+
+The trainer (`bcjax.training`) needs two things of a task: `loss(z, batch)`,
+the intended-task loss of one batch given every node's embedding
+`z [num_nodes, d]`, and `nodes(batch)`, the node ids the batch reads with the
+mask of its real rows (the alignment term is taken over those nodes, and a
+batch whose mask is all False is padding and changes nothing). Batches are
+pytrees of arrays with a leading batch axis; an epoch stacks them on a
+leading `[num_batches]` axis. Tasks are static arguments of jitted
+functions, so they are frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+
+from bcjax import losses
+from bcjax.data.sampling import TripleSampler, numpy_rng
+
+
+class Task(Protocol):
+  """The protocol of an intended task (see the module docstring)."""
+
+  def loss(self, z: jax.Array, batch: Any) -> jax.Array:
+    ...
+
+  def nodes(self, batch: Any) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class BPRTask:
+  """BPR over (user, positive item, negative item) triples of node ids (SPEC 5).
+
+  A batch is `(user, pos, neg, mask)`, each `[B]`, items already offset to
+  their node ids (see `epoch_batches`).
+
+  Attributes:
+    reg: the regularisation coefficient of `bcjax.losses.bpr_loss`.
+  """
+  reg: float = 0.01
+
+  def nodes(self, batch) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    user, pos, neg, mask = batch
+    return (user, pos, neg), mask
+
+  def loss(self, z: jax.Array, batch) -> jax.Array:
+    index, mask = self.nodes(batch)
+    return losses.bpr_loss(*(z[i] for i in index), mask=mask, reg=self.reg)
+
+
+def epoch_batches(sampler: TripleSampler, key: jax.Array, batch_size: int,
+                  item_offset: int,
+                  num_batches: int | None = None) -> tuple[np.ndarray, ...]:
+  """One epoch of `BPRTask` batches: `[num_batches, batch_size]` arrays.
+
+  Args:
+    sampler: the version's triple sampler.
+    key: the epoch's PRNG key.
+    batch_size: triples per batch.
+    item_offset: added to item indices to make node ids (users come first).
+    num_batches: pad the epoch with empty batches (all-False mask) up to a
+      count shared by every version of a run, so one program serves them all.
+
+  Returns:
+    `(user, pos, neg, mask)`, each `[num_batches, batch_size]`.
+
+  Raises:
+    ValueError: the epoch needs more batches than `num_batches`.
+  """
+  user, pos, neg = sampler.sample(numpy_rng(key))
+  n = len(user)
+  needed = -(-n // batch_size)
+  num_batches = needed if num_batches is None else num_batches
+  if num_batches < needed:
+    raise ValueError(f"{n} triples need {needed} batches of {batch_size}, "
+                     f"more than the budget {num_batches}")
+  pad = num_batches * batch_size - n
+  mask = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)])
+  shaped = [np.concatenate([a, np.zeros(pad, a.dtype)]).reshape(num_batches, -1)
+            for a in (user, pos + item_offset, neg + item_offset)]
+  return (*shaped, mask.reshape(num_batches, -1))
