@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import sys
 import time
 from pathlib import Path
@@ -213,19 +214,25 @@ class Selection:
 
 
 class Progress:
-  """One progress line per evaluation: epoch, loss, metric, rate, ETA."""
+  """Progress lines (epoch, loss, metric, rate, ETA), at most one per
+  `interval` seconds besides the first and the last epoch."""
 
   def __init__(self, label: str, total_epochs: int, stream=None,
-               first_epoch: int = 1):
+               first_epoch: int = 1, interval: float = 1.0):
     self.label, self.total, self.first = label, total_epochs, first_epoch
     self.stream = stream or sys.stderr
     self.start = time.perf_counter()
+    self.interval, self.last_line = interval, -np.inf
 
   def update(self, epoch: int, loss: float, metric_name: str | None,
              metric: float | None):
-    elapsed = time.perf_counter() - self.start
+    now = time.perf_counter()
+    if (now - self.last_line < self.interval and epoch != self.first
+        and epoch != self.total):
+      return
+    self.last_line = now
     done = epoch - self.first + 1
-    rate = done / elapsed if elapsed > 0 else float("nan")
+    rate = done / (now - self.start) if now > self.start else float("nan")
     eta = (self.total - epoch) / rate if rate > 0 else float("nan")
     shown = f" {metric_name} {metric:.4f}" if metric is not None else ""
     print(f"[{self.label}] epoch {epoch}/{self.total} loss {loss:.4f}{shown} "
@@ -250,11 +257,12 @@ class Checkpointing:
 
   def save(self, label: str, epoch: int, state: TrainState, best: Selection,
            history: list) -> None:
-    payload = {"label": label, "epoch": epoch, "state": _host_copy(state),
-               "best_state": best.state if best.state is not None else {},
-               "best": {"score": best.score, "epoch": best.epoch,
-                        "metrics": best.metrics or {}},
-               "history": history}
+    # Arrays as msgpack; the rest as JSON (exact floats, key order kept).
+    record = {"label": label, "epoch": epoch, "history": history,
+              "best": {"score": best.score, "epoch": best.epoch,
+                       "metrics": best.metrics}}
+    payload = {"record": json.dumps(record), "state": _host_copy(state),
+               "best_state": best.state if best.state is not None else {}}
     Path(self.path).parent.mkdir(parents=True, exist_ok=True)
     io.save_bytes(self.path, flax.serialization.msgpack_serialize(
         flax.serialization.to_state_dict(payload)))
@@ -270,20 +278,19 @@ class Checkpointing:
       return None
     try:
       raw = flax.serialization.msgpack_restore(Path(self.path).read_bytes())
-      if raw["label"] != label:
-        raise ValueError(f"it belongs to {raw['label']!r}")
+      record = json.loads(raw["record"])
+      if record["label"] != label:
+        raise ValueError(f"it belongs to {record['label']!r}")
       restored = flax.serialization.from_state_dict(state, raw["state"])
-      best = raw["best"]
       best_state = (flax.serialization.from_state_dict(state, raw["best_state"])
                     if raw["best_state"] else None)
-      history = [dict(h) for h in raw["history"].values()] if isinstance(
-          raw["history"], dict) else list(raw["history"])
     except (KeyError, TypeError, ValueError) as error:
       raise ValueError(f"{self.path}: not a checkpoint of {label!r} ({error}); "
                        "delete it to restart this version") from None
+    best = record["best"]
     selection = Selection(float(best["score"]), int(best["epoch"]), best_state,
-                          dict(best["metrics"]) or None)
-    return int(raw["epoch"]), restored, selection, history
+                          best["metrics"])
+    return int(record["epoch"]), restored, selection, record["history"]
 
 
 def train_version(model: EmbeddingModel, task: Task, inputs,

@@ -1,0 +1,178 @@
+"""The model-agnostic trainer (`bcjax.training.fit`) on a toy model whose
+optimum is known: a planted linear relation between two versions."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bcjax import training
+from bcjax.models.interface import FlaxModel, FunctionalModel
+
+NUM_NODES, D_PREV, D_NEW = 40, 4, 6
+
+
+@dataclasses.dataclass(frozen=True)
+class RegressionTask:
+  """Pulls the rows of a batch towards given targets: loss = mean ||z - y||^2.
+
+  A batch is (ids [B], targets [B, d], mask [B]); its optimum is z = y."""
+
+  def nodes(self, batch):
+    ids, _, mask = batch
+    return (ids,), mask
+
+  def loss(self, z, batch):
+    ids, targets, mask = batch
+    error = jnp.sum((z[ids] - targets) ** 2, axis=-1)
+    return jnp.sum(jnp.where(mask, error, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def _table_init(key, inputs):
+  return {"table": 0.1 * jax.random.normal(key, (inputs.shape[0], D_NEW))}
+
+
+def _table_apply(params, inputs):
+  del inputs
+  return params["table"]
+
+
+TABLE = FunctionalModel(_table_init, _table_apply, D_NEW)
+
+
+@pytest.fixture(scope="module")
+def planted():
+  """New-version optimum Z (task), W* with Z W* = the previous embeddings."""
+  rng = np.random.default_rng(0)
+  z_star = rng.normal(size=(NUM_NODES, D_NEW)).astype(np.float32)
+  w_star = rng.normal(size=(D_NEW, D_PREV)).astype(np.float32) / 2
+  return z_star, w_star, z_star @ w_star
+
+
+def _batches(z_star, batch_size=10):
+  def epoch(key):
+    order = np.asarray(jax.random.permutation(key, NUM_NODES))
+    ids = order.reshape(-1, batch_size).astype(np.int32)
+    return ids, z_star[ids], np.ones(ids.shape, bool)
+  return epoch
+
+
+def test_bc_aligner_recovers_the_planted_map(planted):
+  """Task optimum and alignment optimum agree: fit finds both (loss -> 0)."""
+  z_star, w_star, previous = planted
+  inputs = jnp.zeros((NUM_NODES,))
+  result = training.fit(TABLE, RegressionTask(), inputs, _batches(z_star),
+                        jax.random.key(0), previous=previous, epochs=400,
+                        lr=0.03)
+  assert result.transform.shape == (D_NEW, D_PREV)
+  np.testing.assert_allclose(result.variables["params"]["table"], z_star,
+                             atol=2e-2)
+  np.testing.assert_allclose(result.transform, w_star, atol=2e-2)
+  # The default (no evaluate) keeps the last epoch and records the loss.
+  assert result.epoch == 400
+  assert result.history[-1]["loss"] < 1e-3 * result.history[0]["loss"]
+
+
+def test_posthoc_fit_learns_only_the_transform(planted):
+  """train_model=False: the model stays as given, B_k is the least-squares map."""
+  z_star, w_star, previous = planted
+  inputs = jnp.zeros((NUM_NODES,))
+  fixed = {"params": {"table": jnp.asarray(z_star)}}
+  objective = training.Objective(train_model=False, transform="linear")
+  result = training.fit(
+      TABLE, RegressionTask(), inputs, _batches(z_star), jax.random.key(1),
+      objective=objective, previous=previous, init_variables=fixed,
+      epochs=300, lr=0.03,
+      evaluate=lambda v, w: {"error": float(np.abs(w - w_star).max())},
+      select_key="error", lower_is_better=True)
+  np.testing.assert_array_equal(result.variables["params"]["table"], z_star)
+  np.testing.assert_allclose(result.transform, w_star, atol=2e-2)
+  assert result.metrics["error"] == min(h["error"] for h in result.history)
+
+
+def test_multi_step_alignment_through_a_frozen_chain(planted):
+  """With W_1 given, the multi-step loss of the planted map is zero: post-hoc
+  training (convex in W) still finds it, and the recorded loss goes to 0."""
+  z_star, w_star, previous = planted
+  w_1 = np.random.default_rng(3).normal(size=(D_PREV, 3)).astype(np.float32)
+  objective = training.Objective(train_model=False, transform="linear",
+                                 multi_step=True)
+  result = training.fit(
+      TABLE, RegressionTask(), jnp.zeros((NUM_NODES,)), _batches(z_star),
+      jax.random.key(2), objective=objective, previous=previous,
+      chain=(w_1,), init_variables={"params": {"table": jnp.asarray(z_star)}},
+      epochs=300, lr=0.03)
+  np.testing.assert_allclose(result.transform, w_star, atol=2e-2)
+  assert result.history[-1]["loss"] < 1e-3 * result.history[0]["loss"]
+
+
+def test_no_alignment_objective_returns_no_transform(planted):
+  z_star, _, _ = planted
+  result = training.fit(TABLE, RegressionTask(), jnp.zeros((NUM_NODES,)),
+                        _batches(z_star), jax.random.key(0),
+                        objective=training.Objective(), epochs=3)
+  assert result.transform is None and len(result.history) == 3
+
+
+def test_fit_names_bad_arguments(planted):
+  z_star, _, previous = planted
+  inputs = jnp.zeros((NUM_NODES,))
+  task, batches, key = RegressionTask(), _batches(z_star), jax.random.key(0)
+  with pytest.raises(ValueError, match="`previous`.*required"):
+    training.fit(TABLE, task, inputs, batches, key, label="mine v2")
+  with pytest.raises(ValueError, match="W_1 maps 5 dims"):
+    training.fit(TABLE, task, inputs, batches, key, previous=previous,
+                 chain=(np.zeros((5, 3), np.float32),))
+  with pytest.raises(ValueError, match="W_2 has shape"):
+    training.fit(TABLE, task, inputs, batches, key, previous=previous,
+                 chain=(np.zeros((7, 3), np.float32),
+                        np.zeros((2, D_PREV), np.float32)))
+  with pytest.raises(ValueError, match="post-hoc.*init_variables"):
+    training.fit(TABLE, task, inputs, batches, key, previous=previous,
+                 objective=training.Objective(train_model=False,
+                                              transform="linear"))
+
+
+def test_a_nan_stops_training_naming_the_quantity(planted):
+  """An injected NaN in the targets stops `fit` with label, epoch, quantity."""
+  z_star, _, previous = planted
+  poisoned = previous.copy()
+  poisoned[3, 1] = np.nan
+  with pytest.raises(FloatingPointError,
+                     match=r"mine v2: the loss \(nan\) is not finite at epoch 1"):
+    training.fit(TABLE, RegressionTask(), jnp.zeros((NUM_NODES,)),
+                 _batches(z_star), jax.random.key(0), previous=poisoned,
+                 epochs=3, label="mine v2")
+
+
+def test_flax_models_fit_the_same_protocol():
+  """A Flax module with a mutable collection goes through FlaxModel."""
+  import flax.linen as nn
+
+  class Counter(nn.Module):
+    dim: int = D_NEW
+
+    @nn.compact
+    def __call__(self, inputs, train):
+      table = self.param("table", nn.initializers.normal(0.1),
+                         (inputs.shape[0], self.dim))
+      calls = self.variable("counts", "calls", lambda: jnp.zeros((), jnp.int32))
+      if train and not self.is_initializing():
+        calls.value += 1
+      return table
+
+  model = FlaxModel(Counter())
+  inputs = jnp.zeros((NUM_NODES,))
+  variables = model.init(jax.random.key(0), inputs)
+  assert set(variables) == {"params", "counts"}
+  z, state = model.apply(variables, inputs, train=True)
+  assert z.shape == (NUM_NODES, D_NEW) and int(state["counts"]["calls"]) == 1
+  _, state = model.apply(variables, inputs, train=False)
+  assert int(state["counts"]["calls"]) == 0
+  z_star = np.zeros((NUM_NODES, D_NEW), np.float32)
+  result = training.fit(model, RegressionTask(), inputs, _batches(z_star),
+                        jax.random.key(0), objective=training.Objective(),
+                        epochs=2)
+  assert int(result.variables["counts"]["calls"]) == 2 * NUM_NODES // 10
