@@ -1,14 +1,25 @@
-"""Atomic file writes: a crash leaves either the old file or the new one."""
+"""Atomic file writes (a crash leaves either the old file or the new one), and
+reads that never unpickle and check a file before allocating for it."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 import uuid
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 import numpy as np
+
+MAX_NPY_HEADER = 10000  # bytes; numpy's own limit for untrusted files
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}
+
+
+class FileFormatError(ValueError):
+  """A file that is not what its reader expects; the message names it."""
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
@@ -31,9 +42,88 @@ def save_npy(path: str | os.PathLike, array: Any) -> None:
   atomic_write(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False))
 
 
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+  """Opens a regular file for reading, refusing FIFOs, devices and folders.
+
+  Opened non-blocking, so that a FIFO cannot hang the reader.
+
+  Raises:
+    FileNotFoundError: nothing at `path`.
+    FileFormatError: `path` is not a regular file.
+  """
+  fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+  try:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+      raise FileFormatError(f"{path}: not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+  except BaseException:
+    os.close(fd)
+    raise
+
+
+def read_npy_header(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+  """Parses the `.npy` header at the start of `f`, reading no data.
+
+  Returns:
+    `(shape, fortran_order, dtype, data offset)`.
+
+  Raises:
+    ValueError: not a `.npy` file of format 1.0 or 2.0, a header longer than
+      `MAX_NPY_HEADER` bytes, or a negative dimension.
+  """
+  f.seek(0)
+  try:
+    version = np.lib.format.read_magic(f)
+    read_header = _HEADER_READERS.get(version)
+    if read_header is None:
+      raise ValueError(f"unsupported .npy format version {version}")
+    start = f.tell()
+    length = int.from_bytes(f.read(2 if version == (1, 0) else 4), "little")
+    if length > MAX_NPY_HEADER:
+      raise ValueError(f"header of {length} bytes (at most {MAX_NPY_HEADER})")
+    f.seek(start)
+    shape, fortran_order, dtype = read_header(f)
+  except (ValueError, OSError):
+    raise
+  except Exception as error:  # numpy's parser of untrusted text: any error.
+    raise ValueError(f"bad header ({type(error).__name__}: {error})") from None
+  if any(n < 0 for n in shape):
+    raise ValueError(f"negative dimension in shape {shape}")
+  return shape, fortran_order, dtype, f.tell()
+
+
 def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
-  """Loads a `.npy` written by `save_npy` (no pickle)."""
-  return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+  """Loads a `.npy` written by `save_npy`, never with pickle.
+
+  The header is checked against the file before any data is read or
+  allocated: a regular file, no object (pickled) dtype, and exactly the bytes
+  its shape needs.
+
+  Raises:
+    FileNotFoundError: no file at `path`.
+    FileFormatError: anything else wrong with the file; the message names it.
+  """
+  with open_regular(path) as f:
+    size = os.fstat(f.fileno()).st_size
+    try:
+      shape, fortran_order, dtype, start = read_npy_header(f)
+    except ValueError as error:
+      raise FileFormatError(f"{path}: not a valid .npy file: {error}"
+                            ) from None
+    if dtype.hasobject:
+      raise FileFormatError(f"{path}: holds Python objects (dtype "
+                            f"{dtype.str}), which only pickle could load; "
+                            "refused")
+    needed = start + math.prod(shape) * dtype.itemsize
+    if needed != size:
+      raise FileFormatError(f"{path}: its header says {dtype.str} {shape}, "
+                            f"{needed} bytes, but the file has {size}")
+    if mmap and size > start:
+      return np.memmap(f, dtype=dtype, mode="r", offset=start, shape=shape,
+                       order="F" if fortran_order else "C")
+    f.seek(0)
+    return np.load(f, allow_pickle=False)
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:

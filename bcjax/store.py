@@ -17,8 +17,15 @@ Every file is written under a temporary name, fsynced and renamed; the
 manifest is renamed last, so it is the commit point of `append_version` and a
 crash at any moment leaves the previous state readable. Files are verified
 against the manifest (size, `.npy` header, then sha256) when first read.
-The store has a single writer; a reader opened before an append should
-reopen the store, since the superseded latest files are removed.
+The store has a single writer; readers may open it at any time. `open` holds
+the latest files open (retrying if an append replaces them meanwhile), so a
+reader sees one complete version even though an append removes the
+superseded latest files; a reader wanting newer versions reopens the store.
+
+A store received from someone else is safe to open: nothing is unpickled,
+manifest paths must stay inside the directory (symlinks resolved), only
+regular files are read, and sizes, shapes and dtypes are checked against the
+manifest and the `.npy` headers before any data is read or allocated.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Sequence
 
 from absl import logging
 import numpy as np
@@ -40,12 +47,12 @@ from bcjax import io
 from bcjax import transforms
 
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20
+_OPEN_ATTEMPTS = 20
 FORMAT = "bcjax-embedding-store"
 FORMAT_VERSION = 1
 _LATEST_ROLES = ("users", "items", "user_ids", "item_ids")
 _FLOAT = np.dtype(np.float32).str
-_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
-                   (2, 0): np.lib.format.read_array_header_2_0}
 
 
 class StoreError(ValueError):
@@ -61,11 +68,70 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _sha256(path: Path) -> str:
-  digest = hashlib.sha256()
   with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
+    return _sha256_of(f)
+
+
+def _sha256_of(f: BinaryIO) -> str:
+  """The sha256 of an open file's whole content, read in chunks."""
+  f.seek(0)
+  digest = hashlib.sha256()
+  for chunk in iter(lambda: f.read(1 << 20), b""):
+    digest.update(chunk)
   return digest.hexdigest()
+
+
+def _open_file(root: Path, name: str) -> BinaryIO:
+  """Opens store file `name` (inside `root`, a regular file) for reading."""
+  try:
+    return io.open_regular(_inside(root, name))
+  except FileNotFoundError:
+    raise StoreError(f"store file {name} is missing from {root}") from None
+  except io.FileFormatError:
+    raise StoreError(f"store file {name} in {root} is not a regular file"
+                     ) from None
+  except OSError as e:
+    raise StoreError(f"store file {name} in {root} cannot be opened: "
+                     f"{e.strerror}") from None
+
+
+def _read_manifest(root: Path) -> bytes:
+  """The raw manifest of the store at `root`, refused if over-large."""
+  try:
+    with io.open_regular(root / MANIFEST) as f:
+      if os.fstat(f.fileno()).st_size > MAX_MANIFEST_BYTES:
+        raise StoreError(f"{root / MANIFEST} is larger than "
+                         f"{MAX_MANIFEST_BYTES} bytes; refused")
+      return f.read(MAX_MANIFEST_BYTES + 1)
+  except FileNotFoundError:
+    raise StoreError(f"no embedding store at {root} (no {MANIFEST})") from None
+  except (io.FileFormatError, NotADirectoryError):
+    raise StoreError(f"{root / MANIFEST} is not a regular file") from None
+  except OSError as e:
+    raise StoreError(f"{root / MANIFEST} cannot be read: {e.strerror}"
+                     ) from None
+
+
+def _pin_latest(root: Path, manifest: dict[str, Any]) -> dict[str, BinaryIO]:
+  """Opens the latest files that exist, so an append cannot remove them
+  from under this reader."""
+  pinned = {}
+  try:
+    for name in manifest["latest"].values():
+      try:
+        pinned[name] = _open_file(root, name)
+      except StoreError:
+        pass  # Missing or bad: reported when read, unless the store changed.
+  except BaseException:
+    _close(pinned)
+    raise
+  return pinned
+
+
+def _close(files: dict[str, BinaryIO]) -> None:
+  for f in files.values():
+    f.close()
+  files.clear()
 
 
 def _write_npy(root: Path, name: str, array: np.ndarray) -> dict[str, Any]:
@@ -124,7 +190,7 @@ def _check_prefix(kind: str, old: np.ndarray, new: np.ndarray) -> None:
 
 def _inside(root: Path, name: Any) -> Path:
   """The path of manifest entry `name`, which must lie inside `root`."""
-  if not isinstance(name, str) or not name:
+  if not isinstance(name, str) or not name or "\0" in name:
     raise StoreError(f"{MANIFEST}: bad file name {name!r}")
   path = (root / name).resolve()
   if Path(name).is_absolute() or root.resolve() not in path.parents:
@@ -213,13 +279,29 @@ class EmbeddingStore:
   when first read and kept (embeddings memory-mapped, read-only).
   """
 
-  def __init__(self, root: Path, raw_manifest: bytes):
-    """Use `create` or `open`; `raw_manifest` must already be validated."""
+  def __init__(self, root: Path, raw_manifest: bytes,
+               pinned: dict[str, BinaryIO] | None = None):
+    """Use `create` or `open`; `raw_manifest` must already be validated;
+    `pinned` maps file names to open files, read in place of the paths."""
     self._root = root
     self._raw_manifest = raw_manifest
     self._manifest = json.loads(raw_manifest)
     self._arrays: dict[str, np.ndarray] = {}
     self._chains: dict[tuple[int, int], np.ndarray] = {}
+    self._pinned = dict(pinned or {})
+
+  def close(self) -> None:
+    """Closes the files held open since `open` (arrays read stay valid)."""
+    _close(self._pinned)
+
+  def __enter__(self) -> EmbeddingStore:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+  def __del__(self):
+    _close(getattr(self, "_pinned", {}))
 
   @classmethod
   def create(cls, path: str | os.PathLike[str], users: Any, items: Any,
@@ -270,22 +352,29 @@ class EmbeddingStore:
   def open(cls, path: str | os.PathLike[str]) -> EmbeddingStore:
     """Opens a store and checks its manifest (files are checked on read).
 
+    The latest files are held open, so the store reads as this version even
+    if a writer appends meanwhile; if an append removes them before they are
+    opened, the new manifest is read instead.
+
     Raises:
-      StoreError: for a missing or malformed manifest, or one whose paths
-        escape the store directory.
+      StoreError: for a missing or malformed manifest, one whose paths
+        escape the store directory, or a store that keeps changing.
     """
     root = Path(path)
-    try:
-      raw = (root / MANIFEST).read_bytes()
-    except FileNotFoundError:
-      raise StoreError(f"no embedding store at {root} (no {MANIFEST})"
-                       ) from None
-    try:
-      manifest = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-      raise StoreError(f"{root / MANIFEST} is not valid JSON: {e}") from None
-    _validate(manifest, root)
-    return cls(root, raw)
+    for _ in range(_OPEN_ATTEMPTS):
+      raw = _read_manifest(root)
+      try:
+        manifest = json.loads(raw)
+      except (UnicodeDecodeError, RecursionError, ValueError) as e:
+        raise StoreError(f"{root / MANIFEST} is not valid JSON: "
+                         f"{type(e).__name__}: {e}") from None
+      _validate(manifest, root)
+      pinned = _pin_latest(root, manifest)
+      if len(pinned) == len(_LATEST_ROLES) or _read_manifest(root) == raw:
+        return cls(root, raw, pinned)
+      _close(pinned)  # An append replaced the latest files: read it anew.
+    raise StoreError(f"store {root} changed {_OPEN_ATTEMPTS} times while "
+                     "being opened")
 
   @staticmethod
   def _commit(root: Path, manifest: dict[str, Any]) -> bytes:
@@ -336,35 +425,34 @@ class EmbeddingStore:
     if name in self._arrays:
       return self._arrays[name]
     info = self._manifest["files"][name]
-    path = _inside(self._root, name)
-    try:
-      size = path.stat().st_size
-    except FileNotFoundError:
-      raise StoreError(f"store file {name} is missing from {self._root}"
-                       ) from None
-    if size != info["size"]:
-      raise StoreError(f"store file {name} has {size} bytes, the manifest "
-                       f"says {info['size']}")
-    with open(path, "rb") as f:
+    f = self._pinned.pop(name, None) or _open_file(self._root, name)
+    with f:
+      size = os.fstat(f.fileno()).st_size
+      if size != info["size"]:
+        raise StoreError(f"store file {name} has {size} bytes, the manifest "
+                         f"says {info['size']}")
       try:
-        read_header = _HEADER_READERS.get(np.lib.format.read_magic(f))
-        if read_header is None:
-          raise ValueError("unsupported format version")
-        shape, fortran_order, dtype = read_header(f)
+        shape, fortran_order, dtype, data_start = io.read_npy_header(f)
       except ValueError as e:
         raise StoreError(f"store file {name} is not a valid .npy file: {e}"
                          ) from None
-      data_start = f.tell()
-    if list(shape) != info["shape"] or dtype.str != info["dtype"]:
-      raise StoreError(f"store file {name} holds {dtype.str} {shape}, the "
-                       f"manifest says {info['dtype']} {tuple(info['shape'])}")
-    if fortran_order or data_start + math.prod(shape) * dtype.itemsize != size:
-      raise StoreError(f"store file {name}: its header does not describe its "
-                       f"{size} bytes in C order")
-    if _sha256(path) != info["sha256"]:
-      raise StoreError(f"checksum mismatch for store file {name}")
-    mmap = "r" if dtype.str == _FLOAT else None
-    array = np.load(path, mmap_mode=mmap, allow_pickle=False)
+      if list(shape) != info["shape"] or dtype.str != info["dtype"]:
+        raise StoreError(f"store file {name} holds {dtype.str} {shape}, the "
+                         f"manifest says {info['dtype']} "
+                         f"{tuple(info['shape'])}")
+      if (fortran_order or
+          data_start + math.prod(shape) * dtype.itemsize != size):
+        raise StoreError(f"store file {name}: its header does not describe "
+                         f"its {size} bytes in C order")
+      if _sha256_of(f) != info["sha256"]:
+        raise StoreError(f"checksum mismatch for store file {name}")
+      # Mapped or read from this open file: the bytes just verified.
+      if dtype.str == _FLOAT:
+        array = np.memmap(f, dtype=dtype, mode="r", offset=data_start,
+                          shape=tuple(shape))
+      else:
+        f.seek(0)
+        array = np.load(f, allow_pickle=False)
     array.flags.writeable = False
     self._arrays[name] = array
     return array
@@ -520,13 +608,17 @@ class EmbeddingStore:
     self._manifest = manifest
     for name in old_latest.values():
       self._arrays.pop(name, None)
+      pinned = self._pinned.pop(name, None)
+      if pinned:
+        pinned.close()
       (self._root / name).unlink(missing_ok=True)
     return k
 
 
 def _load_run_array(path: Path) -> np.ndarray:
+  """One `.npy` of a run directory, checked by `io.load_npy` (no pickle)."""
   try:
-    return np.load(path, allow_pickle=False)
+    return io.load_npy(path)
   except FileNotFoundError:
     raise StoreError(f"run file {path} is missing") from None
   except ValueError as e:
@@ -552,8 +644,9 @@ def _run_dataset(run: Path) -> str:
   if not path.exists():
     return run.resolve().name
   try:
-    dataset = json.loads(path.read_text())["dataset"]
-  except (json.JSONDecodeError, KeyError, TypeError) as e:
+    with io.open_regular(path) as f:
+      dataset = json.loads(f.read(MAX_MANIFEST_BYTES))["dataset"]
+  except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
     raise StoreError(f"run file {path} names no dataset: {e!r}") from None
   return str(dataset)
 

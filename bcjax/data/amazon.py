@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import gzip
 import json
+import math
 import os
 import pathlib
 import zlib
@@ -56,7 +57,10 @@ def _json_lines(path: pathlib.Path) -> Iterator[tuple[int, dict[str, Any]]]:
           continue
         try:
           record = json.loads(line)
-        except json.JSONDecodeError as error:
+        except RecursionError:
+          raise DataError(f"{path}:{number}: invalid JSON: nested too deeply"
+                          ) from None
+        except ValueError as error:  # JSONDecodeError, or a too long integer.
           raise DataError(f"{path}:{number}: invalid JSON: {error}") from None
         if not isinstance(record, dict):
           raise DataError(f"{path}:{number}: not a JSON object")
@@ -74,7 +78,28 @@ def _field(path, number: int, record: dict[str, Any], key: str,
   value = record.get(key)
   if not isinstance(value, kinds) or isinstance(value, bool):
     raise DataError(f"{path}:{number}: field {key!r} missing or not {what} "
-                    f"(got {value!r})")
+                    f"(got {_short(value)})")
+  return value
+
+
+def _short(value: Any, limit: int = 60) -> str:
+  """`repr(value)`, cut to `limit` characters for error messages."""
+  if isinstance(value, int) and value.bit_length() > 128:
+    return f"an integer of {value.bit_length()} bits"
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _id(path, number: int, record: dict[str, Any], key: str) -> str:
+  """A required id field: a non-empty string of valid Unicode."""
+  value = _field(path, number, record, key)
+  if not value.strip():
+    raise DataError(f"{path}:{number}: field {key!r} is empty")
+  try:
+    value.encode("utf-8")
+  except UnicodeEncodeError:
+    raise DataError(f"{path}:{number}: field {key!r} is not valid Unicode "
+                    f"(got {_short(value)})") from None
   return value
 
 
@@ -86,27 +111,32 @@ def review_timestamp(review_time: str) -> int:
   """
   month, _, rest = review_time.strip().partition(" ")
   day, _, year = rest.partition(",")
-  date = datetime.date(int(year), int(month), int(day))
+  try:
+    date = datetime.date(int(year), int(month), int(day))
+  except OverflowError:
+    raise ValueError(f"date out of range: {review_time!r}") from None
   return (date.toordinal() - _EPOCH_ORDINAL) * 86400
 
 
 def _read_reviews(path: pathlib.Path):
   users, items, ratings, times = [], [], [], []
   for number, record in _json_lines(path):
-    users.append(_field(path, number, record, "reviewerID"))
-    items.append(_field(path, number, record, "asin"))
-    rating = float(_field(path, number, record, "overall", (int, float),
-                          "a number"))
+    users.append(_id(path, number, record, "reviewerID"))
+    items.append(_id(path, number, record, "asin"))
+    overall = _field(path, number, record, "overall", (int, float), "a number")
+    rating = float(overall) if abs(overall) < 1e300 else math.inf  # NaN too.
     if not RATING_RANGE[0] <= rating <= RATING_RANGE[1]:  # NaN fails too.
-      raise DataError(f"{path}:{number}: rating {rating} outside "
+      raise DataError(f"{path}:{number}: rating {_short(overall)} outside "
                       f"{list(RATING_RANGE)}")
     ratings.append(rating)
     review_time = _field(path, number, record, "reviewTime")
     try:
       times.append(review_timestamp(review_time))
     except ValueError:
-      raise DataError(f"{path}:{number}: bad reviewTime {review_time!r}, "
-                      "expected 'MM D, YYYY'") from None
+      raise DataError(f"{path}:{number}: bad reviewTime {_short(review_time)}"
+                      ", expected 'MM D, YYYY'") from None
+  if not users:
+    raise DataError(f"{path}: no reviews")
   return users, items, ratings, times
 
 
@@ -116,19 +146,21 @@ def _values(path, number: int, record: dict[str, Any], key: str) -> list[str]:
   values = [value] if isinstance(value, str) else value or []
   if not (isinstance(values, list) and all(isinstance(v, str) for v in values)):
     raise DataError(f"{path}:{number}: field {key!r} is not a string or a "
-                    f"list of strings (got {value!r})")
+                    f"list of strings (got {_short(value)})")
   values = [v.strip() for v in values]
   return [v for v in values if v and HTML_MARK not in v]
 
 
 def _read_meta(path: pathlib.Path, wanted: set[str]):
   """Categories and brand of the wanted items; an asin's first record wins."""
-  categories, brands = {}, {}
+  categories, brands, number = {}, {}, 0
   for number, record in _json_lines(path):
-    asin = _field(path, number, record, "asin")
+    asin = _id(path, number, record, "asin")
     if asin in wanted and asin not in categories:
       categories[asin] = _values(path, number, record, "category")
       brands[asin] = _values(path, number, record, "brand")[:1]
+  if not number:
+    raise DataError(f"{path}: no metadata records")
   return categories, brands
 
 

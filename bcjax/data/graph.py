@@ -137,6 +137,12 @@ def _check_interactions(name, user_ids, item_ids, ratings, timestamps,
       row = int(np.argmax(bad))
       raise DataError(f"{name}: {int(bad.sum())} non-finite {key}, first "
                       f"{values[row]} at row {row}")
+  # Timestamps are stored as int64 seconds; larger ones would wrap around.
+  bad = np.abs(timestamps.astype(np.float64)) >= 2.0**62
+  if bad.any():
+    row = int(np.argmax(bad))
+    raise DataError(f"{name}: timestamp {timestamps[row]} at row {row} is out "
+                    "of range (|t| < 2**62 seconds)")
   if rating_range is not None:
     low, high = rating_range
     bad = (ratings < low) | (ratings > high)
@@ -214,8 +220,8 @@ def build_graph(name: str,
 
   Raises:
     DataError: empty input, arrays of different lengths, negative ids,
-      non-numeric or non-finite ratings or timestamps, out-of-range ratings,
-      an item's attribute values given as one bare string.
+      non-numeric or non-finite ratings or timestamps, out-of-range ratings
+      or timestamps, an item's attribute values given as one bare string.
   """
   user_ids, item_ids = np.asarray(user_ids), np.asarray(item_ids)
   ratings, timestamps = np.asarray(ratings), np.asarray(timestamps)

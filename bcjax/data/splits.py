@@ -56,7 +56,11 @@ class VersionSplit:
 
 def check_times(times: Sequence[float]) -> tuple[float, ...]:
   """Validates a version time list: >= 2 strictly increasing values in [0, 1]."""
-  times = tuple(float(t) for t in times)
+  try:
+    times = tuple(float(t) for t in times)
+  except (TypeError, ValueError) as error:
+    raise DataError(f"version times {times!r}: not a list of numbers "
+                    f"({error})") from None
   if len(times) < 2:
     raise DataError(f"version times {times}: need at least two values")
   if any(not 0.0 <= t <= 1.0 for t in times):
@@ -112,20 +116,47 @@ def version_split(graph: DynamicGraph, version: int, time_train: float,
   )
 
 
-def make_splits(graph: DynamicGraph,
-                times: Sequence[float] = PAPER_TIMES) -> list[VersionSplit]:
+def check_splits(graph: DynamicGraph,
+                 splits: Sequence[VersionSplit]) -> None:
+  """Checks that every version can be trained and validated.
+
+  Raises:
+    DataError: naming the first version whose window (tau_k, tau_{k+1}]
+      holds no interaction of the graph, or none that goes to validation.
+  """
+  for s in splits:
+    window = f"({s.time_train}, {s.time_val}]"
+    if graph.num_edges_at(s.time_val) == graph.num_edges_at(s.time_train):
+      raise DataError(f"{graph.name}: version {s.version}: the window "
+                      f"{window} holds none of the {graph.num_interactions} "
+                      "interactions; use version times further apart")
+    if s.num_val == 0:
+      raise DataError(f"{graph.name}: version {s.version}: no validation "
+                      f"interactions in the window {window} (every one is a "
+                      "new user's only interaction there)")
+
+
+def make_splits(graph: DynamicGraph, times: Sequence[float] = PAPER_TIMES,
+                require_validation: bool = False) -> list[VersionSplit]:
   """All versions of a graph: version k spans (times[k], times[k+1]].
 
   Args:
     graph: the canonical graph.
     times: the version times tau_0 < tau_1 < ...; len(times) - 1 versions.
+    require_validation: also check with `check_splits` that no window is
+      empty and every version has validation interactions (training needs
+      them; statistics do not).
 
   Returns:
     One `VersionSplit` per version.
 
   Raises:
-    DataError: a bad time list.
+    DataError: a bad time list, or with `require_validation` an empty window
+      or a version without validation interactions.
   """
   times = check_times(times)
-  return [version_split(graph, k, a, b)
-          for k, (a, b) in enumerate(zip(times, times[1:]))]
+  splits = [version_split(graph, k, a, b)
+            for k, (a, b) in enumerate(zip(times, times[1:]))]
+  if require_validation:
+    check_splits(graph, splits)
+  return splits
