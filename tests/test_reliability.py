@@ -160,3 +160,38 @@ def experiment_state(experiment):
   model, data = experiment.model(0), experiment.data(0)
   return training.init_state(model, data.inputs, training.Objective(),
                              jax.random.key(0), None, 1e-3)
+
+
+def test_reproduce_killed_in_the_consumer_stage_ends_with_the_same_report(
+    tmp_path):
+  """The whole job, killed while consumers train and restarted: the same
+  embeddings, consumers and report, bit for bit, as a run never stopped."""
+  flags = ["--config=launch/configs/test.py", "--dataset=synthetic",
+           "--synthetic_interactions=3000",
+           "--strategies=fix-m0,nobc,joint-lin-mloss"]
+  command = [sys.executable, "-m", "launch.reproduce", *flags]
+  reference, killed = tmp_path / "reference", tmp_path / "killed"
+  done = subprocess.run([*command, f"--workdir={reference}"], cwd=ROOT,
+                        env=_env(), capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  process = subprocess.Popen([*command, f"--workdir={killed}"], cwd=ROOT,
+                             env=_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+  for line in process.stdout:
+    if line.startswith("== consumers"):
+      time.sleep(1.0)
+      process.send_signal(signal.SIGKILL)
+      break
+  process.wait()
+  assert process.returncode == -signal.SIGKILL
+  assert not (killed / "report.json").exists()
+  done = subprocess.run([*command, f"--workdir={killed}"], cwd=ROOT,
+                        env=_env(), capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  expected, actual = _artifacts(reference), _artifacts(killed)
+  assert "report.json" in expected and any("consumers" in k for k in expected)
+  assert sorted(actual) == sorted(expected)
+  for name in expected:
+    assert actual[name] == expected[name], f"{name} differs after resuming"
