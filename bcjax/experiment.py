@@ -73,7 +73,8 @@ class Experiment:
   def __init__(self, graph: DynamicGraph, config, workdir: str | os.PathLike):
     self.graph, self.config = graph, config
     self.workdir = Path(workdir)
-    self.splits = make_splits(graph, config.times)
+    # Every version needs validation interactions: fail before any work.
+    self.splits = make_splits(graph, config.times, require_validation=True)
     if len(config.dims) != len(self.splits) or len(config.layers) != len(self.splits):
       raise ValueError(f"config: {len(self.splits)} versions but dims "
                        f"{tuple(config.dims)} and layers {tuple(config.layers)}")
@@ -174,12 +175,15 @@ class Experiment:
     model = self.model(k, strategy)
     inputs = self.data(k).inputs  # Built outside the trace below.
     template = jax.eval_shape(lambda: model.init(jax.random.key(0), inputs))
-    variables = flax.serialization.from_bytes(
-        template, (path / "variables.msgpack").read_bytes())
+    variables = _load_variables(path / "variables.msgpack", template)
     transform = (io.load_npy(path / "transform.npy") if k else None)
+    try:
+      record = json.loads((path / "metrics.json").read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+      raise ValueError(f"{path / 'metrics.json'}: not valid JSON ({error})"
+                       ) from None
     return Artifacts(variables, transform, io.load_npy(path / "users.npy"),
-                     io.load_npy(path / "items.npy"),
-                     json.loads((path / "metrics.json").read_text()))
+                     io.load_npy(path / "items.npy"), record)
 
   def chain(self, strategy: str, k: int, latest: np.ndarray | None = None
             ) -> list[np.ndarray]:
@@ -380,6 +384,28 @@ def _check_resumable(path: Path, record: dict) -> None:
     if before != now:
       raise ValueError(f"{path.parent} was trained with {field}={before!r}, "
                        f"not {now!r}; use a new workdir")
+
+
+def _load_variables(path: Path, template) -> Any:
+  """Model variables from msgpack (never pickle), checked leaf by leaf
+  against the model's shapes and dtypes.
+
+  Raises:
+    ValueError: naming the file and the first leaf that does not fit.
+  """
+  try:
+    variables = flax.serialization.from_bytes(template, path.read_bytes())
+  except (ValueError, TypeError, KeyError) as error:
+    raise ValueError(f"{path}: not the variables of this model ({error})"
+                     ) from None
+  expected = jax.tree_util.tree_flatten_with_path(template)[0]
+  for (where, want), got in zip(expected, jax.tree.leaves(variables)):
+    got = np.asarray(got)
+    if got.shape != want.shape or got.dtype != want.dtype:
+      raise ValueError(f"{path}: {jax.tree_util.keystr(where)} is "
+                       f"{got.dtype}{list(got.shape)}, the model needs "
+                       f"{want.dtype}{list(want.shape)}")
+  return variables
 
 
 def _mse(z, target, w, experiment: Experiment, k: int) -> float:

@@ -195,3 +195,25 @@ def test_reproduce_killed_in_the_consumer_stage_ends_with_the_same_report(
   assert sorted(actual) == sorted(expected)
   for name in expected:
     assert actual[name] == expected[name], f"{name} differs after resuming"
+
+
+def test_a_received_run_directory_is_checked_when_loaded(tmp_path):
+  """Variables that do not fit the model, or not msgpack at all, and broken
+  metrics are refused with the file named (and never unpickled)."""
+  import flax.serialization
+  experiment = _small_run(tmp_path, 0)
+  path = tmp_path / "joint-lin-mloss" / "v1"
+  good = (path / "variables.msgpack").read_bytes()
+  variables = flax.serialization.msgpack_restore(good)
+  variables["params"]["conv_0"]["kernel_l"] = np.zeros((3, 3), np.float32)
+  (path / "variables.msgpack").write_bytes(
+      flax.serialization.msgpack_serialize(variables))
+  with pytest.raises(ValueError, match=r"variables.msgpack: .*kernel_l.*float32\[3, 3\]"):
+    experiment.load("joint-lin-mloss", 1)
+  (path / "variables.msgpack").write_bytes(b"\x80\x04garbage")  # a pickle
+  with pytest.raises(ValueError, match="variables.msgpack: not the variables"):
+    experiment.load("joint-lin-mloss", 1)
+  (path / "variables.msgpack").write_bytes(good)
+  (path / "metrics.json").write_text("{broken")
+  with pytest.raises(ValueError, match="metrics.json: not valid JSON"):
+    experiment.load("joint-lin-mloss", 1)
