@@ -31,7 +31,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from bcjax import io, metrics, transforms
+from bcjax import io, metrics, sharding, transforms
 from bcjax.data import DynamicGraph, TripleSampler, VersionSplit, make_splits
 from bcjax.models import families
 from bcjax.models.interface import EmbeddingModel
@@ -91,6 +91,8 @@ class Experiment:
     self.root_key = jax.random.key(config.seed)
     self.family = families.check(config.get("model", "pinsage"))
     self.task = BPRTask(reg=config.weight_decay)
+    devices = int(config.get("devices", 1))
+    self.mesh = sharding.make_mesh(devices) if devices != 1 else None
     self._data: dict[int, VersionData] = {}
     self.workdir.mkdir(parents=True, exist_ok=True)
     record = {**config.to_dict(), "dataset": graph.name}
@@ -287,7 +289,8 @@ class Experiment:
     return fit(model, self.task, self.data(k).inputs, self.batches(k),
                self.key(k), objective=objective, previous=previous,
                chain=chain, lr=self.config.lr, label=f"{name} v{k}",
-               checkpointing=self.checkpointing(name, k), **kwargs)
+               checkpointing=self.checkpointing(name, k), mesh=self.mesh,
+               **kwargs)
 
   def _train_model(self, name: str, k: int, objective: Objective, init,
                    epochs: int, select_after: int,

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bcjax import io, losses, transforms
+from bcjax import io, losses, sharding, transforms
 from bcjax.models.interface import EmbeddingModel, Variables, state_of
 from bcjax.tasks import Task
 
@@ -331,7 +331,10 @@ def train_version(model: EmbeddingModel, task: Task, inputs,
   if checkpointing is not None:
     restored = checkpointing.restore(label, state)
     if restored is not None:
-      done, state, best, history = restored
+      done, restored_state, best, history = restored
+      # Back where the fresh state lives (one device, or a mesh).
+      state = jax.device_put(restored_state,
+                             jax.tree.map(lambda x: x.sharding, state))
       start = done + 1
       print(f"[{label}] resumed after epoch {done} from {checkpointing.path}",
             file=sys.stderr, flush=True)
@@ -404,7 +407,8 @@ def fit(model: EmbeddingModel, task: Task, inputs,
         epochs: int = 1, eval_every: int = 1, min_select_epoch: int = 0,
         lr: float = 1e-3, init_key: jax.Array | None = None,
         label: str = "train",
-        checkpointing: Checkpointing | None = None) -> Result:
+        checkpointing: Checkpointing | None = None,
+        mesh: jax.sharding.Mesh | None = None) -> Result:
   """Trains version k of any embedding model, backward compatibly.
 
   With the default objective this is BC-Aligner: the task loss plus lambda
@@ -437,6 +441,8 @@ def fit(model: EmbeddingModel, task: Task, inputs,
       (default `fold_in(key, 0)`).
     label: names this training in progress lines and errors.
     checkpointing: save every N epochs and resume (see `Checkpointing`).
+    mesh: train across its devices (`bcjax.sharding`): batches data-parallel,
+      per-node alignment arrays split by rows, the rest replicated.
 
   Returns:
     The `Result`.
@@ -468,6 +474,14 @@ def fit(model: EmbeddingModel, task: Task, inputs,
   init_key = jax.random.fold_in(key, 0) if init_key is None else init_key
   state = init_state(model, inputs, objective, init_key, d_prev, lr,
                      model_variables=init_variables)
+  if mesh is not None:
+    state, inputs = sharding.replicate((state, inputs), mesh)
+    align = AlignmentInputs(
+        target=sharding.split_rows(align.target, mesh),
+        earlier=sharding.replicate(align.earlier, mesh),
+        embeddings=sharding.split_rows(align.embeddings, mesh))
+    unsharded = batches
+    batches = lambda key: sharding.split_batches(unsharded(key), mesh)  # noqa: E731
 
   def matrix(state: TrainState) -> np.ndarray | None:
     if not objective.aligns:

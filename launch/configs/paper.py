@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.layout = ""             # aggregation layout; "" chooses by size
   config.recall_batch_users = 256
   config.checkpoint_every = 10   # epochs between checkpoints (0: never)
+  config.devices = 1             # devices to train on (0: all; bcjax.sharding)
   # Consumers of the unintended tasks (SPEC 7).
   config.consumer_epochs = 300
   config.consumer_hidden = (128, 256, 512, 1024)
