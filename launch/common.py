@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import jax
 from absl import flags
 
 from bcjax.data import DataError, load_dataset
@@ -27,6 +28,21 @@ def define_dataset_flags(default: str = "ml100k") -> None:
   flags.DEFINE_integer("synthetic_items", None, "Synthetic: latent items.",
                        lower_bound=1)
   flags.DEFINE_integer("synthetic_seed", 0, "Synthetic: random seed.")
+
+
+def define_runtime_flags() -> None:
+  flags.DEFINE_string("compile_cache", None,
+                      "Directory of JAX's persistent compilation cache: a "
+                      "second run with the same shapes skips compiling.")
+
+
+def apply_runtime_flags() -> None:
+  """Turns on the persistent compilation cache when `--compile_cache` is set."""
+  if FLAGS.compile_cache:
+    jax.config.update("jax_compilation_cache_dir", FLAGS.compile_cache)
+    # Cache every program, however small or quick to compile.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def define_model_flag() -> None:

@@ -31,6 +31,7 @@ flags.DEFINE_list("strategies", list(strategies.STRATEGIES),
                   "Strategies to run (default: all).")
 common.define_dataset_flags()
 common.define_model_flag()
+common.define_runtime_flags()
 
 
 def _stage(message: str, start: float) -> None:
@@ -42,6 +43,7 @@ def main(argv):
   del argv
   config, start = FLAGS.config, time.perf_counter()
   common.apply_model_flag(config)
+  common.apply_runtime_flags()
   try:
     names = [strategies.get(s).name for s in FLAGS.strategies]
     versions = check_config(config)

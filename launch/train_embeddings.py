@@ -19,12 +19,14 @@ flags.DEFINE_string("strategy", "nobc", "One of: " + ", ".join(strategies.STRATE
 flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 common.define_dataset_flags()
 common.define_model_flag()
+common.define_runtime_flags()
 
 
 def main(argv):
   del argv
   config = FLAGS.config
   common.apply_model_flag(config)
+  common.apply_runtime_flags()
   try:
     strategies.get(FLAGS.strategy)
     versions = check_config(config)
