@@ -32,7 +32,9 @@ import jax
 import numpy as np
 
 from bcjax import io, metrics, sharding, transforms
-from bcjax.data import DynamicGraph, TripleSampler, VersionSplit, make_splits
+from bcjax.data import (DynamicGraph, TripleSampler, VersionSplit, make_splits,
+                        numpy_rng)
+from bcjax.data.neighbours import NeighbourSampler, sampled_bpr_chunks
 from bcjax.models import families
 from bcjax.models.interface import EmbeddingModel
 from bcjax.strategies import Strategy, get as get_strategy
@@ -94,6 +96,7 @@ class Experiment:
     devices = int(config.get("devices", 1))
     self.mesh = sharding.make_mesh(devices) if devices != 1 else None
     self._data: dict[int, VersionData] = {}
+    self._neighbours: dict[int, NeighbourSampler] = {}
     self.workdir.mkdir(parents=True, exist_ok=True)
     record = {**config.to_dict(), "dataset": graph.name}
     _check_resumable(self.workdir / "config.json", record)
@@ -146,12 +149,35 @@ class Experiment:
     """`[num_nodes_pad, d]` embeddings of `model` on version k's graph."""
     return embed(model, variables, self.data(k).inputs)
 
-  def batches(self, k: int):
+  def batches(self, k: int, num_layers: int | None = None):
     """Epoch key -> one epoch of version k's BPR batches, padded to the
-    run's batch count."""
-    sampler = self.data(k).sampler
-    return lambda key: epoch_batches(sampler, key, self.config.batch_size,
-                                     self.num_users_pad, self.num_batches)
+    run's batch count; with `config.fanout` > 0, an iterator of chunks of
+    `config.chunk_batches` batches with their sampled neighbourhood trees
+    (`num_layers` deep, default version k's L)."""
+    sampler, config = self.data(k).sampler, self.config
+    fanout = int(config.get("fanout", 0))
+    if not fanout:
+      return lambda key: epoch_batches(sampler, key, config.batch_size,
+                                       self.num_users_pad, self.num_batches)
+    chunk = int(config.chunk_batches)
+    num_batches = -(-self.num_batches // chunk) * chunk
+    trees = self.neighbour_sampler(k)
+    num_layers = num_layers or config.layers[k]
+
+    def epoch(key):
+      batches = epoch_batches(sampler, key, config.batch_size,
+                              self.num_users_pad, num_batches)
+      return sampled_bpr_chunks(trees, batches, fanout, num_layers, chunk,
+                                numpy_rng(jax.random.fold_in(key, 1)))
+    return epoch
+
+  def neighbour_sampler(self, k: int) -> NeighbourSampler:
+    if k not in self._neighbours:
+      split = self.splits[k]
+      self._neighbours[k] = NeighbourSampler(
+          split.train_user, split.train_item, self.num_users_pad,
+          self.num_items_pad)
+    return self._neighbours[k]
 
   def real_rows(self, z, k: int) -> tuple[np.ndarray, np.ndarray]:
     split = self.splits[k]
@@ -286,7 +312,9 @@ class Experiment:
       if previous is None:
         previous = self._alignment_target(name, k)
       chain = self.chain(name, k - 1)
-    return fit(model, self.task, self.data(k).inputs, self.batches(k),
+    layers = self.config.layers[self._size_version(k, name)]
+    return fit(model, self.task, self.data(k).inputs,
+               self.batches(k, layers),
                self.key(k), objective=objective, previous=previous,
                chain=chain, lr=self.config.lr, label=f"{name} v{k}",
                checkpointing=self.checkpointing(name, k), mesh=self.mesh,
@@ -369,9 +397,9 @@ class Experiment:
 TRAINING_FIELDS = ("dataset", "model", "times", "dims", "layers", "epochs",
                    "finetune_epochs", "posthoc_epochs", "eval_every",
                    "min_select_epoch", "batch_size", "lr", "weight_decay",
-                   "lam", "seed", "layout")
+                   "lam", "seed", "layout", "fanout")
 # Values of fields added later, for run directories written before them.
-FIELD_DEFAULTS = {"model": "pinsage"}
+FIELD_DEFAULTS = {"model": "pinsage", "fanout": 0}
 
 
 def _check_resumable(path: Path, record: dict) -> None:
@@ -436,6 +464,11 @@ def check_config(config) -> list[int]:
       raise ValueError(f"config.{field} must be positive, got {config[field]}")
   if any(int(d) < 1 for d in config.dims) or any(int(l) < 1 for l in config.layers):
     raise ValueError("config.dims and config.layers must be positive")
+  if int(config.get("fanout", 0)) < 0 or int(config.get("chunk_batches", 1)) < 1:
+    raise ValueError("config.fanout must be >= 0 and config.chunk_batches >= 1")
+  if int(config.get("fanout", 0)) and config.get("model", "pinsage") != "pinsage":
+    raise ValueError(f"config.fanout: neighbour sampling is implemented for "
+                     f"pinsage, not {config.model}")
   if config.versions == "all":
     return list(range(num_versions))
   try:

@@ -12,6 +12,7 @@ for every strategy (see `bcjax.strategies`) and every model family.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import functools
 import json
@@ -28,6 +29,7 @@ import numpy as np
 import optax
 
 from bcjax import io, losses, sharding, transforms
+from bcjax.data.neighbours import SampledBatch, SampledInputs
 from bcjax.models.interface import EmbeddingModel, Variables, state_of
 from bcjax.tasks import Task
 
@@ -118,6 +120,12 @@ def _batch_loss(model: EmbeddingModel, task: Task, objective: Objective,
                 params, state: TrainState, inputs, align: AlignmentInputs,
                 batch):
   """Loss of one batch; returns (loss, the model's new state)."""
+  if isinstance(batch, SampledBatch):  # The model embeds the trees' roots.
+    inputs = SampledInputs(inputs, batch.subgraph)
+    rows = lambda x: None if x is None else x[batch.nodes]  # noqa: E731
+    align = align.replace(target=rows(align.target),
+                          embeddings=rows(align.embeddings))
+    batch = batch.batch
   if objective.train_model:
     z, new_state = model.apply({"params": params["model"], **state.model_state},
                                inputs, train=True)
@@ -175,7 +183,7 @@ def train_epoch(state: TrainState, inputs, align: AlignmentInputs, batches, *,
                          model_state=new_state, opt_state=opt_state), loss
 
   def real(batch):
-    return jnp.any(task.nodes(batch)[1])
+    return jnp.any(task.nodes(_task_batch(batch))[1])
 
   def step(state, batch):
     return jax.lax.cond(real(batch), update,
@@ -184,6 +192,11 @@ def train_epoch(state: TrainState, inputs, align: AlignmentInputs, batches, *,
   state, batch_losses = jax.lax.scan(step, state, batches)
   num_real = jnp.sum(jax.vmap(real)(batches))
   return state, jnp.sum(batch_losses) / jnp.maximum(num_real, 1)
+
+
+def _task_batch(batch):
+  """The task's own batch (unwrapped from a `SampledBatch`)."""
+  return batch.batch if isinstance(batch, SampledBatch) else batch
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -307,7 +320,8 @@ def train_version(model: EmbeddingModel, task: Task, inputs,
 
   Args:
     model, task, inputs, objective, state, align: what to train.
-    batches: epoch key -> the epoch's batches, stacked (see `train_epoch`).
+    batches: epoch key -> the epoch's batches, stacked (see `train_epoch`),
+      or an iterator of equally shaped stacked chunks.
     evaluate: state -> metrics dict, run every `eval_every` epochs.
     select_key: the metric that selects (strict improvement); None keeps
       the last epoch.
@@ -348,11 +362,10 @@ def train_version(model: EmbeddingModel, task: Task, inputs,
                               f"{epoch}{kept}")
 
   for epoch in range(start, epochs + 1):
-    state, loss = train_epoch(state, inputs, align,
-                              batches(jax.random.fold_in(key, epoch)),
-                              model=model, task=task, objective=objective,
-                              lr=lr)
-    loss = float(loss)
+    state, loss = _run_epoch(state, inputs, align,
+                             batches(jax.random.fold_in(key, epoch)),
+                             model=model, task=task, objective=objective,
+                             lr=lr)
     if not np.isfinite(loss):
       raise fault(epoch, f"the loss ({loss})")
     leaf = int(_first_non_finite(state.params))
@@ -376,6 +389,23 @@ def train_version(model: EmbeddingModel, task: Task, inputs,
     best = Selection(sign * last.get(select_key, np.nan), last["epoch"],
                      _host_copy(state), last)
   return best, history
+
+
+def _run_epoch(state, inputs, align, epoch, *, model, task, objective, lr):
+  """One epoch given as one stacked pytree of batches, or as an iterator of
+  equally shaped chunks (neighbour sampling: an epoch of sampled trees may
+  not fit in memory at once); returns the state and the mean loss."""
+  if not isinstance(epoch, collections.abc.Iterator):
+    state, loss = train_epoch(state, inputs, align, epoch, model=model,
+                              task=task, objective=objective, lr=lr)
+    return state, float(loss)
+  total, count = 0.0, 0
+  for chunk in epoch:
+    real = int(np.any(task.nodes(_task_batch(chunk))[1], axis=1).sum())
+    state, loss = train_epoch(state, inputs, align, chunk, model=model,
+                              task=task, objective=objective, lr=lr)
+    total, count = total + float(loss) * real, count + real
+  return state, total / max(count, 1)
 
 
 @dataclasses.dataclass

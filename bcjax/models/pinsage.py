@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse
 
+from bcjax.data.neighbours import SampledInputs, Subgraph
 from bcjax.models.aggregate import Adjacency, aggregate, make_adjacency
 
 # PyTorch's nn.Linear default initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
@@ -218,8 +219,12 @@ class SAGEConv(nn.Module):
     self.kernel_r = self.param("kernel_r", torch_linear_init, shape)
 
   def __call__(self, adjacency: Adjacency, h):
+    return self.combine(aggregate(adjacency, h), h)
+
+  def combine(self, neighbours_mean, h):
+    """The layer given the mean of the neighbours' rows."""
     # One matmul over [mean of neighbours, self] is faster than two.
-    both = jnp.concatenate([aggregate(adjacency, h), h], axis=-1)
+    both = jnp.concatenate([neighbours_mean, h], axis=-1)
     return both @ jnp.concatenate([self.kernel_l, self.kernel_r]) + self.bias_l
 
   def first_layer(self, graph: "GraphInputs", user, tables):
@@ -253,7 +258,8 @@ def _item_mean(table, attr: AttributeInputs, num_items: int):
 
 
 class PinSage(nn.Module):
-  """Node embeddings `[num_users_pad + num_items_pad, dim]`, users first.
+  """Node embeddings `[num_users_pad + num_items_pad, dim]`, users first
+  (or, given `SampledInputs`, `[n_0, dim]` for the sampled trees' roots).
 
   Attributes:
     dim: embedding size d (every layer).
@@ -273,6 +279,9 @@ class PinSage(nn.Module):
               for k, size in enumerate(self.vocab_sizes)]
     convs = [SAGEConv(self.dim, name=f"conv_{l}")
              for l in range(self.num_layers)]
+    if isinstance(graph, SampledInputs):
+      return self._sampled(graph.graph, graph.subgraph, user, tables, convs,
+                           train)
     if graph.first_layer is not None:
       h = convs[0].first_layer(graph, user, tables)
     else:
@@ -285,6 +294,30 @@ class PinSage(nn.Module):
       if layer:
         h = convs[layer](graph.adjacency, h)
       h = MaskedBatchNorm(name=f"norm_{layer}")(h, graph.node_mask, train)
+      if layer < self.num_layers - 1:
+        h = nn.relu(h)
+    return h
+
+  def _sampled(self, graph: GraphInputs, subgraph: Subgraph, user, tables,
+               convs, train: bool):
+    """The layers over neighbourhood trees, deepest level first."""
+    if len(subgraph.masks) != self.num_layers:
+      raise ValueError(f"subgraph has {len(subgraph.masks)} levels for a "
+                       f"{self.num_layers}-layer model")
+    items = sum((_item_mean(table, attr, graph.num_items)
+                 for table, attr in zip(tables, graph.attributes)),
+                jnp.zeros((graph.num_items, self.dim)))
+    leaves = subgraph.leaves
+    item_rows = items[jnp.clip(leaves - graph.num_users, 0, graph.num_items - 1)]
+    h = jnp.where((leaves < graph.num_users)[:, None], user, item_rows)
+    for layer in range(self.num_layers):
+      mask = subgraph.masks[self.num_layers - 1 - layer]
+      h = h.reshape(mask.shape[0], mask.shape[1], self.dim)
+      weight = mask[:, 1:, None].astype(h.dtype)
+      mean = (jnp.sum(h[:, 1:] * weight, axis=1)
+              / jnp.maximum(jnp.sum(weight, axis=1), 1.0))
+      h = convs[layer].combine(mean, h[:, 0])
+      h = MaskedBatchNorm(name=f"norm_{layer}")(h, mask[:, 0], train)
       if layer < self.num_layers - 1:
         h = nn.relu(h)
     return h

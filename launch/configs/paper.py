@@ -26,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.versions = "all"        # or e.g. "0" / "0,1,2"
   config.layout = ""             # aggregation layout; "" chooses by size
+  config.fanout = 0              # neighbour sampling: neighbours per node and
+                                 # layer (0: full-graph steps, the paper's)
+  config.chunk_batches = 8       # sampled batches per jitted call
   config.recall_batch_users = 256
   config.checkpoint_every = 10   # epochs between checkpoints (0: never)
   config.devices = 1             # devices to train on (0: all; bcjax.sharding)
