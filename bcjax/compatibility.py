@@ -62,8 +62,18 @@ class CompatConfig:
 
   @classmethod
   def from_config(cls, config) -> "CompatConfig":
-    """Reads `compat_strategies`, `compat_epochs`, `compat_seeds`;
-    ValueError for an unknown strategy or a non-positive count."""
+    """Reads `compat_strategies`, `compat_epochs`, `compat_seeds`.
+
+    Args:
+      config: the run config (`ml_collections.ConfigDict` or any object
+        with those attributes).
+
+    Returns:
+      The `CompatConfig`, strategy names canonical.
+
+    Raises:
+      ValueError: an unknown strategy or a non-positive count.
+    """
     c = cls(tuple(get_strategy(s).name for s in config.compat_strategies),
             int(config.compat_epochs), int(config.compat_seeds))
     for field in ("epochs", "seeds"):
@@ -76,9 +86,16 @@ class CompatConfig:
 class StrategyTables:
   """A strategy's own per-version embeddings and backward transformations.
 
+  Args:
+    tables: per version, (users, items) as in `tables` below.
+    backward: W_1 ... W_K, one fewer than the versions.
+
   Attributes:
     tables: per version k, (users `[U1_k, d_k]`, items `[I1_k, d_k]`).
     transforms: `[W_1, ..., W_K]`, W_k `[d_k, d_{k-1}]`.
+
+  Raises:
+    ValueError: the transforms do not number one fewer than the versions.
   """
 
   def __init__(self, tables: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -91,6 +108,17 @@ class StrategyTables:
   @classmethod
   def load(cls, workdir: str | os.PathLike, strategy: str,
            num_versions: int) -> "StrategyTables":
+    """Reads a strategy's saved versions from the run directory.
+
+    Args:
+      workdir: the run directory.
+      strategy: the strategy's name (its subdirectory).
+      num_versions: K + 1; reads `v<k>/users.npy`, `items.npy` for every k
+        and `v<k>/transform.npy` for k >= 1.
+
+    Returns:
+      The `StrategyTables`.
+    """
     root = Path(workdir) / strategy
     return cls([tuple(io.load_npy(root / f"v{k}" / f"{kind}.npy")
                       for kind in ("users", "items"))
@@ -99,7 +127,16 @@ class StrategyTables:
                 for k in range(1, num_versions)])
 
   def mapped(self, k: int, j: int) -> tuple[np.ndarray, np.ndarray]:
-    """Version k's (users, items) in version j's space: `x @ M_{k->j}`."""
+    """Version k's (users, items) in version j's space: `x @ M_{k->j}`.
+
+    Args:
+      k: the version whose tables are mapped.
+      j: the target version (j <= k).
+
+    Returns:
+      (users `[U1_k, d_j]`, items `[I1_k, d_j]`), float32 unless k == j
+      (then the stored tables themselves).
+    """
     if k == j:
       return self.tables[k]
     m = np.asarray(transforms.chain_matrix(self.transforms, k, j), np.float32)
@@ -140,6 +177,16 @@ def train_row(data: consumers.TaskData, tables: StrategyTables,
 
 
 def row_key(seed: int, task: str, train_version: int) -> jax.Array:
+  """The PRNG key of row j's consumers, shared by every strategy.
+
+  Args:
+    seed: the run's seed.
+    task: the task's name (its CRC32 is folded in).
+    train_version: j.
+
+  Returns:
+    `fold_in(fold_in(key(seed), crc32(task)), j)`.
+  """
   key = jax.random.fold_in(jax.random.key(seed),
                            zlib.crc32(task.encode()) & 0x7FFFFFFF)
   return jax.random.fold_in(key, train_version)
@@ -149,8 +196,21 @@ def task_matrix(name: str, splits: Sequence[VersionSplit],
                 targets: Sequence[VersionTargets], tables: StrategyTables,
                 config: consumers.ConsumerConfig, seed: int = 0,
                 log: Callable[[str], None] | None = None) -> list[list]:
-  """Per-seed AUCs of one task: `auc[j][k]`, a list of floats (NaN: None),
-  or None where (j, k) is not scored."""
+  """Per-seed AUCs of one task, every row j trained and scored.
+
+  Args:
+    name: the task (`consumers.TASKS`).
+    splits: the run's splits, one per version.
+    targets: `version_targets` of each split.
+    tables: the strategy's embeddings and transforms.
+    config: a single grid point (one h, one dropout rate).
+    seed: the run's seed (see `row_key`).
+    log: progress lines (default: none).
+
+  Returns:
+    `auc[j][k]`: `[K + 1][K + 1]`, a list of per-seed floats (NaN: None),
+    or None where (j, k) is not scored or row j is skipped.
+  """
   log = log or (lambda _: None)
   num_versions = len(splits)
   auc: list[list] = [[None] * num_versions for _ in range(num_versions)]
@@ -169,7 +229,15 @@ def task_matrix(name: str, splits: Sequence[VersionSplit],
 
 
 def matrix_means(auc: Sequence[Sequence]) -> np.ndarray:
-  """`[K, K]`: the mean over finite seeds of each entry, NaN where none."""
+  """The matrix of means over seeds of `task_matrix`'s AUCs.
+
+  Args:
+    auc: `auc[j][k]`, a list of per-seed values (None: NaN) or None.
+
+  Returns:
+    `[K + 1, K + 1]` float64: the mean over finite seeds of each entry,
+    NaN where there is none.
+  """
   out = np.full((len(auc), len(auc)), np.nan)
   for j, row in enumerate(auc):
     for k, seeds in enumerate(row):
@@ -184,13 +252,23 @@ def _json_matrix(matrix: np.ndarray) -> list[list]:
 
 
 def compat_dir(workdir: str | os.PathLike) -> Path:
+  """The matrices' directory of a run: `<workdir>/compatibility`."""
   return Path(workdir) / "compatibility"
 
 
 def chosen_hyper(workdir: str | os.PathLike, task: str,
                  consumer_config: consumers.ConsumerConfig) -> tuple[int, float]:
-  """(h, dropout): the main consumers' choice for `task`, else the first grid
-  entry."""
+  """The consumer grid point of a task's compatibility matrices.
+
+  Args:
+    workdir: the run directory (reads `consumers/<task>.json` if present).
+    task: the task's name.
+    consumer_config: its grid's first entry is the fallback.
+
+  Returns:
+    (h, dropout): the main consumers' choice for `task`, else the first
+    grid entry.
+  """
   path = consumers.consumer_dir(workdir) / f"{task}.json"
   if path.exists():
     meta = json.loads(path.read_text())
@@ -262,8 +340,17 @@ def run_compatibility(workdir: str | os.PathLike,
 def load_results(workdir: str | os.PathLike,
                  strategies: Sequence[str] | None = None
                  ) -> dict[str, dict[str, dict]]:
-  """strategy -> task -> saved record, for the saved matrices (strategies in
-  `STRATEGIES` order, then any others; tasks in `consumers.TASKS` order)."""
+  """Reads the saved matrices of a run.
+
+  Args:
+    workdir: the run directory.
+    strategies: keep only these (default: every saved strategy).
+
+  Returns:
+    strategy -> task -> the saved record; strategies in `STRATEGIES` order,
+    then any others, tasks in `consumers.TASKS` order, then any others.
+    Empty when nothing is saved.
+  """
   root = compat_dir(workdir)
   if not root.is_dir():
     return {}
@@ -295,8 +382,16 @@ def _fmt(value: float | None) -> str:
 
 def summarize(results: Mapping[str, Mapping[str, Mapping[str, Any]]]
               ) -> dict[str, dict]:
-  """strategy -> {"mean": mean over tasks (None if none), "tasks": task ->
-  {"mean": mean of the defined entries, "matrix": `[[float | None]]`}}."""
+  """Summarises compatibility matrices (the module docstring's means).
+
+  Args:
+    results: strategy -> task -> record with a `"matrix"` `[[float | None]]`
+      (as `run_compatibility` or `load_results` return).
+
+  Returns:
+    strategy -> {"mean": mean over tasks (None if none), "tasks": task ->
+    {"mean": mean of the defined entries, "matrix": `[[float | None]]`}}.
+  """
   out = {}
   for s, by_task in results.items():
     tasks = {}

@@ -70,7 +70,24 @@ class Artifacts:
 
 
 class Experiment:
-  """Trains strategies version by version into `workdir`, resumably."""
+  """Trains strategies version by version into `workdir`, resumably.
+
+  Creating one checks the config, prepares the padded node and edge budgets
+  shared by every version, and writes `config.json` and the raw ids.
+
+  Args:
+    graph: the dataset's canonical graph.
+    config: the run config (`launch/configs`; fields `times`, `dims`,
+      `layers`, `batch_size`, `seed`, ...).
+    workdir: the run directory (created if needed).
+
+  Raises:
+    ValueError: `dims` or `layers` do not have one entry per version, an
+      unknown model family, more devices than there are, or a `workdir`
+      trained with other training settings (`TRAINING_FIELDS`).
+    DataError: bad `config.times`, or a version without validation
+      interactions.
+  """
 
   def __init__(self, graph: DynamicGraph, config, workdir: str | os.PathLike):
     self.graph, self.config = graph, config
@@ -106,11 +123,25 @@ class Experiment:
 
   @property
   def num_versions(self) -> int:
+    """K + 1, the number of versions of the run."""
     return len(self.splits)
 
   # Data and models.
 
   def data(self, k: int) -> VersionData:
+    """Version k's padded model inputs, triple sampler and Recall@K inputs.
+
+    Built on first use and cached.
+
+    Args:
+      k: the version.
+
+    Returns:
+      The `VersionData`.
+
+    Raises:
+      ValueError: version k has no validation interactions.
+    """
     if k not in self._data:
       split = self.splits[k]
       if split.num_val == 0:
@@ -140,20 +171,46 @@ class Experiment:
     return k
 
   def model(self, k: int, strategy: str | None = None) -> EmbeddingModel:
-    """Version k's model of the run's family (`config.model`)."""
+    """Version k's model of the run's family (`config.model`).
+
+    Args:
+      k: the version; its `config.dims[k]` and `config.layers[k]`.
+      strategy: fix-m0 and finetune-m0 keep version 0's (d, L).
+
+    Returns:
+      The (untrained) `EmbeddingModel`.
+    """
     size = self._size_version(k, strategy)
     return families.build(self.family, self.config.dims[size],
                           self.config.layers[size], self.vocab_sizes)
 
   def embeddings(self, model: EmbeddingModel, variables, k: int) -> jax.Array:
-    """`[num_nodes_pad, d]` embeddings of `model` on version k's graph."""
+    """Embeddings of `model` on version k's graph, in evaluation mode.
+
+    Args:
+      model: an embedding model of the run.
+      variables: its variables.
+      k: the version whose graph it is applied to.
+
+    Returns:
+      `[num_users_pad + num_items_pad, d]`, users first.
+    """
     return embed(model, variables, self.data(k).inputs)
 
   def batches(self, k: int, num_layers: int | None = None):
-    """Epoch key -> one epoch of version k's BPR batches, padded to the
-    run's batch count; with `config.fanout` > 0, an iterator of chunks of
-    `config.chunk_batches` batches with their sampled neighbourhood trees
-    (`num_layers` deep, default version k's L)."""
+    """Version k's BPR batches, as `training.fit` reads them.
+
+    Args:
+      k: the version.
+      num_layers: depth of the sampled trees (default version k's L); used
+        only with `config.fanout` > 0.
+
+    Returns:
+      A function epoch key -> one epoch: `(user, pos, neg, mask)`, each
+      `[num_batches, batch_size]`, padded to the run's batch count; with
+      `config.fanout` > 0, an iterator of stacked `SampledBatch` chunks of
+      `config.chunk_batches` batches with their neighbourhood trees.
+    """
     sampler, config = self.data(k).sampler, self.config
     fanout = int(config.get("fanout", 0))
     if not fanout:
@@ -172,6 +229,14 @@ class Experiment:
     return epoch
 
   def neighbour_sampler(self, k: int) -> NeighbourSampler:
+    """Version k's neighbour sampler over its training graph (cached).
+
+    Args:
+      k: the version.
+
+    Returns:
+      The `NeighbourSampler`, node ids padded as the model's inputs.
+    """
     if k not in self._neighbours:
       split = self.splits[k]
       self._neighbours[k] = NeighbourSampler(
@@ -180,12 +245,30 @@ class Experiment:
     return self._neighbours[k]
 
   def real_rows(self, z, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Version k's real users and items of padded node embeddings.
+
+    Args:
+      z: `[num_users_pad + num_items_pad, d]`, users first.
+      k: the version.
+
+    Returns:
+      (users `[U1, d]`, items `[I1, d]`) as numpy arrays.
+    """
     split = self.splits[k]
     z = np.asarray(z)
     return (z[:split.num_users],
             z[self.num_users_pad:self.num_users_pad + split.num_items])
 
   def recall(self, z: jax.Array, k: int) -> dict[str, float]:
+    """Recall@K of node embeddings on version k's validation interactions.
+
+    Args:
+      z: `[num_users_pad + num_items_pad, d]`, users first.
+      k: the version.
+
+    Returns:
+      `{"recall@K": value}` for every K of `metrics.RECALL_KS`.
+    """
     result = metrics.recall_at_k(z[:self.num_users_pad],
                                  z[self.num_users_pad:], self.data(k).recall)
     return {f"recall@{K}": v for K, v in result.items()}
@@ -193,12 +276,28 @@ class Experiment:
   # Run directory.
 
   def version_dir(self, strategy: str, k: int) -> Path:
+    """The directory of a (strategy, version): `<workdir>/<strategy>/v<k>`."""
     return self.workdir / strategy / f"v{k}"
 
   def complete(self, strategy: str, k: int) -> bool:
+    """Whether version k of `strategy` is saved (its metrics.json exists)."""
     return (self.version_dir(strategy, k) / "metrics.json").exists()
 
   def load(self, strategy: str, k: int) -> Artifacts:
+    """Reads a completed version's artifacts, checked against its model.
+
+    Args:
+      strategy: the strategy's name.
+      k: the version.
+
+    Returns:
+      The `Artifacts`: variables, W_k (None for k = 0), users `[U1, d_k]`,
+      items `[I1, d_k]` and the metrics record.
+
+    Raises:
+      ValueError: variables that do not fit the model, or a metrics.json
+        that is not valid JSON (each naming the file).
+    """
     path = self.version_dir(strategy, k)
     model = self.model(k, strategy)
     inputs = self.data(k).inputs  # Built outside the trace below.
@@ -215,7 +314,16 @@ class Experiment:
 
   def chain(self, strategy: str, k: int, latest: np.ndarray | None = None
             ) -> list[np.ndarray]:
-    """W_1..W_k of a strategy; `latest` stands in for W_k if given."""
+    """W_1..W_k of a strategy, read from its saved versions.
+
+    Args:
+      strategy: the strategy's name.
+      k: the last version of the chain.
+      latest: stands in for W_k if given (not yet saved).
+
+    Returns:
+      `[W_1, ..., W_k]`, W_j `[d_j, d_{j-1}]`.
+    """
     # Only the matrices: loading whole artifacts would read every model.
     ws = [io.load_npy(self.version_dir(strategy, j) / "transform.npy")
           for j in range(1, k if latest is not None else k + 1)]
@@ -223,7 +331,19 @@ class Experiment:
 
   def save(self, strategy: str, k: int, variables, z: jax.Array,
            transform: np.ndarray | None, record: dict) -> None:
-    """Writes one version's artifacts; metrics.json last."""
+    """Writes one version's artifacts; metrics.json last.
+
+    Also writes the BC embeddings (mapped into version 0's space) and
+    removes the version's checkpoint.
+
+    Args:
+      strategy: the strategy's name.
+      k: the version.
+      variables: the selected model's variables.
+      z: `[num_users_pad + num_items_pad, d_k]` its embeddings.
+      transform: W_k `[d_k, d_{k-1}]` (k >= 1; ignored for k = 0).
+      record: metrics and history, saved in metrics.json.
+    """
     path = self.version_dir(strategy, k)
     path.mkdir(parents=True, exist_ok=True)
     users, items = self.real_rows(z, k)
@@ -245,6 +365,16 @@ class Experiment:
     (path / CHECKPOINT).unlink(missing_ok=True)
 
   def checkpointing(self, strategy: str, k: int) -> Checkpointing | None:
+    """Where version k of `strategy` checkpoints its training.
+
+    Args:
+      strategy: the strategy's name.
+      k: the version.
+
+    Returns:
+      The `Checkpointing`, every `config.checkpoint_every` epochs; None
+      when that is below 1 (or unset).
+    """
     every = int(self.config.get("checkpoint_every", 0))
     if every < 1:
       return None
@@ -253,12 +383,31 @@ class Experiment:
   # Training.
 
   def key(self, k: int) -> jax.Array:
-    """Version k's key; shared by strategies so they see the same triples."""
+    """Version k's key; shared by strategies so they see the same triples.
+
+    Args:
+      k: the version.
+
+    Returns:
+      `fold_in(key(config.seed), k)`.
+    """
     return jax.random.fold_in(self.root_key, k)
 
   def run(self, strategy: str, versions=None) -> None:
     """Trains the given versions (default all) of a strategy, skipping those
-    whose artifacts are complete."""
+    whose artifacts are complete.
+
+    Earlier versions, and the base strategy of a post-hoc one, are trained
+    first when missing.
+
+    Args:
+      strategy: the strategy's name (`bcjax.strategies`).
+      versions: the versions to train; None for all.
+
+    Raises:
+      ValueError: an unknown strategy.
+      FloatingPointError: a training diverges (see `training.fit`).
+    """
     versions = range(self.num_versions) if versions is None else versions
     for k in versions:
       if not self.complete(strategy, k):
@@ -449,6 +598,13 @@ def _mse(z, target, w, experiment: Experiment, k: int) -> float:
 
 def check_config(config) -> list[int]:
   """Validates a run configuration before any work; returns the versions.
+
+  Args:
+    config: the run config (`launch/configs`).
+
+  Returns:
+    The sorted versions to run: `config.versions` ("all", or comma-separated
+    integers such as "0,2").
 
   Raises:
     ValueError: naming the first bad field.

@@ -23,7 +23,16 @@ class FileFormatError(ValueError):
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-  """Writes `path` via a fsynced temporary file in its directory and a rename."""
+  """Writes `path` via a fsynced temporary file in its directory and a rename.
+
+  Args:
+    path: the file to (over)write; its directory must exist.
+    write: writes the content to the binary file object it is given.
+
+  Raises:
+    OSError: the file system fails; an error of `write` is re-raised too.
+      Either way the temporary file is removed and `path` is left as it was.
+  """
   path = Path(path)
   tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
   try:
@@ -38,7 +47,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
 
 
 def save_npy(path: str | os.PathLike, array: Any) -> None:
-  """Saves one array as `.npy` atomically, never with pickle."""
+  """Saves one array as `.npy` atomically, never with pickle.
+
+  Args:
+    path: the file to write.
+    array: anything `np.asarray` takes, of a non-object dtype.
+  """
   atomic_write(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False))
 
 
@@ -46,6 +60,12 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
   """Opens a regular file for reading, refusing FIFOs, devices and folders.
 
   Opened non-blocking, so that a FIFO cannot hang the reader.
+
+  Args:
+    path: the file to open.
+
+  Returns:
+    The file object, opened "rb" (blocking again).
 
   Raises:
     FileNotFoundError: nothing at `path`.
@@ -64,6 +84,9 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
 
 def read_npy_header(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype, int]:
   """Parses the `.npy` header at the start of `f`, reading no data.
+
+  Args:
+    f: a seekable binary file; read from offset 0.
 
   Returns:
     `(shape, fortran_order, dtype, data offset)`.
@@ -100,6 +123,14 @@ def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
   allocated: a regular file, no object (pickled) dtype, and exactly the bytes
   its shape needs.
 
+  Args:
+    path: the `.npy` file.
+    mmap: map the data read-only instead of reading it (an empty array is
+      read).
+
+  Returns:
+    The array (a read-only `np.memmap` with `mmap`).
+
   Raises:
     FileNotFoundError: no file at `path`.
     FileFormatError: anything else wrong with the file; the message names it.
@@ -127,10 +158,21 @@ def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:
-  """Saves `obj` as indented JSON atomically."""
+  """Saves `obj` as indented JSON atomically.
+
+  Args:
+    path: the file to write.
+    obj: a JSON-serialisable object (key order kept).
+  """
   data = (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode()
   atomic_write(path, lambda f: f.write(data))
 
 
 def save_bytes(path: str | os.PathLike, data: bytes) -> None:
+  """Saves `data` to `path` atomically (see `atomic_write`).
+
+  Args:
+    path: the file to write.
+    data: its whole content.
+  """
   atomic_write(path, lambda f: f.write(data))

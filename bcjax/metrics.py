@@ -48,6 +48,7 @@ class RecallInputs:
 
   @property
   def batch_users(self) -> int:
+    """Users per batch (padding slots included)."""
     return self.users.shape[1]
 
 

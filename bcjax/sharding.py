@@ -28,6 +28,12 @@ AXIS = "data"
 def make_mesh(num_devices: int = 0) -> Mesh:
   """A 1-D mesh over the first `num_devices` devices (0: all of them).
 
+  Args:
+    num_devices: how many of `jax.devices()` to use; 0 uses all.
+
+  Returns:
+    A `Mesh` with the single axis `AXIS` ("data").
+
   Raises:
     ValueError: more devices asked for than there are.
   """
@@ -40,14 +46,31 @@ def make_mesh(num_devices: int = 0) -> Mesh:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Every leaf copied to every device of the mesh."""
+  """Every leaf copied to every device of the mesh.
+
+  Args:
+    tree: a pytree of arrays (params, optimizer state, the graph).
+    mesh: the device mesh.
+
+  Returns:
+    The same pytree, each leaf replicated (`PartitionSpec()`).
+  """
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
 def split_rows(array: jax.Array | None, mesh: Mesh,
                axis: int = 0) -> jax.Array | None:
-  """`array` partitioned along `axis` over the mesh; replicated when that
-  axis does not divide evenly (None passes through)."""
+  """`array` partitioned along `axis` over the mesh, e.g. per-node rows.
+
+  Args:
+    array: e.g. `[num_nodes, d]`, or None.
+    mesh: the device mesh.
+    axis: the axis to split over `AXIS`.
+
+  Returns:
+    The array sharded along `axis`; replicated when that axis does not
+    divide evenly by the device count; None for None.
+  """
   if array is None:
     return None
   size = mesh.devices.size
@@ -59,8 +82,14 @@ def split_rows(array: jax.Array | None, mesh: Mesh,
 
 
 def split_batches(batches: Any, mesh: Mesh) -> Any:
-  """Stacked batches `[num_batches, batch_size, ...]`, each batch split
-  over the devices (data parallelism).
+  """Stacked batches, each batch split over the devices (data parallelism).
+
+  Args:
+    batches: a pytree of `[num_batches, batch_size, ...]` arrays.
+    mesh: the device mesh.
+
+  Returns:
+    The same pytree, each leaf sharded along its batch axis (axis 1).
 
   Raises:
     ValueError: a batch size that the device count does not divide.

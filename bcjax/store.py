@@ -356,6 +356,13 @@ class EmbeddingStore:
     if a writer appends meanwhile; if an append removes them before they are
     opened, the new manifest is read instead.
 
+    Args:
+      path: the store directory.
+
+    Returns:
+      The open store at its latest version; close it (or use it as a
+      context manager) to release the held files.
+
     Raises:
       StoreError: for a missing or malformed manifest, one whose paths
         escape the store directory, or a store that keeps changing.
@@ -387,22 +394,27 @@ class EmbeddingStore:
 
   @property
   def path(self) -> Path:
+    """The store directory."""
     return self._root
 
   @property
   def dataset(self) -> str:
+    """The dataset's name recorded in the manifest."""
     return self._manifest["dataset"]
 
   @property
   def strategy(self) -> str:
+    """The strategy's name recorded in the manifest."""
     return self._manifest["strategy"]
 
   @property
   def versions(self) -> list[int]:
+    """The stored versions, `[0, ..., K]`."""
     return list(range(len(self._manifest["versions"])))
 
   @property
   def latest_version(self) -> int:
+    """K, the version whose embeddings are stored."""
     return self._manifest["latest_version"]
 
   @property
@@ -507,6 +519,9 @@ class EmbeddingStore:
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Every stored user and item in the space of `version` (default latest).
 
+    Args:
+      version: j, in `0..K`; None for the latest K.
+
     Returns:
       `(users [num_users, d_j], items [num_items, d_j])`; for the latest
       version these are the read-only memory maps themselves.
@@ -523,6 +538,11 @@ class EmbeddingStore:
   def lookup(self, user_ids: Sequence[str] = (), item_ids: Sequence[str] = (),
              version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The rows of the given raw ids in the space of `version` (default latest).
+
+    Args:
+      user_ids: raw user ids (strings), in the order wanted.
+      item_ids: raw item ids (strings), in the order wanted.
+      version: j, in `0..K`; None for the latest K.
 
     Returns:
       `(users [len(user_ids), d_j], items [len(item_ids), d_j])`.
@@ -547,7 +567,15 @@ class EmbeddingStore:
 
   def save_npz(self, out: str | os.PathLike[str],
                version: int | None = None) -> None:
-    """Writes `users` and `items` of `version` (see `embeddings`) atomically."""
+    """Writes `users` and `items` of `version` (see `embeddings`) atomically.
+
+    Args:
+      out: the `.npz` file to write; its directory must exist.
+      version: j, in `0..K`; None for the latest K.
+
+    Raises:
+      StoreError: for an unknown version or a file that fails verification.
+    """
     users, items = self.embeddings(version)
     out = Path(out)
     io.atomic_write(out, lambda f: np.savez(f, users=users, items=items))

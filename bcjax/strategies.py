@@ -80,7 +80,17 @@ BC_ALIGNER = "joint-lin-mloss"
 
 
 def get(name: str) -> Strategy:
-  """The strategy called `name`; ValueError lists the known names."""
+  """Looks a strategy up by its SPEC 6 name.
+
+  Args:
+    name: e.g. "nobc", "joint-lin-mloss" (`STRATEGIES`).
+
+  Returns:
+    The `Strategy`.
+
+  Raises:
+    ValueError: an unknown name (the message lists the known ones).
+  """
   if name not in STRATEGIES:
     raise ValueError(f"unknown strategy {name!r}; known: "
                      f"{', '.join(STRATEGIES)}")

@@ -26,9 +26,27 @@ class Task(Protocol):
   """The protocol of an intended task (see the module docstring)."""
 
   def loss(self, z: jax.Array, batch: Any) -> jax.Array:
+    """The intended-task loss of one batch.
+
+    Args:
+      z: `[num_nodes, d]` every node's embedding.
+      batch: one batch (a pytree with a leading batch axis).
+
+    Returns:
+      The scalar loss (padding rows excluded).
+    """
     ...
 
   def nodes(self, batch: Any) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    """The node ids a batch reads, for the alignment term.
+
+    Args:
+      batch: one batch.
+
+    Returns:
+      `(index, mask)`: a tuple of `[B]` int node-id arrays and the `[B]`
+      bool mask of the batch's real rows.
+    """
     ...
 
 
@@ -45,10 +63,27 @@ class BPRTask:
   reg: float = 0.01
 
   def nodes(self, batch) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    """The batch's node ids.
+
+    Args:
+      batch: `(user, pos, neg, mask)`, each `[B]`.
+
+    Returns:
+      `((user, pos, neg), mask)`, each `[B]`.
+    """
     user, pos, neg, mask = batch
     return (user, pos, neg), mask
 
   def loss(self, z: jax.Array, batch) -> jax.Array:
+    """The regularised BPR loss of one batch (`bcjax.losses.bpr_loss`).
+
+    Args:
+      z: `[num_nodes, d]` every node's embedding, users first.
+      batch: `(user, pos, neg, mask)`, each `[B]`.
+
+    Returns:
+      The scalar loss over the rows where `mask` is True.
+    """
     index, mask = self.nodes(batch)
     return losses.bpr_loss(*(z[i] for i in index), mask=mask, reg=self.reg)
 

@@ -56,6 +56,7 @@ class Objective:
 
   @property
   def aligns(self) -> bool:
+    """Whether the objective has an alignment term (a transformation)."""
     return self.transform is not None
 
 
@@ -93,13 +94,36 @@ class AlignmentInputs:
 
 
 def make_optimizer(lr: float) -> optax.GradientTransformation:
+  """The optimizer of every training (Adam), shared by init and update.
+
+  Args:
+    lr: learning rate.
+
+  Returns:
+    The optax Adam transformation.
+  """
   return optax.adam(lr)
 
 
 def init_state(model: EmbeddingModel, inputs, objective: Objective,
                key: jax.Array, d_prev: int | None, lr: float,
                model_variables: Variables | None = None) -> TrainState:
-  """A fresh train state; `model_variables` continues an earlier model."""
+  """A fresh train state; `model_variables` continues an earlier model.
+
+  Args:
+    model: the embedding model.
+    inputs: the model's inputs (used by `model.init`).
+    objective: decides which parts are trained and whether B_k exists.
+    key: PRNG key of the model's and B_k's initialisation.
+    d_prev: the previous version's dimension d_{k-1} (B_k's output size);
+      None when the objective does not align.
+    lr: learning rate of the optimizer state.
+    model_variables: start from these variables instead of `model.init`.
+
+  Returns:
+    The `TrainState` at step 0: the model's params trainable (or frozen
+    when `objective.train_model` is False) and B_k's params if it aligns.
+  """
   model_key, transform_key = jax.random.split(key)
   if model_variables is None:
     model_variables = model.init(model_key, inputs)
@@ -201,7 +225,16 @@ def _task_batch(batch):
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def embed(model: EmbeddingModel, variables: Variables, inputs) -> jax.Array:
-  """Every node's embedding in evaluation mode, `[num_nodes, d]`."""
+  """Every node's embedding in evaluation mode (jitted).
+
+  Args:
+    model: the embedding model (static).
+    variables: the model's variables, `{"params": ..., **state}`.
+    inputs: the model's inputs (e.g. the version's padded graph).
+
+  Returns:
+    `[num_nodes, d]` float embeddings.
+  """
   return model.apply(variables, inputs, train=False)[0]
 
 
@@ -228,7 +261,15 @@ class Selection:
 
 class Progress:
   """Progress lines (epoch, loss, metric, rate, ETA), at most one per
-  `interval` seconds besides the first and the last epoch."""
+  `interval` seconds besides the first and the last epoch.
+
+  Args:
+    label: prefix of each line ("nobc v2").
+    total_epochs: the last epoch (for the ETA).
+    stream: where lines go (default stderr).
+    first_epoch: the first epoch of this run (> 1 when resumed).
+    interval: minimum seconds between lines.
+  """
 
   def __init__(self, label: str, total_epochs: int, stream=None,
                first_epoch: int = 1, interval: float = 1.0):
@@ -239,6 +280,14 @@ class Progress:
 
   def update(self, epoch: int, loss: float, metric_name: str | None,
              metric: float | None):
+    """Prints the line of a finished epoch, unless one was printed lately.
+
+    Args:
+      epoch: the finished epoch.
+      loss: its mean loss.
+      metric_name: the metric shown, or None.
+      metric: its value, or None to show no metric.
+    """
     now = time.perf_counter()
     if (now - self.last_line < self.interval and epoch != self.first
         and epoch != self.total):
@@ -270,6 +319,15 @@ class Checkpointing:
 
   def save(self, label: str, epoch: int, state: TrainState, best: Selection,
            history: list) -> None:
+    """Writes the progress after `epoch` to `path`, atomically.
+
+    Args:
+      label: names the training; `restore` checks it.
+      epoch: the last finished epoch.
+      state: the current train state (copied to host).
+      best: the selection so far.
+      history: the evaluations so far.
+    """
     # Arrays as msgpack; the rest as JSON (exact floats, key order kept).
     record = {"label": label, "epoch": epoch, "history": history,
               "best": {"score": best.score, "epoch": best.epoch,
@@ -283,6 +341,14 @@ class Checkpointing:
   def restore(self, label: str, state: TrainState
               ) -> tuple[int, TrainState, Selection, list] | None:
     """(epoch, state, selection, history) from the file, or None if absent.
+
+    Args:
+      label: the training's label; must match the saved one.
+      state: a train state of the same structure (the restore template).
+
+    Returns:
+      `(epoch, state, selection, history)` as saved by `save` (arrays on
+      host), or None when the file does not exist.
 
     Raises:
       ValueError: the file is not a checkpoint of this training.

@@ -126,6 +126,12 @@ _KINDS: dict[str, Callable[[], BackwardTransform]] = {
 def get(name: str) -> BackwardTransform:
   """The transformation kind called `name` ("linear" or "notrans").
 
+  Args:
+    name: the kind, e.g. `Objective.transform`.
+
+  Returns:
+    A fresh `BackwardTransform` of that kind.
+
   Raises:
     ValueError: for an unknown name (the message lists the known ones).
   """
@@ -266,7 +272,19 @@ _FITS = {"lstsq": fit_lstsq, "procrustes": fit_procrustes}
 
 
 def fit(name: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-  """Fits a closed-form backward matrix ("lstsq" or "procrustes")."""
+  """Fits a closed-form backward matrix ("lstsq" or "procrustes").
+
+  Args:
+    name: the fit, `fit_lstsq` or `fit_procrustes` without the prefix.
+    x: `[n, d_in]` source embeddings (version k's).
+    y: `[n, d_out]` target embeddings (version k-1's).
+
+  Returns:
+    W `[d_in, d_out]` float32 with `x @ W` close to `y`.
+
+  Raises:
+    ValueError: an unknown name (the message lists the known ones).
+  """
   if name not in _FITS:
     raise ValueError(f"unknown closed-form fit {name!r}; known: "
                      f"{', '.join(_FITS)}")

@@ -106,6 +106,12 @@ def _id(path, number: int, record: dict[str, Any], key: str) -> str:
 def review_timestamp(review_time: str) -> int:
   """Parses reviewTime `MM D, YYYY` to a Unix timestamp (UTC midnight).
 
+  Args:
+    review_time: e.g. "09 13, 2009".
+
+  Returns:
+    Seconds since 1970-01-01 of that day's midnight, UTC.
+
   Raises:
     ValueError: not a valid date of that form.
   """
@@ -207,7 +213,19 @@ def read_amazon(reviews_path: str | os.PathLike, meta_path: str | os.PathLike,
 
 def load_amazon(reviews_path: str | os.PathLike, meta_path: str | os.PathLike,
                 name: str | None = None) -> DynamicGraph:
-  """`read_amazon`'s graph; the number of dropped reviews is logged."""
+  """`read_amazon`'s graph; the number of dropped reviews is logged.
+
+  Args:
+    reviews_path: `<Category>_5.json.gz`, gzip or plain.
+    meta_path: `meta_<Category>.json.gz`.
+    name: the graph's name; default `amazon-<Category>`.
+
+  Returns:
+    The canonical `DynamicGraph` (see `read_amazon`).
+
+  Raises:
+    DataError: see `read_amazon`.
+  """
   data = read_amazon(reviews_path, meta_path, name)
   logging.info("%s: dropped %d reviews of items without metadata",
                data.graph.name, data.dropped_reviews)

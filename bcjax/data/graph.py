@@ -40,14 +40,29 @@ class AttributeKind:
 
   @property
   def num_values(self) -> int:
+    """The vocabulary size (kept values)."""
     return len(self.vocab)
 
   def of_item(self, item: int) -> np.ndarray:
-    """Value indices of one item."""
+    """Value indices of one item.
+
+    Args:
+      item: the item index.
+
+    Returns:
+      `[n]` int32 indices into `vocab` (n may be 0).
+    """
     return self.values[self.offsets[item]:self.offsets[item + 1]]
 
   def prefix(self, num_items: int) -> "AttributeKind":
-    """The attributes of items `0..num_items-1` only."""
+    """The attributes of items `0..num_items-1` only (a version's items).
+
+    Args:
+      num_items: how many leading items to keep.
+
+    Returns:
+      An `AttributeKind` with the same vocabulary.
+    """
     offsets = self.offsets[:num_items + 1]
     return AttributeKind(self.name, offsets, self.values[:offsets[-1]],
                          self.vocab)
@@ -78,14 +93,17 @@ class DynamicGraph:
 
   @property
   def num_interactions(self) -> int:
+    """E, the number of interactions."""
     return len(self.user)
 
   @property
   def num_users(self) -> int:
+    """The number of users over the whole graph."""
     return len(self.user_ids)
 
   @property
   def num_items(self) -> int:
+    """The number of items over the whole graph."""
     return len(self.item_ids)
 
   @property
@@ -94,16 +112,37 @@ class DynamicGraph:
     return np.linspace(0.0, 1.0, self.num_interactions)
 
   def num_edges_at(self, tau: float) -> int:
-    """Number of interactions in the snapshot at time `tau` (ratio <= tau)."""
+    """Number of interactions in the snapshot at time `tau` (ratio <= tau).
+
+    Args:
+      tau: a time in [0, 1] (the edge ratio).
+
+    Returns:
+      The snapshot's interactions are the first this many rows.
+    """
     return int(np.searchsorted(self.edge_ratio, tau, side="right"))
 
   def num_users_at(self, tau: float) -> int:
-    """U(tau): 1 + the largest user index in the snapshot at `tau`."""
+    """U(tau): 1 + the largest user index in the snapshot at `tau`.
+
+    Args:
+      tau: a time in [0, 1] (the edge ratio).
+
+    Returns:
+      The snapshot's user count (0 for an empty snapshot).
+    """
     n = self.num_edges_at(tau)
     return int(self.user[:n].max()) + 1 if n else 0
 
   def num_items_at(self, tau: float) -> int:
-    """I(tau): 1 + the largest item index in the snapshot at `tau`."""
+    """I(tau): 1 + the largest item index in the snapshot at `tau`.
+
+    Args:
+      tau: a time in [0, 1] (the edge ratio).
+
+    Returns:
+      The snapshot's item count (0 for an empty snapshot).
+    """
     n = self.num_edges_at(tau)
     return int(self.item[:n].max()) + 1 if n else 0
 

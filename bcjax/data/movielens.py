@@ -20,6 +20,9 @@ RATING_RANGE = (1.0, 5.0)
 def recbole_dir() -> pathlib.Path:
   """The ml-100k folder shipped by recbole, found without importing it.
 
+  Returns:
+    The folder's path (`ml-100k.inter`, `ml-100k.item`).
+
   Raises:
     DataError: recbole is not installed or lacks the folder.
   """
@@ -36,7 +39,14 @@ def recbole_dir() -> pathlib.Path:
 
 
 def decade(year: str) -> list[str]:
-  """The release decade as a one-value list (`1995` -> [`1990s`]), or []."""
+  """The release decade as a one-value list (`1995` -> [`1990s`]), or [].
+
+  Args:
+    year: the release year's text; anything but digits has no decade.
+
+  Returns:
+    `[decade]`, or [] for a non-numeric year.
+  """
   year = year.strip()
   return [f"{int(year) // 10 * 10}s"] if year.isdigit() else []
 

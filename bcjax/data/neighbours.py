@@ -89,6 +89,7 @@ class NeighbourSampler:
 
   @property
   def max_degree(self) -> int:
+    """The largest node degree (a `fanout` this large samples exactly)."""
     return int(self._degree.max(initial=0))
 
   def _children(self, nodes: np.ndarray, valid: np.ndarray, fanout: int,
@@ -139,6 +140,18 @@ def sampled_bpr_chunks(sampler: NeighbourSampler, batches: tuple[np.ndarray, ...
 
   Each batch's roots are its users, positives and negatives (n_0 = 3B, in
   that order), so its triples become the local ids (b, B + b, 2B + b).
+
+  Args:
+    sampler: the version's neighbour sampler.
+    batches: `(user, pos, neg, mask)`, each `[num_batches, B]`, node ids.
+    fanout: neighbours kept per node and level.
+    num_layers: L, the depth of the trees.
+    chunk: batches per chunk.
+    rng: the source of randomness.
+
+  Yields:
+    `SampledBatch`es whose leaves are stacked on a leading `[chunk]` axis;
+    each batch is `(user, pos, neg, mask)` of local root ids, `[B]` each.
   """
   user, pos, neg, mask = batches
   num_batches, size = user.shape

@@ -9,7 +9,14 @@ from bcjax.data.graph import DataError
 
 
 def numpy_rng(key: jax.Array) -> np.random.Generator:
-  """A numpy generator seeded deterministically by a JAX PRNG key."""
+  """A numpy generator seeded deterministically by a JAX PRNG key.
+
+  Args:
+    key: a JAX PRNG key (typed or raw uint32).
+
+  Returns:
+    A `np.random.Generator` seeded by the key's data.
+  """
   return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
 
 
@@ -56,7 +63,15 @@ class TripleSampler:
                       "every item as a training positive; no negative exists")
 
   def is_positive(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
-    """Whether each (user, item) pair is a training interaction."""
+    """Whether each (user, item) pair is a training interaction.
+
+    Args:
+      user: `[n]` user indices.
+      item: `[n]` item indices (< num_items).
+
+    Returns:
+      `[n]` bool.
+    """
     keys = np.asarray(user, np.int64) * self.num_items + item
     # Sorted queries walk the sorted keys in order: ~4x faster than random.
     order = np.argsort(keys)

@@ -47,15 +47,28 @@ class VersionSplit:
 
   @property
   def num_train(self) -> int:
+    """T, the number of training interactions."""
     return len(self.train_index)
 
   @property
   def num_val(self) -> int:
+    """V, the number of validation interactions."""
     return len(self.val_index)
 
 
 def check_times(times: Sequence[float]) -> tuple[float, ...]:
-  """Validates a version time list: >= 2 strictly increasing values in [0, 1]."""
+  """Validates a version time list: >= 2 strictly increasing values in [0, 1].
+
+  Args:
+    times: the version times tau_0 < tau_1 < ... (edge ratios).
+
+  Returns:
+    The times as a tuple of floats.
+
+  Raises:
+    DataError: not numbers, fewer than two, outside [0, 1], or not strictly
+      increasing.
+  """
   try:
     times = tuple(float(t) for t in times)
   except (TypeError, ValueError) as error:
@@ -95,7 +108,19 @@ def window_validation_mask(window_user: np.ndarray,
 
 def version_split(graph: DynamicGraph, version: int, time_train: float,
                   time_val: float) -> VersionSplit:
-  """The split of one version: graph up to tau_k plus the window (tau_k, tau_{k+1}]."""
+  """The split of one version: the graph up to tau_k plus the window
+  (tau_k, tau_{k+1}], split by `window_validation_mask`.
+
+  Args:
+    graph: the canonical graph.
+    version: k.
+    time_train: tau_k.
+    time_val: tau_{k+1} (> tau_k).
+
+  Returns:
+    The `VersionSplit`; its training interactions are the graph up to tau_k
+    and the window's non-validation ones.
+  """
   n0, n1 = graph.num_edges_at(time_train), graph.num_edges_at(time_val)
   u0, u1 = graph.num_users_at(time_train), graph.num_users_at(time_val)
   i1 = graph.num_items_at(time_val)
@@ -119,6 +144,10 @@ def version_split(graph: DynamicGraph, version: int, time_train: float,
 def check_splits(graph: DynamicGraph,
                  splits: Sequence[VersionSplit]) -> None:
   """Checks that every version can be trained and validated.
+
+  Args:
+    graph: the canonical graph.
+    splits: its versions (`make_splits`).
 
   Raises:
     DataError: naming the first version whose window (tau_k, tau_{k+1}]

@@ -45,7 +45,14 @@ def data_stats(graph: DynamicGraph,
 
 
 def stats_table(stats: dict[str, Any]) -> str:
-  """Formats `data_stats`'s dict as aligned plain text."""
+  """Formats `data_stats`'s dict as aligned plain text.
+
+  Args:
+    stats: the dict `data_stats` returns.
+
+  Returns:
+    The graph's sizes, then one row per version (no trailing newline).
+  """
   attributes = ", ".join(f"{k} {n}" for k, n in stats["attributes"].items())
   lines = [
       f"dataset       {stats['dataset']}",

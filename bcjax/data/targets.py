@@ -51,7 +51,18 @@ class VersionTargets:
 
 def item_stats(item: np.ndarray, rating: np.ndarray, num_items: int,
                min_count: int = MIN_ITEM_RATINGS) -> ItemStats:
-  """Per-item count, mean and unbiased std for items with >= min_count ratings."""
+  """Per-item count, mean and unbiased std of the ratings.
+
+  Args:
+    item: `[N]` item index of each rating (< num_items).
+    rating: `[N]` the ratings.
+    num_items: the number of items.
+    min_count: keep items with at least this many ratings (and at least 2,
+      for the standard deviation).
+
+  Returns:
+    The `ItemStats` of the kept items (float64 mean and std).
+  """
   rating = np.asarray(rating, np.float64)
   count = np.bincount(item, minlength=num_items)
   total = np.bincount(item, weights=rating, minlength=num_items)
@@ -64,7 +75,15 @@ def item_stats(item: np.ndarray, rating: np.ndarray, num_items: int,
 
 
 def version_targets(split: VersionSplit) -> VersionTargets:
-  """Builds every consumer target of one version's split."""
+  """Builds every consumer target of one version's split.
+
+  Args:
+    split: version k's split.
+
+  Returns:
+    The `VersionTargets` (bool arrays `[T]`, `[V]`, `[U1]`; item stats over
+    training and over all interactions).
+  """
   best = np.full(split.num_users, -np.inf)
   np.maximum.at(best, split.val_user, split.val_rating)
   all_item = np.concatenate([split.train_item, split.val_item])

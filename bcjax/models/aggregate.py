@@ -37,7 +37,8 @@ LAYOUTS: tuple[str, ...] = ("segment", "sparse", "dense")
 
 @flax.struct.dataclass
 class Adjacency:
-  """A mean-aggregation operator in one layout; only `layout`'s fields are set."""
+  """A mean-aggregation operator in one layout; only `layout`'s fields are
+  set."""
   layout: str = flax.struct.field(pytree_node=False)
   num_users: int = flax.struct.field(pytree_node=False)
   num_items: int = flax.struct.field(pytree_node=False)
@@ -62,6 +63,14 @@ def choose_layout(num_users: int, num_items: int,
   452 ms segment-sum, 132 ms at 10x against 3.6 s and 7.0 s (see
   `launch.benchmark`). No accelerator has been measured yet; JAX lowers the
   CSR product to cuSPARSE there, so the same choice stands until one is.
+
+  Args:
+    num_users: user rows of the node array.
+    num_items: item rows of the node array.
+    backend: the JAX backend (default the current one); not yet consulted.
+
+  Returns:
+    The layout name, one of `LAYOUTS` (at present always "sparse").
   """
   del num_users, num_items, backend
   return "sparse"
@@ -90,6 +99,9 @@ def make_adjacency(user: np.ndarray, item: np.ndarray, num_users: int,
 
   Returns:
     The `Adjacency`, with device arrays.
+
+  Raises:
+    ValueError: an unknown layout, or more directed edges than `num_edges`.
   """
   layout = layout or choose_layout(num_users, num_items)
   if layout not in LAYOUTS:

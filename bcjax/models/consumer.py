@@ -4,8 +4,9 @@ Dense(h) -> BatchNorm -> ReLU -> Dropout, Dense(h) -> BatchNorm -> Dropout,
 Dense(1), as in the paper's reference implementation (PyTorch conventions:
 BatchNorm momentum 0.1, i.e. Flax's 0.9, eps 1e-5, unbiased running variance;
 nn.Linear's uniform initialisation), with the GNN's `MaskedBatchNorm` so that
-the padding rows of a last, partial batch stay out of the statistics. The dropout rate is a call argument, not a module attribute,
-so that one compiled program can `jax.vmap` over a grid of rates.
+the padding rows of a last, partial batch stay out of the statistics. The
+dropout rate is a call argument, not a module attribute, so that one compiled
+program can `jax.vmap` over a grid of rates.
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ from bcjax.models.pinsage import (MaskedBatchNorm, torch_bias_init,
 
 
 def dropout(x: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
-  """Inverted dropout with a traced rate; rate 0 is the identity."""
+  """Inverted dropout with a traced rate; rate 0 is the identity.
+
+  Args:
+    x: the activations, any shape.
+    rate: the drop probability, a scalar in [0, 1) (may be traced).
+    key: PRNG key of the mask.
+
+  Returns:
+    `x`'s shape: kept entries scaled by 1 / (1 - rate), the others 0.
+  """
   keep = 1.0 - rate
   kept = jax.random.bernoulli(key, keep, x.shape)
   return jnp.where(kept, x / jnp.maximum(keep, 1e-12), 0.0)

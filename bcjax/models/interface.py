@@ -34,15 +34,42 @@ class EmbeddingModel(Protocol):
   dim: int
 
   def init(self, key: jax.Array, inputs: Any) -> Variables:
+    """Initialises the model's variables.
+
+    Args:
+      key: PRNG key.
+      inputs: the model's inputs (a pytree of arrays).
+
+    Returns:
+      The variables, `{"params": ..., **other collections}`.
+    """
     ...
 
   def apply(self, variables: Variables, inputs: Any,
             train: bool) -> tuple[jax.Array, Variables]:
+    """Embeds every node.
+
+    Args:
+      variables: as `init` returns them.
+      inputs: the model's inputs.
+      train: training mode (batch statistics, state updates).
+
+    Returns:
+      `(z, state)`: `[num_nodes, dim]` embeddings and the new state (every
+      collection but `"params"`; unchanged outside training).
+    """
     ...
 
 
 def state_of(variables: Variables) -> Variables:
-  """Every collection of `variables` except the trainable `"params"`."""
+  """Every collection of `variables` except the trainable `"params"`.
+
+  Args:
+    variables: `{"params": ..., **collections}`.
+
+  Returns:
+    The other collections (a new dict; may be empty).
+  """
   return {name: value for name, value in variables.items() if name != "params"}
 
 
@@ -60,13 +87,34 @@ class FlaxModel:
 
   @property
   def dim(self) -> int:
+    """The module's embedding size."""
     return self.module.dim
 
   def init(self, key: jax.Array, inputs: Any) -> Variables:
+    """`module.init` in evaluation mode (see `EmbeddingModel.init`).
+
+    Args:
+      key: PRNG key.
+      inputs: the module's inputs.
+
+    Returns:
+      The module's variables as a dict.
+    """
     return dict(self.module.init(key, inputs, train=False))
 
   def apply(self, variables: Variables, inputs: Any,
             train: bool) -> tuple[jax.Array, Variables]:
+    """`module.apply`, the state collections mutable in training.
+
+    Args:
+      variables: the module's variables.
+      inputs: the module's inputs.
+      train: training mode.
+
+    Returns:
+      `(z [num_nodes, dim], state)`; the state is the updated collections
+      in training, else the given ones.
+    """
     state = state_of(variables)
     if not (train and state):
       return self.module.apply(variables, inputs, train=train), state
@@ -77,7 +125,9 @@ class FlaxModel:
 
 @dataclasses.dataclass(frozen=True)
 class FunctionalModel:
-  """A plain-JAX model: `params = init(key, inputs)`, `z = apply(params, inputs)`.
+  """A plain-JAX model of two functions, without state.
+
+  `params = init_fn(key, inputs)`, `z = apply_fn(params, inputs)`.
 
   Attributes:
     init_fn: `(key, inputs) -> params` (any pytree).
@@ -89,9 +139,28 @@ class FunctionalModel:
   dim: int
 
   def init(self, key: jax.Array, inputs: Any) -> Variables:
+    """`{"params": init_fn(key, inputs)}`.
+
+    Args:
+      key: PRNG key.
+      inputs: the model's inputs.
+
+    Returns:
+      The variables, `"params"` only.
+    """
     return {"params": self.init_fn(key, inputs)}
 
   def apply(self, variables: Variables, inputs: Any,
             train: bool) -> tuple[jax.Array, Variables]:
+    """`apply_fn(params, inputs)`, with no state.
+
+    Args:
+      variables: `{"params": ...}`.
+      inputs: the model's inputs.
+      train: ignored (the model has no mode).
+
+    Returns:
+      `(z [num_nodes, dim], {})`.
+    """
     del train
     return self.apply_fn(variables["params"], inputs), {}

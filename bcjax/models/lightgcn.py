@@ -40,6 +40,7 @@ class LightGCNInputs:
 
   @property
   def num_users(self) -> int:
+    """num_users_pad, the user rows of the node array."""
     return self.adjacency.num_users
 
 

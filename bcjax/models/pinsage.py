@@ -33,6 +33,14 @@ torch_linear_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
 def torch_bias_init(fan_in: int):
+  """PyTorch's nn.Linear bias initialisation: U(-b, b), b = 1/sqrt(fan_in).
+
+  Args:
+    fan_in: the layer's input size.
+
+  Returns:
+    A Flax initializer `(key, shape, dtype=float32) -> array`.
+  """
   bound = 1.0 / np.sqrt(fan_in)
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
       key, shape, dtype, -bound, bound)
@@ -80,10 +88,12 @@ class GraphInputs:
 
   @property
   def num_users(self) -> int:
+    """num_users_pad, the user rows of the node array."""
     return self.adjacency.num_users
 
   @property
   def num_items(self) -> int:
+    """num_items_pad, the item rows of the node array."""
     return self.adjacency.num_items
 
 
@@ -152,6 +162,10 @@ def make_graph_inputs(train_user: np.ndarray, train_item: np.ndarray,
 
   Returns:
     The `GraphInputs`.
+
+  Raises:
+    ValueError: the graph or an attribute kind's values exceed the budget,
+      or an unknown layout.
   """
   if num_users > num_users_pad or num_items > num_items_pad:
     raise ValueError(f"graph of {num_users} users and {num_items} items "
@@ -213,6 +227,7 @@ class SAGEConv(nn.Module):
   dim: int
 
   def setup(self):
+    """Declares W_l, b_l and W_r, each `[dim, dim]` or `[dim]`."""
     shape = (self.dim, self.dim)
     self.kernel_l = self.param("kernel_l", torch_linear_init, shape)
     self.bias_l = self.param("bias_l", torch_bias_init(self.dim), (self.dim,))
@@ -222,7 +237,15 @@ class SAGEConv(nn.Module):
     return self.combine(aggregate(adjacency, h), h)
 
   def combine(self, neighbours_mean, h):
-    """The layer given the mean of the neighbours' rows."""
+    """The layer given the mean of the neighbours' rows.
+
+    Args:
+      neighbours_mean: `[n, dim]` mean of each row's neighbours.
+      h: `[n, dim]` the rows themselves.
+
+    Returns:
+      `[n, dim]` h'.
+    """
     # One matmul over [mean of neighbours, self] is faster than two.
     both = jnp.concatenate([neighbours_mean, h], axis=-1)
     return both @ jnp.concatenate([self.kernel_l, self.kernel_r]) + self.bias_l
