@@ -21,5 +21,9 @@ setuptools.setup(
         "ml_collections>=1.1",
         "matplotlib>=3.8",  # the report's plots (PNG)
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
+    extras_require={"test": [
+        "pytest>=8", "hypothesis>=6.100",
+        # tests/test_colabs.py executes the notebooks in colabs/.
+        "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
+    ]},
 )

@@ -508,6 +508,40 @@ def evaluate(heads: Heads, inputs: EvalInputs) -> dict[str, np.ndarray]:
 
 
 @functools.partial(jax.jit, static_argnames=("hidden",))
+def _logits(variables, tables, rows: jax.Array, *, hidden: int) -> jax.Array:
+  x = features(tables, rows)
+  return jax.vmap(lambda v: ConsumerMLP(hidden).apply(v, x))(variables)
+
+
+def predict(heads: Heads, tables: Sequence[Any], rows: Any) -> np.ndarray:
+  """Every seed's eval-mode logits on some examples: what a frozen consumer
+  predicts from the embeddings it is given.
+
+  Args:
+    heads: the frozen consumers.
+    tables: the embedding tables of the task's inputs (`task.inputs` order),
+      `[rows, d]` each, in the space the heads were trained in.
+    rows: `[N, len(tables)]` rows into the tables, e.g. `Examples.rows`.
+
+  Returns:
+    `[seeds, N]` float32 logits.
+
+  Raises:
+    ValueError: if the tables' total width is not the heads' input width
+      (embeddings of another version, say).
+  """
+  d_in = heads.variables["params"]["dense_0"]["kernel"].shape[-2]
+  tables = tuple(jnp.asarray(t, jnp.float32) for t in tables)
+  width = sum(t.shape[1] for t in tables)
+  if width != d_in:
+    raise ValueError(f"the consumers read {d_in} input dims, the tables give "
+                     f"{width}: embeddings of another version?")
+  rows = jnp.asarray(rows, jnp.int32).reshape(-1, len(tables))
+  return np.asarray(_logits(heads.variables, tables, rows,
+                            hidden=heads.hidden))
+
+
+@functools.partial(jax.jit, static_argnames=("hidden",))
 def _score(variables, x: jax.Array, labels: jax.Array, *, hidden: int):
   return metrics.roc_auc(ConsumerMLP(hidden).apply(variables, x), labels)
 

@@ -312,6 +312,64 @@ def plot_compatibility(summary: Mapping[str, dict], out_dir: str | os.PathLike,
   return paths
 
 
+def read_report(workdir: str | os.PathLike) -> tuple[dict, str, list[Path]]:
+  """Reads the report a finished run already wrote, without rewriting it.
+
+  Returns:
+    (report.json's content, its markdown table (followed by the
+    compatibility table when the report has one), the paths of its PNG plots
+    that exist in the run directory).
+
+  Raises:
+    FileNotFoundError: if the run has no report.json (`write_report` makes
+      one from a run whose strategies are complete).
+  """
+  root = Path(workdir)
+  path = root / "report.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path} does not exist: no finished run there "
+                            "(report.write_report(workdir) writes it)")
+  content = json.loads(path.read_text())
+  table = markdown_table(content["strategies"])
+  compat = content.get("compatibility") or {}
+  if compat:
+    table += "\n\n" + compatibility_table(compat)
+  names = list(PLOTS) + [f"compatibility_{s}.png" for s in compat]
+  return content, table, [root / n for n in names if (root / n).exists()]
+
+
+def comparison_table(reports: Mapping[str, Mapping]) -> str:
+  """The SPEC 8 numbers of several runs, strategy by strategy.
+
+  Args:
+    reports: run label -> its report.json content (`read_report`).
+
+  Returns:
+    A markdown table with one row per (strategy, run) for the strategies
+    every run has, in the first run's order, plus each run's mean
+    compatibility AUC ("n/a" where a run has no matrix for the strategy).
+  """
+  labels = list(reports)
+  runs = [reports[label] for label in labels]
+  common = [s for s in runs[0]["strategies"] if all(s in r["strategies"]
+                                                    for r in runs)] if runs else []
+  lines = ["| strategy | run | mean R@50 | intended % | unintended % | "
+           "total % | alignment error | mean compatibility AUC |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
+  for s in common:
+    name = PAPER_NAMES.get(s, s)
+    if s == BC_ALIGNER:
+      name = f"**{name}**"
+    for label, run in zip(labels, runs):
+      r = run["strategies"][s]
+      compat = (run.get("compatibility") or {}).get(s, {}).get("mean")
+      lines.append(f"| {name} | {label} | {_fmt(_mean(r['recall50']), 4)} | "
+                   f"{_fmt(r['intended_pct'])} | {_fmt(r['unintended_pct'])} | "
+                   f"{_fmt(r['total_pct'])} | {_fmt(r['alignment_error'])} | "
+                   f"{_fmt(compat, 4)} |")
+  return "\n".join(lines)
+
+
 def write_report(workdir: str | os.PathLike,
                  strategies: Sequence[str] | None = None
                  ) -> tuple[dict, str, list[Path]]:

@@ -214,6 +214,24 @@ def test_vmapped_evaluation_equals_plain_loop(task):
   assert not np.allclose(fast["a"], fast["b"])
 
 
+def test_predict_is_each_seeds_head_on_the_concatenated_rows():
+  rng = np.random.default_rng(1)
+  heads = _random_heads(d_in=5, seeds=3)
+  users = rng.standard_normal((7, 2)).astype(np.float32)
+  items = rng.standard_normal((4, 3)).astype(np.float32)
+  rows = np.asarray([[0, 3], [6, 0], [2, 2], [6, 1]], np.int32)
+  logits = consumers.predict(heads, (users, items), rows)
+  assert logits.shape == (3, 4) and logits.dtype == np.float32
+  x = np.concatenate([users[rows[:, 0]], items[rows[:, 1]]], 1)
+  for seed in range(3):
+    variables = jax.tree.map(lambda a: a[seed], heads.variables)
+    np.testing.assert_allclose(logits[seed],
+                               ConsumerMLP(8).apply(variables, x), rtol=1e-5,
+                               atol=1e-6)
+  with pytest.raises(ValueError, match="read 5 input dims, the tables give 6"):
+    consumers.predict(heads, (users, np.zeros((4, 4), np.float32)), rows)
+
+
 def test_config_fields():
   for module in (paper, quick, test_config):
     consumers.ConsumerConfig.from_config(module.get_config())

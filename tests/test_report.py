@@ -108,6 +108,35 @@ def test_write_report(tmp_path):
   assert not list(tmp_path.glob(".*.tmp"))  # atomic writes left nothing
 
 
+def test_read_report_returns_what_write_report_wrote(tmp_path):
+  with pytest.raises(FileNotFoundError, match="report.json"):
+    report.read_report(tmp_path)
+  _fake_run(tmp_path)
+  written = report.write_report(tmp_path)
+  before = (tmp_path / "report.json").stat().st_mtime_ns
+  assert report.read_report(tmp_path) == written
+  assert (tmp_path / "report.json").stat().st_mtime_ns == before  # not rewritten
+
+
+def test_comparison_table():
+  first = report.summarize(RECALL50, AUC, ALIGNMENT)
+  without_fix = lambda d: {s: v for s, v in d.items() if s != "fix-m0"}
+  second = report.summarize(
+      without_fix({s: [r + 0.1 for r in v] for s, v in RECALL50.items()}),
+      {t: without_fix(by) for t, by in AUC.items()}, ALIGNMENT)
+  runs = {"seed 0": {"strategies": first,
+                     "compatibility": {BC: {"mean": 0.61, "tasks": {}}}},
+          "seed 1": {"strategies": second, "compatibility": {}}}
+  lines = report.comparison_table(runs).splitlines()
+  assert lines[0].startswith("| strategy | run | mean R@50 |")
+  assert len(lines) == 2 + 2 * 2  # fix-m0 is not in both runs
+  assert lines[2] == "| No-BC | seed 0 | 0.3000 | 0.00 | -25.00 | -25.00 | 1.00 | n/a |"
+  assert lines[4].startswith("| **Joint-Lin-MLoss (BC-Aligner)** | seed 0 | 0.2700 |")
+  assert lines[4].endswith("| 0.6100 |") and lines[5].endswith("| n/a |")
+  # seed 1 has no fix-m0: its unintended and total percentages are n/a.
+  assert lines[5].startswith("| **Joint-Lin-MLoss (BC-Aligner)** | seed 1 | 0.3700 | -7.50 | n/a |")
+
+
 def _reproduce(workdir, *flags, timeout=600):
   env = dict(os.environ)
   # Tiny programs: XLA's optimisation passes cost more than they save.
