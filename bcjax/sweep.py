@@ -1,0 +1,309 @@
+"""Seed sweeps: N independently initialised models trained together (vmap).
+
+`train_seeds` trains N copies of one version's model, seed i initialised from
+its own key and fed its own epoch batches, as one program: the N train
+states are stacked on a leading axis and the trainer's epoch
+(`bcjax.training.train_epoch`, un-jitted) is `jax.vmap`ped over them. Seed
+i is the run `training.fit(model, task, inputs, batches, keys[i],
+objective=..., epochs=E, lr=...)` would make on its own (no evaluation: the
+last epoch is kept), up to float rounding of the batched computation.
+
+What it buys: one compiled program does every seed's step at once, so the
+per-operation overhead is paid once, the shared graph operators (`inputs`)
+are read once per step for all seeds, and the matmuls are N times wider.
+That is the point on an accelerator, where one small model leaves most of
+the chip idle. On a 2-core CPU one model's step already keeps both cores
+busy and the batched program runs at about the speed of N sequential runs
+(`launch.benchmark`'s "sweep" figures). Three things keep the batched
+program from doing more work than the N runs:
+
+- Batch leaves that are equal across seeds (the BPR padding mask: every
+  epoch has as many triples) are passed unbatched, so the trainer's
+  `lax.cond` that skips padding batches stays a branch instead of becoming
+  a select that computes both sides.
+- JAX's batching rule of a CSR-times-dense product
+  (`jax.experimental.sparse`, the `sparse` aggregation layout) turns it into
+  a COO gather and scatter, ~100x slower than the CSR kernel on CPU.
+  `vmap_friendly` wraps the CSR matrices of the inputs so that a product
+  with a seed-batched dense operand folds the seeds into its columns: one
+  call of the same kernel, `[n, N * d]`, exactly the per-seed numbers.
+- On CPU the program compiles without XLA's YNNPACK fusions
+  (`CPU_COMPILER_OPTIONS`), which are several times slower on the batched
+  reductions; the plain trainer's program is unaffected either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import sparse
+
+from bcjax import training
+from bcjax.models.aggregate import Adjacency
+from bcjax.models.interface import EmbeddingModel, Variables
+from bcjax.tasks import Task
+from bcjax.training import AlignmentInputs, Objective, TrainState
+
+# The un-jitted epoch of the trainer (jax.jit keeps it as __wrapped__).
+_epoch_core = training.train_epoch.__wrapped__
+
+
+@jax.custom_batching.custom_vmap
+def _csr_dense(matrix: sparse.BCSR, h: jax.Array) -> jax.Array:
+  return matrix @ h
+
+
+@_csr_dense.def_vmap
+def _csr_dense_vmap(axis_size, in_batched, matrix, h):
+  matrix_batched, h_batched = in_batched
+  if any(jax.tree.leaves(matrix_batched)) or not h_batched:
+    axes = jax.tree.map(lambda b: 0 if b else None, matrix_batched)
+    return jax.vmap(lambda m, x: m @ x,
+                    in_axes=(axes, 0 if h_batched else None))(matrix, h), True
+  # h: [B, n, ...] -> [n, B * ...]: one product, every column independent.
+  x = jnp.moveaxis(h, 0, 1)
+  y = _csr_dense(matrix, x.reshape(x.shape[0], -1))
+  return jnp.moveaxis(y.reshape((y.shape[0],) + x.shape[1:]), 1, 0), True
+
+
+@jax.tree_util.register_pytree_node_class
+class _FoldingCSR:
+  """A CSR matrix whose product with a vmapped dense operand folds the
+  mapped axis into the operand's columns (see the module docstring)."""
+
+  def __init__(self, matrix: sparse.BCSR):
+    self.matrix = matrix
+
+  @property
+  def shape(self):
+    return self.matrix.shape
+
+  def __matmul__(self, h: jax.Array) -> jax.Array:
+    return _csr_dense(self.matrix, h)
+
+  def tree_flatten(self):
+    return (self.matrix,), None
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    del aux
+    return cls(*children)
+
+
+def vmap_friendly(inputs: Any) -> Any:
+  """`inputs` with every CSR aggregation operator wrapped by `_FoldingCSR`.
+
+  The same numbers, computed by the same kernel; only the product's
+  batching under `jax.vmap` changes. Other layouts batch well as they are.
+  """
+  def wrap(node):
+    if (isinstance(node, Adjacency) and isinstance(node.matrix, sparse.BCSR)
+        and isinstance(node.matrix_t, sparse.BCSR)):
+      return node.replace(matrix=_FoldingCSR(node.matrix),
+                          matrix_t=_FoldingCSR(node.matrix_t))
+    return node
+  return jax.tree.map(wrap, inputs,
+                      is_leaf=lambda node: isinstance(node, Adjacency))
+
+
+def stack(trees: Sequence[Any]) -> Any:
+  """Pytrees of equal structure stacked leaf-wise on a new leading axis."""
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def unstack(tree: Any, i: int) -> Any:
+  """Entry `i` of a pytree stacked by `stack` (host numpy copies)."""
+  return jax.tree.map(lambda a: np.array(a[i]), tree)
+
+
+def init_states(model: EmbeddingModel, inputs, objective: Objective,
+                keys: Sequence[jax.Array], d_prev: int | None, lr: float,
+                model_variables: Variables | None = None) -> TrainState:
+  """`training.init_state` of every key, stacked (exactly the per-seed states)."""
+  return stack([training.init_state(model, inputs, objective, key, d_prev, lr,
+                                    model_variables=model_variables)
+                for key in keys])
+
+
+def stack_batches(batches: Sequence[Any]) -> tuple[Any, tuple]:
+  """Per-seed epochs stacked on a leading seed axis, and the vmap axes.
+
+  A leaf equal in every seed's epoch is kept once (axis None): it is shared,
+  and a shared padding mask keeps the trainer's skip of padding batches a
+  real branch under vmap.
+
+  Returns:
+    (the stacked batches, the per-leaf axes `(0 | None, ...)` in leaf order).
+  """
+  per_seed = [jax.tree.leaves(b) for b in batches]
+  treedef = jax.tree.structure(batches[0])
+  leaves, axes = [], []
+  for column in zip(*per_seed):
+    first = np.asarray(column[0])
+    if all(np.array_equal(first, np.asarray(c)) for c in column[1:]):
+      leaves.append(first)
+      axes.append(None)
+    else:
+      leaves.append(np.stack([np.asarray(c) for c in column]))
+      axes.append(0)
+  return treedef.unflatten(leaves), tuple(axes)
+
+
+def _vmapped_epoch(states: TrainState, inputs, align: AlignmentInputs, batches,
+                   *, model: EmbeddingModel, task: Task, objective: Objective,
+                   lr: float, batch_axes: tuple) -> tuple[TrainState, jax.Array]:
+  in_axes = jax.tree.structure(batches).unflatten(batch_axes)
+  inputs = vmap_friendly(inputs)
+  core = functools.partial(_epoch_core, model=model, task=task,
+                           objective=objective, lr=lr)
+  return jax.vmap(core, in_axes=(0, None, None, in_axes))(
+      states, inputs, align, batches)
+
+
+_STATIC = dict(static_argnames=("model", "task", "objective", "lr",
+                                "batch_axes"), donate_argnames=("states",))
+# XLA CPU hands reductions to YNNPACK fusions, which reduce a seed-batched
+# [N, nodes, d] array over its middle axis (BatchNorm's statistics) several
+# times slower than XLA's own loops; the sweep's program compiles without
+# them on CPU (measured: a 4-seed PinSAGE gradient 76 ms -> 26 ms).
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+_jitted = {"cpu": jax.jit(_vmapped_epoch, compiler_options=CPU_COMPILER_OPTIONS,
+                          **_STATIC),
+           None: jax.jit(_vmapped_epoch, **_STATIC)}
+
+
+def vmapped_epoch(states: TrainState, inputs, align: AlignmentInputs, batches,
+                  *, model: EmbeddingModel, task: Task, objective: Objective,
+                  lr: float, batch_axes: tuple) -> tuple[TrainState, jax.Array]:
+  """One epoch of every seed: `train_epoch` vmapped over the seed axis (jitted).
+
+  Args:
+    states: the seeds' train states stacked on a leading `[N]` axis (donated).
+    inputs, align: shared by every seed (CSR operators are wrapped by
+      `vmap_friendly` here).
+    batches: from `stack_batches`: leaves with axis 0 are `[N, num_batches,
+      ...]`, the others (shared) `[num_batches, ...]`.
+    model, task, objective, lr: static, as in `train_epoch`.
+    batch_axes: the per-leaf axes from `stack_batches`.
+
+  Returns:
+    The new states and each seed's mean epoch loss `[N]`.
+  """
+  jitted = _jitted.get(jax.default_backend(), _jitted[None])
+  return jitted(states, inputs, align, batches, model=model, task=task,
+                objective=objective, lr=lr, batch_axes=batch_axes)
+
+
+@dataclasses.dataclass
+class SweepResult:
+  """N seeds trained together.
+
+  Attributes:
+    states: the final train states, every leaf stacked `[N, ...]`.
+    losses: `[epochs, N]` mean loss of every epoch and seed.
+  """
+  states: TrainState
+  losses: np.ndarray
+
+  @property
+  def num_seeds(self) -> int:
+    return self.losses.shape[1]
+
+  def variables(self, i: int) -> Variables:
+    """Seed i's final model variables (host)."""
+    return unstack(self.states, i).model_variables()
+
+
+def seed_keys(key: jax.Array, num_seeds: int) -> list[jax.Array]:
+  """`num_seeds` independent run keys: `fold_in(key, i)`."""
+  return [jax.random.fold_in(key, i) for i in range(num_seeds)]
+
+
+def train_seeds(model: EmbeddingModel, task: Task, inputs,
+                batches: Callable[[jax.Array], Any],
+                keys: Sequence[jax.Array], *, epochs: int = 1,
+                objective: Objective = Objective(), lr: float = 1e-3,
+                align: AlignmentInputs = AlignmentInputs(),
+                d_prev: int | None = None,
+                init_variables: Variables | None = None,
+                label: str = "sweep") -> SweepResult:
+  """Trains one model per key, all seeds in one vmapped program per epoch.
+
+  Seed i is initialised with `fold_in(keys[i], 0)` and its epoch e reads
+  `batches(fold_in(keys[i], e))`: the conventions of `training.fit`, so seed
+  i reproduces `fit(..., keys[i], objective=objective, epochs=epochs, lr=lr)`
+  without evaluation.
+
+  Args:
+    model, task, inputs: what to train (inputs shared by every seed).
+    batches: epoch key -> one epoch's stacked batches (see `train_epoch`).
+    keys: one PRNG key per seed (e.g. `seed_keys(key, N)`).
+    epochs: epochs of every seed.
+    objective, lr: as in `training.fit`.
+    align: alignment inputs, shared by every seed (the objective's target).
+    d_prev: the previous version's dims when the objective aligns.
+    init_variables: start every seed from these model variables (then only
+      the transformation's initialisation and the batches differ).
+    label: names the sweep in errors.
+
+  Returns:
+    The `SweepResult`.
+
+  Raises:
+    ValueError: no keys.
+    FloatingPointError: a seed's loss is NaN or Inf (named).
+  """
+  keys = list(keys)
+  if not keys:
+    raise ValueError(f"{label}: no seeds (empty `keys`)")
+  states = init_states(model, inputs, objective,
+                       [jax.random.fold_in(k, 0) for k in keys], d_prev, lr,
+                       model_variables=init_variables)
+  history = []
+  for epoch in range(1, epochs + 1):
+    stacked, axes = stack_batches(
+        [batches(jax.random.fold_in(k, epoch)) for k in keys])
+    states, loss = vmapped_epoch(states, inputs, align, stacked, model=model,
+                                 task=task, objective=objective, lr=lr,
+                                 batch_axes=axes)
+    loss = np.asarray(loss)
+    bad = np.flatnonzero(~np.isfinite(loss))
+    if bad.size:
+      raise FloatingPointError(f"{label}: seed {int(bad[0])}'s loss "
+                               f"({loss[bad[0]]}) is not finite at epoch {epoch}")
+    history.append(loss)
+  return SweepResult(states, np.stack(history))
+
+
+def train_sequential(model: EmbeddingModel, task: Task, inputs,
+                     batches: Callable[[jax.Array], Any],
+                     keys: Sequence[jax.Array], *, epochs: int = 1,
+                     objective: Objective = Objective(), lr: float = 1e-3,
+                     align: AlignmentInputs = AlignmentInputs(),
+                     d_prev: int | None = None,
+                     init_variables: Variables | None = None
+                     ) -> list[tuple[TrainState, np.ndarray]]:
+  """The same seeds one after the other with `training.train_epoch`: the
+  reference of `train_seeds` (and its benchmark baseline).
+
+  Returns:
+    Per seed, (final state, `[epochs]` losses).
+  """
+  out = []
+  for k in keys:
+    state = training.init_state(model, inputs, objective,
+                                jax.random.fold_in(k, 0), d_prev, lr,
+                                model_variables=init_variables)
+    losses = []
+    for epoch in range(1, epochs + 1):
+      state, loss = training.train_epoch(
+          state, inputs, align, batches(jax.random.fold_in(k, epoch)),
+          model=model, task=task, objective=objective, lr=lr)
+      losses.append(float(loss))
+    out.append((state, np.asarray(losses)))
+  return out

@@ -1,0 +1,148 @@
+"""Tests of bcjax.sweep: N seeds under vmap equal N sequential runs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bcjax import sweep, training
+from bcjax.data.synthetic import make_synthetic
+from bcjax.experiment import Experiment
+from bcjax.models import aggregate as agg
+from launch.configs import test as test_config
+
+
+def _config(model="pinsage"):
+  config = test_config.get_config()
+  config.times = (0.5, 0.7, 0.85, 1.0)
+  config.dims = (8, 8, 8)
+  config.layers = (1, 2, 1)
+  config.model = model
+  return config
+
+
+@pytest.fixture(scope="module")
+def graph():
+  return make_synthetic(4000, num_users=150, num_items=500, seed=0)
+
+
+def _experiment(graph, tmp_path_factory, model):
+  return Experiment(graph, _config(model), tmp_path_factory.mktemp(model))
+
+
+@pytest.fixture(scope="module")
+def pinsage(graph, tmp_path_factory):
+  return _experiment(graph, tmp_path_factory, "pinsage")
+
+
+def _train_mode_z(model, variables, inputs):
+  return np.asarray(model.apply(variables, inputs, train=True)[0])
+
+
+def test_vmapped_seeds_equal_sequential_fits(pinsage):
+  """Seed i of the sweep is `training.fit` of key i, and seeds differ."""
+  k = 1  # Two layers; padding batches (version 2 has the most triples).
+  data, model, task = pinsage.data(k), pinsage.model(k), pinsage.task
+  batches = pinsage.batches(k)
+  assert not np.all(batches(jax.random.key(0))[3])  # Some padding.
+  keys = sweep.seed_keys(jax.random.key(5), 3)
+  result = sweep.train_seeds(model, task, data.inputs, batches, keys,
+                             epochs=2, objective=training.Objective(), lr=1e-2)
+  assert result.num_seeds == 3 and result.losses.shape == (2, 3)
+  zs = []
+  for i, key in enumerate(keys):
+    fitted = training.fit(model, task, data.inputs, batches, key,
+                          objective=training.Objective(), epochs=2, lr=1e-2)
+    np.testing.assert_allclose(result.losses[:, i],
+                               [h["loss"] for h in fitted.history], rtol=1e-5)
+    # Train-mode embeddings: BatchNorm makes the pre-norm biases' gradient
+    # zero up to rounding, which Adam amplifies to +-lr per step; the
+    # normalised output does not see them.
+    z = _train_mode_z(model, result.variables(i), data.inputs)
+    np.testing.assert_allclose(
+        z, _train_mode_z(model, fitted.variables, data.inputs), atol=1e-4)
+    zs.append(z)
+  assert not np.allclose(result.losses[:, 0], result.losses[:, 1])
+  assert not np.allclose(zs[0], zs[1], atol=1e-2)
+  assert not np.allclose(zs[1], zs[2], atol=1e-2)
+
+
+def test_vmapped_seeds_equal_sequential_lightgcn(graph, tmp_path_factory):
+  """A model without BatchNorm: every parameter matches."""
+  experiment = _experiment(graph, tmp_path_factory, "lightgcn")
+  data, model = experiment.data(0), experiment.model(0)
+  keys = sweep.seed_keys(jax.random.key(0), 2)
+  result = sweep.train_seeds(model, experiment.task, data.inputs,
+                             experiment.batches(0), keys, epochs=2)
+  sequential = sweep.train_sequential(model, experiment.task, data.inputs,
+                                      experiment.batches(0), keys, epochs=2)
+  for i, (state, losses) in enumerate(sequential):
+    np.testing.assert_allclose(result.losses[:, i], losses, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+                 result.variables(i), jax.device_get(state.model_variables()))
+  first, second = (jax.tree.leaves(result.variables(i)["params"])
+                   for i in (0, 1))
+  assert not all(np.allclose(a, b) for a, b in zip(first, second))
+
+
+def test_aligned_sweep_equals_sequential(pinsage):
+  """An objective with a transformation and a shared alignment target."""
+  k = 1
+  data, model = pinsage.data(k), pinsage.model(k)
+  rng = np.random.default_rng(0)
+  n = pinsage.num_users_pad + pinsage.num_items_pad
+  target = jnp.asarray(rng.normal(size=(n, 8)), jnp.float32)
+  objective = training.Objective(transform="linear")
+  align = training.AlignmentInputs(target=target)
+  keys = sweep.seed_keys(jax.random.key(1), 2)
+  kwargs = dict(epochs=1, objective=objective, align=align, d_prev=8)
+  result = sweep.train_seeds(model, pinsage.task, data.inputs,
+                             pinsage.batches(k), keys, **kwargs)
+  sequential = sweep.train_sequential(model, pinsage.task, data.inputs,
+                                      pinsage.batches(k), keys, **kwargs)
+  for i, (state, losses) in enumerate(sequential):
+    np.testing.assert_allclose(result.losses[:, i], losses, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+                 sweep.unstack(result.states.params["transform"], i),
+                 jax.device_get(state.params["transform"]))
+
+
+def test_stack_batches_shares_equal_leaves(pinsage):
+  keys = sweep.seed_keys(jax.random.key(0), 3)
+  per_seed = [pinsage.batches(0)(k) for k in keys]
+  stacked, axes = sweep.stack_batches(per_seed)
+  assert axes == (0, 0, 0, None)  # user, pos, neg differ; the mask is shared.
+  assert stacked[0].shape == (3,) + per_seed[0][0].shape
+  np.testing.assert_array_equal(stacked[3], per_seed[0][3])
+  np.testing.assert_array_equal(stacked[1][2], per_seed[2][1])
+
+
+def test_vmapped_csr_product_folds_seeds_into_columns():
+  """Under vmap the wrapped CSR product is one CSR kernel call, exact."""
+  rng = np.random.default_rng(0)
+  user, item = rng.integers(0, 30, 200), rng.integers(0, 40, 200)
+  adjacency = agg.make_adjacency(user, item, 32, 48, layout="sparse")
+  h = jnp.asarray(rng.normal(size=(3, 80, 5)), jnp.float32)
+  wrapped = sweep.vmap_friendly({"graph": adjacency})["graph"]
+
+  def loss(adj, x):
+    return jnp.sum(agg.aggregate(adj, x) ** 2)
+
+  grad = jax.vmap(jax.grad(loss, argnums=1), in_axes=(None, 0))
+  fast = jax.jit(jax.vmap(agg.aggregate, in_axes=(None, 0)))(wrapped, h)
+  for s in range(3):
+    np.testing.assert_allclose(fast[s], agg.aggregate(adjacency, h[s]),
+                               rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(grad(wrapped, h), grad(adjacency, h),
+                             rtol=1e-5, atol=1e-5)
+  assert "bcsr_dot_general" in str(jax.make_jaxpr(grad)(wrapped, h))
+  lowered = lambda adj: jax.jit(grad).lower(adj, h).as_text()
+  assert "scatter" not in lowered(wrapped)
+  # Without the wrapper JAX's batching rule goes through COO scatters.
+  assert "scatter" in lowered(adjacency)
+
+
+def test_no_seeds_is_an_error(pinsage):
+  with pytest.raises(ValueError, match="no seeds"):
+    sweep.train_seeds(pinsage.model(0), pinsage.task, pinsage.data(0).inputs,
+                      pinsage.batches(0), [])
