@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bcjax.data import DynamicGraph
+from bcjax.data.neighbours import NeighbourSampler, sampled_bpr_chunks
 from bcjax.experiment import Experiment
 from bcjax.models import aggregate as agg
 from bcjax.training import (AlignmentInputs, Objective, embed, init_state,
@@ -491,20 +492,25 @@ def _device_peak_gb() -> float | None:
 def scaling_point(num_interactions: int, dim: int = 256, layers: int = 2,
                   batch_size: int = 2048, max_steps: int = 4,
                   repeats: int = 3, layout: str = "", lr: float = 1e-3,
-                  train_fraction: float = 0.9, seed: int = 0) -> dict:
-  """The full-graph training epoch on a synthetic graph of one size.
+                  train_fraction: float = 0.9, seed: int = 0,
+                  mode: str = "full", fanout: int = 10,
+                  chunk: int = 4) -> dict:
+  """The training epoch on a synthetic graph of one size, full or sampled.
 
   The graph is `make_synthetic(num_interactions)`, one version trained on
   its first `train_fraction` of interactions (PinSAGE, version-0 paper dims
-  by default). Every step computes every node's embedding (mode "full").
+  by default). Mode "full": every step computes every node's embedding;
   `min(max_steps, steps)` steps are timed (`repeats` runs after a warm-up
-  that compiles) and the epoch is extrapolated from the median step:
-  `epoch_s = step_s x steps + sample_s`, `sample_s` the host sampling of
-  one whole epoch. Peak memory is this process's, so run one size per
-  process (`scaling` does).
+  that compiles). Mode "sampled": steps on neighbour samples
+  (`bcjax.data.neighbours`, `fanout` per node and layer), `chunk` batches
+  per jitted call, each timed chunk including its host tree sampling.
+  The epoch is extrapolated from the median step: `epoch_s = step_s x
+  steps + sample_s`, `sample_s` the host triple sampling of one whole epoch.
+  Peak memory is this process's, so run one size per process (`scaling`
+  does).
 
   Returns:
-    `{"interactions", "mode": "full", "epoch_s", "epoch_spread_s",
+    `{"interactions", "mode", "epoch_s", "epoch_spread_s",
     "extrapolated", "steps", "steps_timed", "step_s", "step_spread_s",
     "sample_s", "compile_s", "setup_s", "peak_mem_gb", "peak_rss_gb",
     "setup_rss_gb", "device_peak_gb", "train_interactions", "users",
@@ -542,11 +548,26 @@ def scaling_point(num_interactions: int, dim: int = 256, layers: int = 2,
   steps = batches[0].shape[0]
   timed_steps = min(steps, max_steps)
   part = tuple(a[:timed_steps] for a in batches)
-  del batches
   objective, align, task = Objective(), AlignmentInputs(), BPRTask()
   state = init_state(model, inputs, objective, key, None, lr)
-  run = lambda state: train_epoch(state, inputs, align, part, model=model,
-                                  task=task, objective=objective, lr=lr)
+  if mode == "sampled":
+    trees = NeighbourSampler(split.train_user, split.train_item,
+                             num_users_pad, num_items_pad)
+    timed_steps = chunk
+    rng = np.random.default_rng(seed)
+
+    def run(state):  # One chunk: sample its trees, then train on them.
+      batches = next(sampled_bpr_chunks(trees, part, fanout, layers, chunk,
+                                        rng))
+      return train_epoch(state, inputs, align, batches, model=model,
+                         task=task, objective=objective, lr=lr)
+    part = tuple(a[:chunk] for a in batches)
+  elif mode == "full":
+    run = lambda state: train_epoch(state, inputs, align, part, model=model,
+                                    task=task, objective=objective, lr=lr)
+  else:
+    raise ValueError(f"unknown mode {mode!r}; use 'full' or 'sampled'")
+  del batches
   start = time.perf_counter()
   state, loss = run(state)
   loss.block_until_ready()
@@ -561,10 +582,12 @@ def scaling_point(num_interactions: int, dim: int = 256, layers: int = 2,
   device_peak = _device_peak_gb()
   rss = _peak_rss_gb()
   on_cpu = jax.devices()[0].platform == "cpu"
-  return {"interactions": num_interactions, "mode": "full",
+  return {"interactions": num_interactions, "mode": mode,
+          "fanout": fanout if mode == "sampled" else None,
           "epoch_s": step_s * steps + sample_s,
           "epoch_spread_s": [t * steps + sample_s for t in spread(times)],
-          "extrapolated": timed_steps < steps, "steps": steps,
+          "extrapolated": timed_steps < steps or mode == "sampled",
+          "steps": steps,
           "steps_timed": timed_steps, "step_s": step_s,
           "step_spread_s": spread(times), "sample_s": sample_s,
           "compile_s": compile_s, "setup_s": setup_s,
@@ -593,8 +616,8 @@ def _available_gb() -> float | None:
 def scaling(sizes: Sequence[int], *, timeout_s: float = 3600,
             memory_limit_gb: float | None = None,
             log: Callable[[str], None] | None = None, **kwargs) -> list[dict]:
-  """The full-graph mode's cost curve: `scaling_point` of every size, each
-  in a fresh Python process (its peak memory is its own).
+  """A training mode's cost curve: `scaling_point` of every size, each in a
+  fresh Python process (its peak memory is its own).
 
   A size whose memory, projected linearly in interactions from the last
   measured size, exceeds `memory_limit_gb` (default 90% of the memory
@@ -615,7 +638,8 @@ def scaling(sizes: Sequence[int], *, timeout_s: float = 3600,
     memory_limit_gb = 0.9 * available if available else float("inf")
   rows, last = [], None
   for n in sizes:
-    skipped = lambda why: {"interactions": n, "mode": "full", "epoch_s": None,
+    skipped = lambda why: {"interactions": n,
+                           "mode": kwargs.get("mode", "full"), "epoch_s": None,
                            "peak_mem_gb": None, "skipped": why}
     if last is not None and last.get("peak_mem_gb"):
       projected = last["peak_mem_gb"] * n / last["interactions"]
@@ -643,7 +667,8 @@ def scaling(sizes: Sequence[int], *, timeout_s: float = 3600,
     row["wall_s"] = time.perf_counter() - start
     rows.append(row)
     last = row
-    log(f"[scaling] {n:,} interactions: epoch {row['epoch_s']:.2f} s"
+    log(f"[scaling] {row['mode']}, {n:,} interactions: epoch "
+        f"{row['epoch_s']:.2f} s"
         f"{' (extrapolated)' if row['extrapolated'] else ''}, peak "
         f"{row['peak_mem_gb']:.2f} GB ({row['wall_s']:.0f} s)")
   return rows

@@ -95,7 +95,9 @@ class Suite:
   consumer_strategies: int | None = None          # None: all
   sweep_seeds: int = 4
   sweep_version: int = 0
-  scaling_sizes: tuple[int, ...] = (10**5, 3 * 10**5, 10**6)
+  scaling_sizes: tuple[int, ...] = (10**5, 10**6, 10**7)   # sampled mode
+  full_scaling_sizes: tuple[int, ...] = (10**5, 3 * 10**5, 10**6)
+  scaling_fanout: int = 10
   scaling_dim: int = 256
   scaling_layers: int = 2
   scaling_max_steps: int = 3
@@ -113,7 +115,8 @@ SUITES = {
                    agg_max_bytes=1e9),
     "full": Suite("full", repeats=5, train_repeats=3, overhead_repeats=3,
                   agg_scales=(1, 10, 100), sweep_seeds=8,
-                  scaling_sizes=(10**5, 3 * 10**5, 10**6, 3 * 10**6, 10**7),
+                  full_scaling_sizes=(10**5, 3 * 10**5, 10**6, 3 * 10**6,
+                                      10**7),
                   scaling_max_steps=4, scaling_timeout_s=3600),
 }
 
@@ -181,13 +184,16 @@ def run_suite(suite: Suite, graph, sections=SECTIONS, layout: str = "",
         graph.user, graph.item, scales=suite.agg_scales, dim=suite.agg_dim,
         repeats=suite.repeats, max_bytes=suite.agg_max_bytes)
   if "scaling" in sections:
-    section("scaling", f"full-graph epoch on synthetic graphs of "
-            f"{', '.join(f'{n:,}' for n in suite.scaling_sizes)} interactions")
-    result["scaling"] = benchmarks.scaling(
-        suite.scaling_sizes, timeout_s=suite.scaling_timeout_s, log=log,
-        dim=suite.scaling_dim, layers=suite.scaling_layers,
-        max_steps=suite.scaling_max_steps, repeats=suite.scaling_repeats,
-        layout=layout)
+    result["scaling"] = []
+    for mode, sizes in (("sampled", suite.scaling_sizes),
+                        ("full", suite.full_scaling_sizes)):
+      section("scaling", f"{mode} epoch on synthetic graphs of "
+              f"{', '.join(f'{n:,}' for n in sizes)} interactions")
+      result["scaling"] += benchmarks.scaling(
+          sizes, timeout_s=suite.scaling_timeout_s, log=log,
+          dim=suite.scaling_dim, layers=suite.scaling_layers,
+          max_steps=suite.scaling_max_steps, repeats=suite.scaling_repeats,
+          layout=layout, mode=mode, fanout=suite.scaling_fanout)
   result["load_average_end"] = list(os.getloadavg())
   result["total_s"] = time.perf_counter() - begin
   log(f"[benchmark {result['total_s']:5.0f}s] done")
@@ -279,9 +285,9 @@ def table(result: dict) -> str:
                    f"{fmt(row['fwd_ms'], row['fwd_ms_spread'])} | "
                    f"{fmt(row['fwd_bwd_ms'], row['fwd_bwd_ms_spread'])} |")
   if "scaling" in result:
-    lines += ["", "full-graph mode on synthetic graphs (PinSAGE; one "
-              "process per size; * = epoch extrapolated from the timed "
-              "steps):",
+    lines += ["", "training epoch on synthetic graphs (PinSAGE; one process "
+              "per size; sampled = neighbour sampling; * = epoch "
+              "extrapolated from the timed steps):",
               "| interactions | mode | train | nodes | d, L | steps (timed) | "
               "step s | epoch s | peak GB |", "|---|---|---|---|---|---|---|---|---|"]
     for row in result["scaling"]:

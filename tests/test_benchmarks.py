@@ -24,7 +24,8 @@ TINY = benchmark.Suite(
     overhead_repeats=2, consumer_tasks=("binary-item-rating-avg",),
     consumer_strategies=3, agg_scales=(1,), agg_dim=8, matmul_sizes=(64,),
     store_dims=(4, 6, 8), store_rows=(20, 30), sweep_seeds=2,
-    scaling_sizes=(3000,), scaling_dim=8, scaling_layers=1,
+    scaling_sizes=(3000,), full_scaling_sizes=(3000,), scaling_fanout=3,
+    scaling_dim=8, scaling_layers=1,
     scaling_max_steps=1, scaling_repeats=2, scaling_timeout_s=300,
     config=_config, sweep_config=_config)
 
@@ -96,20 +97,24 @@ def test_store_and_scaling(record):
   for name in ("composed_rows_per_s", "chained_rows_per_s"):
     assert store[name] > 0
     assert _is_spread(store[name + "_spread"], store[name])
-  (row,) = result["scaling"]
-  assert {"interactions", "mode", "epoch_s", "peak_mem_gb"} <= set(row)
-  assert row["interactions"] == 3000 and row["mode"] == "full"
-  assert row["epoch_s"] > 0 and row["peak_mem_gb"] > 0
-  assert row["extrapolated"] == (row["steps_timed"] < row["steps"])
-  assert np.isclose(row["epoch_s"], row["step_s"] * row["steps"]
-                    + row["sample_s"])
+  sampled, full = result["scaling"]
+  for row in (sampled, full):
+    assert {"interactions", "mode", "epoch_s", "peak_mem_gb"} <= set(row)
+    assert row["interactions"] == 3000
+    assert row["epoch_s"] > 0 and row["peak_mem_gb"] > 0
+    assert np.isclose(row["epoch_s"], row["step_s"] * row["steps"]
+                      + row["sample_s"])
+  assert (sampled["mode"], sampled["fanout"]) == ("sampled", 3)
+  assert full["mode"] == "full" and full["fanout"] is None
+  assert full["extrapolated"] == (full["steps_timed"] < full["steps"])
 
 
 def test_table_shows_every_section(record):
   text = benchmark.table(record[0])
   for needle in ("dense matmul peak", "| version |", "extra work",
                  "seed sweep", "consumer scoring", "store,", "| aggregation",
-                 "full-graph mode", "| 3,000 | full |"):
+                 "sampled = neighbour sampling", "| 3,000 | full |",
+                 "| 3,000 | sampled |"):
     assert needle in text, needle
 
 
