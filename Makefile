@@ -21,5 +21,9 @@ $(STAMP): setup.py Makefile
 reproduce: $(STAMP)
 	$(PY) -m launch.reproduce
 
+# The tests start many processes running the same small programs: JAX's
+# persistent compilation cache lets each compile once.
 test: $(STAMP)
+	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/xla \
+	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
 	$(PY) -m pytest -q tests
