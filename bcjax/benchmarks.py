@@ -513,7 +513,8 @@ def scaling_point(num_interactions: int, dim: int = 256, layers: int = 2,
     `{"interactions", "mode", "epoch_s", "epoch_spread_s",
     "extrapolated", "steps", "steps_timed", "step_s", "step_spread_s",
     "sample_s", "compile_s", "setup_s", "peak_mem_gb", "peak_rss_gb",
-    "setup_rss_gb", "device_peak_gb", "train_interactions", "users",
+    "setup_rss_gb", "base_rss_gb", "device_peak_gb", "train_interactions",
+    "users",
     "items", "nodes_pad", "dim", "layers", "batch_size", "layout"}`.
   """
   from bcjax.data import make_splits
@@ -522,7 +523,7 @@ def scaling_point(num_interactions: int, dim: int = 256, layers: int = 2,
   from bcjax.experiment import _round_up
   from bcjax.models import families
   from bcjax.tasks import BPRTask, epoch_batches
-  start = time.perf_counter()
+  start, base_rss = time.perf_counter(), _peak_rss_gb()
   graph = make_synthetic(num_interactions, seed=seed)
   (split,) = make_splits(graph, (train_fraction, 1.0))
   num_users_pad, num_items_pad = (_round_up(split.num_users),
@@ -593,6 +594,7 @@ def scaling_point(num_interactions: int, dim: int = 256, layers: int = 2,
           "compile_s": compile_s, "setup_s": setup_s,
           "peak_mem_gb": rss if on_cpu or device_peak is None else device_peak,
           "peak_rss_gb": rss, "setup_rss_gb": setup_rss,
+          "base_rss_gb": base_rss,
           "device_peak_gb": device_peak,
           "train_interactions": int(split.num_train),
           "users": int(split.num_users), "items": int(split.num_items),
@@ -642,7 +644,11 @@ def scaling(sizes: Sequence[int], *, timeout_s: float = 3600,
                            "mode": kwargs.get("mode", "full"), "epoch_s": None,
                            "peak_mem_gb": None, "skipped": why}
     if last is not None and last.get("peak_mem_gb"):
-      projected = last["peak_mem_gb"] * n / last["interactions"]
+      # In sampled mode only the setup (graph, samplers) grows with the
+      # data; the rest (a chunk of fixed-shape trees) does not.
+      grows = (last["setup_rss_gb"] - last["base_rss_gb"]
+               if last["mode"] == "sampled" else last["peak_mem_gb"])
+      projected = last["peak_mem_gb"] + grows * (n / last["interactions"] - 1)
       if projected > memory_limit_gb:
         rows.append(skipped(f"projected {projected:.1f} GB > "
                             f"{memory_limit_gb:.1f} GB available"))
