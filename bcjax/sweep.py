@@ -21,12 +21,11 @@ program from doing more work than the N runs:
   epoch has as many triples) are passed unbatched, so the trainer's
   `lax.cond` that skips padding batches stays a branch instead of becoming
   a select that computes both sides.
-- JAX's batching rule of a CSR-times-dense product
-  (`jax.experimental.sparse`, the `sparse` aggregation layout) turns it into
-  a COO gather and scatter, ~100x slower than the CSR kernel on CPU.
-  `vmap_friendly` wraps the CSR matrices of the inputs so that a product
-  with a seed-batched dense operand folds the seeds into its columns: one
-  call of the same kernel, `[n, N * d]`, exactly the per-seed numbers.
+- The CSR aggregation product (the `sparse` layout) folds the seeds into
+  its columns under vmap: one call of the same kernel, `[n, N * d]`,
+  exactly the per-seed numbers, where JAX's own batching rule would go
+  through a COO gather and scatter ~100x slower on CPU
+  (`bcjax.models.aggregate`).
 - On CPU the program compiles without XLA's YNNPACK fusions
   (`CPU_COMPILER_OPTIONS`), which are several times slower on the batched
   reductions; the plain trainer's program is unaffected either way.
@@ -41,74 +40,14 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import sparse
 
 from bcjax import training
-from bcjax.models.aggregate import Adjacency
 from bcjax.models.interface import EmbeddingModel, Variables
 from bcjax.tasks import Task
 from bcjax.training import AlignmentInputs, Objective, TrainState
 
 # The un-jitted epoch of the trainer (jax.jit keeps it as __wrapped__).
 _epoch_core = training.train_epoch.__wrapped__
-
-
-@jax.custom_batching.custom_vmap
-def _csr_dense(matrix: sparse.BCSR, h: jax.Array) -> jax.Array:
-  return matrix @ h
-
-
-@_csr_dense.def_vmap
-def _csr_dense_vmap(axis_size, in_batched, matrix, h):
-  matrix_batched, h_batched = in_batched
-  if any(jax.tree.leaves(matrix_batched)) or not h_batched:
-    axes = jax.tree.map(lambda b: 0 if b else None, matrix_batched)
-    return jax.vmap(lambda m, x: m @ x,
-                    in_axes=(axes, 0 if h_batched else None))(matrix, h), True
-  # h: [B, n, ...] -> [n, B * ...]: one product, every column independent.
-  x = jnp.moveaxis(h, 0, 1)
-  y = _csr_dense(matrix, x.reshape(x.shape[0], -1))
-  return jnp.moveaxis(y.reshape((y.shape[0],) + x.shape[1:]), 1, 0), True
-
-
-@jax.tree_util.register_pytree_node_class
-class _FoldingCSR:
-  """A CSR matrix whose product with a vmapped dense operand folds the
-  mapped axis into the operand's columns (see the module docstring)."""
-
-  def __init__(self, matrix: sparse.BCSR):
-    self.matrix = matrix
-
-  @property
-  def shape(self):
-    return self.matrix.shape
-
-  def __matmul__(self, h: jax.Array) -> jax.Array:
-    return _csr_dense(self.matrix, h)
-
-  def tree_flatten(self):
-    return (self.matrix,), None
-
-  @classmethod
-  def tree_unflatten(cls, aux, children):
-    del aux
-    return cls(*children)
-
-
-def vmap_friendly(inputs: Any) -> Any:
-  """`inputs` with every CSR aggregation operator wrapped by `_FoldingCSR`.
-
-  The same numbers, computed by the same kernel; only the product's
-  batching under `jax.vmap` changes. Other layouts batch well as they are.
-  """
-  def wrap(node):
-    if (isinstance(node, Adjacency) and isinstance(node.matrix, sparse.BCSR)
-        and isinstance(node.matrix_t, sparse.BCSR)):
-      return node.replace(matrix=_FoldingCSR(node.matrix),
-                          matrix_t=_FoldingCSR(node.matrix_t))
-    return node
-  return jax.tree.map(wrap, inputs,
-                      is_leaf=lambda node: isinstance(node, Adjacency))
 
 
 def stack(trees: Sequence[Any]) -> Any:
@@ -158,7 +97,6 @@ def _vmapped_epoch(states: TrainState, inputs, align: AlignmentInputs, batches,
                    *, model: EmbeddingModel, task: Task, objective: Objective,
                    lr: float, batch_axes: tuple) -> tuple[TrainState, jax.Array]:
   in_axes = jax.tree.structure(batches).unflatten(batch_axes)
-  inputs = vmap_friendly(inputs)
   core = functools.partial(_epoch_core, model=model, task=task,
                            objective=objective, lr=lr)
   return jax.vmap(core, in_axes=(0, None, None, in_axes))(
@@ -184,8 +122,7 @@ def vmapped_epoch(states: TrainState, inputs, align: AlignmentInputs, batches,
 
   Args:
     states: the seeds' train states stacked on a leading `[N]` axis (donated).
-    inputs, align: shared by every seed (CSR operators are wrapped by
-      `vmap_friendly` here).
+    inputs, align: shared by every seed.
     batches: from `stack_batches`: leaves with axis 0 are `[N, num_batches,
       ...]`, the others (shared) `[num_batches, ...]`.
     model, task, objective, lr: static, as in `train_epoch`.
