@@ -466,13 +466,9 @@ def _peak_rss_gb() -> float:
   is not used where VmHWM exists because Linux carries it across exec, so a
   child started by a big parent would report the parent's peak.
   """
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith("VmHWM:"):
-          return int(line.split()[1]) * 1024 / 1e9
-  except OSError:
-    pass
+  peak = _proc_gb("/proc/self/status", "VmHWM")
+  if peak is not None:
+    return peak
   # ru_maxrss: KiB on Linux, bytes on macOS.
   scale = 1 if sys.platform == "darwin" else 1024
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e9
@@ -603,16 +599,21 @@ def scaling_point(num_interactions: int, dim: int = 256, layers: int = 2,
           "layout": inputs.adjacency.layout}
 
 
-def _available_gb() -> float | None:
-  """MemAvailable of /proc/meminfo, or None where there is none."""
+def _proc_gb(path: str, field: str) -> float | None:
+  """A `field: N kB` line of a Linux /proc file in GB, or None without it."""
   try:
-    with open("/proc/meminfo") as f:
+    with open(path) as f:
       for line in f:
-        if line.startswith("MemAvailable:"):
+        if line.startswith(field + ":"):
           return int(line.split()[1]) * 1024 / 1e9
   except OSError:
     pass
   return None
+
+
+def _available_gb() -> float | None:
+  """MemAvailable of /proc/meminfo, or None where there is none."""
+  return _proc_gb("/proc/meminfo", "MemAvailable")
 
 
 def scaling(sizes: Sequence[int], *, timeout_s: float = 3600,
