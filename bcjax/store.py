@@ -513,7 +513,7 @@ class EmbeddingStore:
     if z.ndim not in (1, 2) or z.shape[-1] != self.dims[k]:
       raise StoreError(f"embeddings have shape {z.shape}, expected "
                        f"[n, {self.dims[k]}] for version {k}")
-    return z if j == k else z @ self._chain(k, j)
+    return z if j == k else transforms.blocked_product(z, self._chain(k, j))
 
   def embeddings(self, version: int | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -550,7 +550,8 @@ class EmbeddingStore:
     Raises:
       StoreError: for an unknown id or version.
     """
-    j = self.latest_version if version is None else version
+    j = self._check_version(self.latest_version if version is None
+                            else version)
     latest = self._manifest["latest"]
     picked = []
     for kind, ids, known in (("user", user_ids, self.user_ids),
@@ -561,8 +562,11 @@ class EmbeddingStore:
       missing = ids[known[order[pos]] != ids]
       if missing.size:
         raise StoreError(f"unknown {kind} id {str(missing[0])!r}")
-      picked.append(self.transform(self._read(latest[f"{kind}s"])[order[pos]],
-                                   self.latest_version, j))
+      table, rows = self._read(latest[f"{kind}s"]), order[pos]
+      # The rows exactly as `embeddings(j)` computes them (one product path).
+      picked.append(table[rows] if j == self.latest_version else
+                    transforms.blocked_product(
+                        table, self._chain(self.latest_version, j), rows))
     return picked[0], picked[1]
 
   def save_npz(self, out: str | os.PathLike[str],

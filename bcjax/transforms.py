@@ -184,6 +184,48 @@ def compose(matrices: Sequence[Any]) -> Any:
   return product
 
 
+# Rows per block of `blocked_product`: enough for BLAS to run at full speed on
+# a bulk read, few enough that reading one row costs little.
+PRODUCT_BLOCK_ROWS = 1024
+
+
+def blocked_product(table: np.ndarray, matrix: np.ndarray,
+                    rows: np.ndarray | None = None) -> np.ndarray:
+  """`(table @ matrix)[rows]`, every row computed the same way whatever is asked.
+
+  BLAS rounds a product differently for different shapes (kernel choice,
+  row tiles, threading), so `table[rows] @ matrix` need not equal
+  `(table @ matrix)[rows]` bit for bit. Here the product is always taken over
+  the same fixed blocks of `PRODUCT_BLOCK_ROWS` consecutive table rows (the
+  last block shorter): asking for a few rows computes just the blocks that
+  hold them, with the same shapes as the bulk product, so a row read alone is
+  exactly that row of the bulk read on any machine.
+
+  Args:
+    table: `[n, d_in]` rows (a numpy array or memory map).
+    matrix: `[d_in, d_out]`.
+    rows: `[r]` integer row indices into `table` (any order, repeats
+      allowed); None for every row.
+
+  Returns:
+    `[r, d_out]` (or `[n, d_out]`), in the result dtype of `table @ matrix`.
+  """
+  n, block = table.shape[0], PRODUCT_BLOCK_ROWS
+  if rows is None:
+    if n == 0:
+      return table @ matrix
+    return np.concatenate([table[start:start + block] @ matrix
+                           for start in range(0, n, block)])
+  rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+  blocks, position = np.unique(rows // block, return_inverse=True)
+  out = np.empty((rows.size, matrix.shape[1]),
+                 np.result_type(table.dtype, matrix.dtype))
+  for b, start in enumerate(blocks * block):
+    picked = position == b
+    out[picked] = (table[start:start + block] @ matrix)[rows[picked] - start]
+  return out
+
+
 def chain_matrix(transforms: Sequence[Any], from_version: int,
                  to_version: int) -> Any:
   """M_{from->to}, the matrix mapping version `from` into version `to`.

@@ -12,6 +12,7 @@ import pytest
 from bcjax import store as store_lib
 from bcjax import transforms
 from bcjax.store import EmbeddingStore, StoreError
+import float32_bounds
 
 REPO = Path(__file__).resolve().parents[1]
 DIMS = (4, 6, 7, 9)  # d_0..d_3
@@ -68,8 +69,9 @@ def test_round_trip_matches_explicit_products(tmp_path):
     users, items = store.embeddings(version=j)
     m = _explicit_chain(arrays, 3, j)
     assert users.shape == (9, DIMS[j]) and items.shape == (6, DIMS[j])
-    np.testing.assert_allclose(users, latest_users @ m, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(items, latest_items @ m, rtol=1e-5, atol=1e-5)
+    # float32 products against the float64 chain: a d_3-term sum's rounding.
+    float32_bounds.assert_matches_product(users, latest_users, m)
+    float32_bounds.assert_matches_product(items, latest_items, m)
   users, items = store.embeddings()
   np.testing.assert_array_equal(users, latest_users)
   assert not users.flags.writeable and not items.flags.writeable
@@ -159,8 +161,53 @@ def test_lookup_by_raw_id(tmp_path):
   store, _ = _build(tmp_path / "s")
   users, items = store.embeddings(1)
   got_users, got_items = store.lookup(["u8", "u0"], ["i3"], version=1)
-  np.testing.assert_allclose(got_users, users[[8, 0]], rtol=1e-6)
-  np.testing.assert_allclose(got_items, items[[3]], rtol=1e-6)
+  np.testing.assert_array_equal(got_users, users[[8, 0]])
+  np.testing.assert_array_equal(got_items, items[[3]])
+
+
+def test_lookup_is_bitwise_the_bulk_row(tmp_path, monkeypatch):
+  """One product path: a row read by id is exactly that row of the bulk read.
+
+  Small blocks make the odd row counts straddle several block boundaries
+  (a full-size block is tested the same way by the lookup test above).
+  """
+  monkeypatch.setattr(transforms, "PRODUCT_BLOCK_ROWS", 4)
+  rng = np.random.default_rng(1)
+  dims, rows = (5, 7, 11, 13), ((9, 7), (13, 11), (17, 11), (23, 15))
+  ids = [np.array([f"{kind}{i}" for i in range(rows[-1][t])])
+         for t, kind in enumerate("ui")]
+  for k, (d, counts) in enumerate(zip(dims, rows)):
+    tables = [rng.normal(size=(n, d)).astype(np.float32) for n in counts]
+    names = [kind_ids[:n] for kind_ids, n in zip(ids, counts)]
+    if k == 0:
+      store = EmbeddingStore.create(tmp_path / "s", *tables, *names,
+                                    "synthetic", "bc")
+    else:
+      w = rng.normal(size=(d, dims[k - 1])).astype(np.float32)
+      store.append_version(*tables, w, *names)
+  for j in store.versions:
+    bulk = store.embeddings(j)
+    for t, n in enumerate(rows[-1]):
+      # Every row alone, then all rows in a shuffled order with repeats.
+      picks = [[i] for i in range(n)] + [rng.integers(0, n, size=2 * n)]
+      for pick in picks:
+        asked = {("user_ids", "item_ids")[t]: list(ids[t][pick])}
+        got = store.lookup(**asked, version=j)[t]
+        np.testing.assert_array_equal(got, bulk[t][pick])
+
+
+def test_blocked_product_rows_equal_the_bulk_product():
+  rng = np.random.default_rng(2)
+  for n in (0, 1, 1023, 1025, 2 * 1024 + 37):
+    table = rng.normal(size=(n, 33)).astype(np.float32)
+    matrix = rng.normal(size=(33, 17)).astype(np.float32)
+    bulk = transforms.blocked_product(table, matrix)
+    assert bulk.shape == (n, 17) and bulk.dtype == np.float32
+    if n:
+      float32_bounds.assert_matches_product(bulk, table, matrix)
+      rows = rng.integers(0, n, size=50)
+      np.testing.assert_array_equal(
+          transforms.blocked_product(table, matrix, rows), bulk[rows])
 
 
 BAD_REQUESTS = {
