@@ -1,6 +1,6 @@
 """Beyond the paper: the compatibility matrix of a strategy, per task.
 
-SPEC 7 trains consumers once, at version 0. Here, for a strategy s and every
+Method §7 trains consumers once, at version 0. Here, for a strategy s and every
 version j, a task's consumers are trained on s's own version-j embeddings
 E_j(M_j) (`s/v<j>/users.npy`, `items.npy`, d_j dims) with version-j targets
 (`consumers.task_data(..., train_version=j)`): trained on version j,
@@ -17,7 +17,7 @@ NaN (JSON null) where k < j + `task.first_version`, for a row whose training
 or early-stopping labels have a single class, and for a single-class
 version. A task's summary is the mean of its defined entries (the average
 compatibility of the retrieval literature); a strategy's is the mean over
-tasks. Row 0 is SPEC 7's consumers, trained on s's (shared) version 0.
+tasks. Row 0 is method §7's consumers, trained on s's (shared) version 0.
 
 Consumers: one grid point per task, the (h, dropout) the main consumers chose
 on validation (`consumers/<task>.json`) when present, else the first entry of
@@ -26,11 +26,9 @@ batch size and learning rate. Consumers of (task, j) start from the same key
 for every strategy (common random numbers): `fold_in(fold_in(key(seed),
 crc32(task)), j)`.
 
-Run directory (next to the strategies and `consumers/`):
-
-  compatibility/<strategy>/<task>.json   settings, per-seed AUCs
-      `auc[j][k]` (a list, or null), `matrix[j][k]` (their mean, or null);
-      written atomically, reused when its settings match.
+In the run directory (`bcjax.rundir`), `compatibility/<strategy>/<task>.json`
+holds the settings and per-seed AUCs `auc[j][k]` (a list, or null) and
+`matrix[j][k]` (their mean, or null); it is reused when its settings match.
 """
 
 from __future__ import annotations
@@ -41,7 +39,6 @@ import os
 import sys
 import time
 import zlib
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -50,6 +47,7 @@ import numpy as np
 from bcjax import consumers, io, transforms
 from bcjax.data.splits import VersionSplit
 from bcjax.data.targets import VersionTargets, version_targets
+from bcjax.rundir import RunDir, read_json
 from bcjax.strategies import STRATEGIES, get as get_strategy
 
 
@@ -106,7 +104,7 @@ class StrategyTables:
     self.tables, self.transforms = list(tables), list(backward)
 
   @classmethod
-  def load(cls, workdir: str | os.PathLike, strategy: str,
+  def load(cls, workdir: RunDir | str | os.PathLike, strategy: str,
            num_versions: int) -> "StrategyTables":
     """Reads a strategy's saved versions from the run directory.
 
@@ -119,12 +117,9 @@ class StrategyTables:
     Returns:
       The `StrategyTables`.
     """
-    root = Path(workdir) / strategy
-    return cls([tuple(io.load_npy(root / f"v{k}" / f"{kind}.npy")
-                      for kind in ("users", "items"))
-                for k in range(num_versions)],
-               [io.load_npy(root / f"v{k}" / "transform.npy")
-                for k in range(1, num_versions)])
+    run_dir = RunDir.of(workdir)
+    return cls([run_dir.tables(strategy, k) for k in range(num_versions)],
+               run_dir.chain(strategy, num_versions - 1))
 
   def mapped(self, k: int, j: int) -> tuple[np.ndarray, np.ndarray]:
     """Version k's (users, items) in version j's space: `x @ M_{k->j}`.
@@ -251,12 +246,7 @@ def _json_matrix(matrix: np.ndarray) -> list[list]:
   return [[float(v) if np.isfinite(v) else None for v in row] for row in matrix]
 
 
-def compat_dir(workdir: str | os.PathLike) -> Path:
-  """The matrices' directory of a run: `<workdir>/compatibility`."""
-  return Path(workdir) / "compatibility"
-
-
-def chosen_hyper(workdir: str | os.PathLike, task: str,
+def chosen_hyper(workdir: RunDir | str | os.PathLike, task: str,
                  consumer_config: consumers.ConsumerConfig) -> tuple[int, float]:
   """The consumer grid point of a task's compatibility matrices.
 
@@ -269,14 +259,14 @@ def chosen_hyper(workdir: str | os.PathLike, task: str,
     (h, dropout): the main consumers' choice for `task`, else the first
     grid entry.
   """
-  path = consumers.consumer_dir(workdir) / f"{task}.json"
+  path = RunDir.of(workdir).consumer_stem(task).with_suffix(".json")
   if path.exists():
-    meta = json.loads(path.read_text())
+    meta = read_json(path)
     return int(meta["hidden"]), float(meta["dropout"])
   return consumer_config.hidden[0], consumer_config.dropout[0]
 
 
-def run_compatibility(workdir: str | os.PathLike,
+def run_compatibility(workdir: RunDir | str | os.PathLike,
                       splits: Sequence[VersionSplit], strategies: Sequence[str],
                       config: CompatConfig,
                       consumer_config: consumers.ConsumerConfig, seed: int = 0,
@@ -301,27 +291,27 @@ def run_compatibility(workdir: str | os.PathLike,
   log = log or (lambda line: print(line, file=sys.stderr, flush=True))
   tasks = list(tasks or consumers.TASKS)
   targets = [version_targets(s) for s in splits]
+  run_dir = RunDir.of(workdir)
   results: dict[str, dict[str, dict]] = {}
   for strategy in strategies:
-    out_dir = compat_dir(workdir) / strategy
-    out_dir.mkdir(parents=True, exist_ok=True)
     tables, results[strategy] = None, {}
     for name in tasks:
-      path = out_dir / f"{name}.json"
-      hidden, dropout = chosen_hyper(workdir, name, consumer_config)
+      path = run_dir.compatibility_path(strategy, name)
+      path.parent.mkdir(parents=True, exist_ok=True)
+      hidden, dropout = chosen_hyper(run_dir, name, consumer_config)
       head_config = dataclasses.replace(
           consumer_config, epochs=config.epochs, hidden=(hidden,),
           dropout=(dropout,), seeds=config.seeds)
       settings = {**json.loads(json.dumps(dataclasses.asdict(head_config))),
                   "seed": seed, "num_versions": len(splits)}
       if path.exists():
-        saved = json.loads(path.read_text())
+        saved = read_json(path)
         if saved.get("config") == settings:
           results[strategy][name] = saved
           continue
         log(f"[compat {strategy} {name}] saved matrix has other settings; "
             "recomputing")
-      tables = tables or StrategyTables.load(workdir, strategy, len(splits))
+      tables = tables or StrategyTables.load(run_dir, strategy, len(splits))
       start = time.perf_counter()
       auc = task_matrix(name, splits, targets, tables, head_config, seed,
                         log=log)
@@ -337,7 +327,7 @@ def run_compatibility(workdir: str | os.PathLike,
   return results
 
 
-def load_results(workdir: str | os.PathLike,
+def load_results(workdir: RunDir | str | os.PathLike,
                  strategies: Sequence[str] | None = None
                  ) -> dict[str, dict[str, dict]]:
   """Reads the saved matrices of a run.
@@ -351,7 +341,7 @@ def load_results(workdir: str | os.PathLike,
     then any others, tasks in `consumers.TASKS` order, then any others.
     Empty when nothing is saved.
   """
-  root = compat_dir(workdir)
+  root = RunDir.of(workdir).compatibility_dir
   if not root.is_dir():
     return {}
   found = sorted(p.name for p in root.iterdir() if p.is_dir())
@@ -361,7 +351,7 @@ def load_results(workdir: str | os.PathLike,
   for s in order:
     if strategies is not None and s not in strategies:
       continue
-    records = {p.stem: json.loads(p.read_text())
+    records = {p.stem: read_json(p)
                for p in (root / s).glob("*.json")}
     ordered = [t for t in consumers.TASKS if t in records] + sorted(
         t for t in records if t not in consumers.TASKS)

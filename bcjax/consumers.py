@@ -1,4 +1,4 @@
-"""Unintended tasks (SPEC 7): targets, consumer training, cross-version scoring.
+"""Unintended tasks (method §7): targets, consumer training, cross-version scoring.
 
 A task is data: for the training set, the early-stopping set and every scored
 version k, rows into the BC embedding tables (a user, an item, or a (user,
@@ -10,11 +10,10 @@ is looped over. The grid point with the best mean validation ROC-AUC is kept,
 with each seed's best-epoch head. Scoring then runs every (strategy, version,
 seed) of a task in one jitted call over padded, masked inputs.
 
-Run directory (next to the strategies, see `bcjax.experiment`):
-
-  consumers/<task>.msgpack   the chosen heads, leaves stacked over seeds
-  consumers/<task>.json      h, dropout, validation AUCs; written last
-  consumers/auc.json         ROC-AUC of every task, strategy, version, seed
+In the run directory (`bcjax.rundir`): `consumers/<task>.msgpack` holds the
+chosen heads, leaves stacked over seeds; `consumers/<task>.json` (written
+last) h, dropout and validation AUCs; `consumers/auc.json` the ROC-AUC of
+every task, strategy, version and seed.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ import numpy as np
 import optax
 
 from bcjax import io, metrics
+from bcjax.rundir import RunDir, read_json
 from bcjax.data.splits import VersionSplit
 from bcjax.data.targets import VersionTargets, version_targets
 from bcjax.models.consumer import ConsumerMLP
@@ -50,7 +50,7 @@ class Task:
   """One unintended task.
 
   Attributes:
-    name: the SPEC 7 name.
+    name: the method §7 name.
     inputs: the embedding tables whose rows are concatenated, in order.
     val_version: the version whose labels (and fix-m0 embeddings) early-stop.
     first_version: the first scored version.
@@ -92,7 +92,7 @@ class TaskData:
 
 def _examples(name: str, split: VersionSplit, targets: VersionTargets,
               side: str, avg_threshold: float) -> Examples:
-  """A task's examples on one split; side "train" or "eval" (SPEC 7 table)."""
+  """A task's examples on one split; side "train" or "eval" (method §7 table)."""
   if name == "binary-edge-rating":
     user, item, label = ((split.train_user, split.train_item,
                           targets.train_edge_positive) if side == "train" else
@@ -122,7 +122,7 @@ def task_data(name: str, splits: Sequence[VersionSplit],
               train_version: int = 0) -> TaskData:
   """Builds one task's examples from a run's splits.
 
-  With `train_version` j (SPEC 7 is j = 0), the consumers train on version
+  With `train_version` j (method §7 is j = 0), the consumers train on version
   j's examples, early-stop on version j + `task.val_version` (clipped to the
   last version) and are scored at every version k >= j + `task.first_version`;
   the rating-average threshold is the median of version j's training means.
@@ -171,7 +171,7 @@ def single_class(examples: Examples) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class ConsumerConfig:
-  """The consumer schedule and hyper-parameter grid (SPEC 7)."""
+  """The consumer schedule and hyper-parameter grid (method §7)."""
   epochs: int = 300
   hidden: tuple[int, ...] = (128, 256, 512, 1024)
   dropout: tuple[float, ...] = (0.0, 0.25, 0.5)
@@ -407,7 +407,7 @@ def save_heads(path_stem: Path, heads: Heads, extra: dict) -> None:
 
 
 def load_heads(path_stem: Path) -> Heads:
-  meta = json.loads(path_stem.with_suffix(".json").read_text())
+  meta = read_json(path_stem.with_suffix(".json"))
   template = jax.eval_shape(lambda: _init(
       meta["hidden"], meta["d_in"],
       jax.random.split(jax.random.key(0), meta["seeds"])))
@@ -575,20 +575,16 @@ def evaluate_reference(heads: Heads, data: TaskData,
 # The run directory.
 
 
-def load_embeddings(workdir: str | os.PathLike, strategies: Sequence[str],
-                    versions: Sequence[int]) -> dict[str, dict[int, tuple]]:
-  """strategy -> version -> (bc_users, bc_items) of a run (SPEC 6)."""
-  root = Path(workdir)
-  return {s: {k: tuple(io.load_npy(root / s / f"v{k}" / f"bc_{kind}.npy")
-                       for kind in ("users", "items"))
-              for k in versions} for s in strategies}
+def load_embeddings(workdir: RunDir | str | os.PathLike,
+                    strategies: Sequence[str], versions: Sequence[int]
+                    ) -> dict[str, dict[int, tuple]]:
+  """strategy -> version -> (bc_users, bc_items) of a run (method §6)."""
+  run_dir = RunDir.of(workdir)
+  return {s: {k: run_dir.bc_tables(s, k) for k in versions}
+          for s in strategies}
 
 
-def consumer_dir(workdir: str | os.PathLike) -> Path:
-  return Path(workdir) / "consumers"
-
-
-def train_consumers(workdir: str | os.PathLike, data: Mapping[str, TaskData],
+def train_consumers(workdir: RunDir | str | os.PathLike, data: Mapping[str, TaskData],
                     config: ConsumerConfig, seed: int = 0,
                     log: Callable[[str], None] | None = None
                     ) -> dict[str, Heads]:
@@ -600,18 +596,18 @@ def train_consumers(workdir: str | os.PathLike, data: Mapping[str, TaskData],
   from the result), with a log line.
   """
   log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-  out_dir = consumer_dir(workdir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  run_dir = RunDir.of(workdir)
+  run_dir.consumers_dir.mkdir(parents=True, exist_ok=True)
   versions = sorted({0} | {d.task.val_version for d in data.values()})
-  embeddings = load_embeddings(workdir, [REFERENCE], versions)[REFERENCE]
+  embeddings = load_embeddings(run_dir, [REFERENCE], versions)[REFERENCE]
   heads = {}
   settings = json.loads(json.dumps(dataclasses.asdict(config)))
   for name, d in data.items():
-    stem = out_dir / name
+    stem = run_dir.consumer_stem(name)
     d_in = sum(embeddings[0][0 if kind == "user" else 1].shape[1]
                for kind in d.task.inputs)
     if stem.with_suffix(".json").exists():
-      meta = json.loads(stem.with_suffix(".json").read_text())
+      meta = read_json(stem.with_suffix(".json"))
       if meta.get("config") == settings and meta.get("d_in") == d_in:
         heads[name] = load_heads(stem)
         continue
@@ -639,7 +635,7 @@ def train_consumers(workdir: str | os.PathLike, data: Mapping[str, TaskData],
   return heads
 
 
-def evaluate_consumers(workdir: str | os.PathLike, data: Mapping[str, TaskData],
+def evaluate_consumers(workdir: RunDir | str | os.PathLike, data: Mapping[str, TaskData],
                        heads: Mapping[str, Heads], strategies: Sequence[str],
                        num_versions: int) -> dict[str, dict[str, list]]:
   """Scores every trained task on every strategy; writes `consumers/auc.json`.
@@ -648,7 +644,8 @@ def evaluate_consumers(workdir: str | os.PathLike, data: Mapping[str, TaskData],
     task -> strategy -> per version (all `num_versions`): the per-seed AUCs,
     or None where the version is not scored.
   """
-  embeddings = load_embeddings(workdir, strategies, range(num_versions))
+  run_dir = RunDir.of(workdir)
+  embeddings = load_embeddings(run_dir, strategies, range(num_versions))
   result = {}
   for name, h in heads.items():
     inputs = prepare_evaluation(data[name], embeddings, strategies)
@@ -656,7 +653,7 @@ def evaluate_consumers(workdir: str | os.PathLike, data: Mapping[str, TaskData],
     result[name] = {s: [_finite_or_none(auc[s][inputs.versions.index(k)])
                         if k in inputs.versions else None
                         for k in range(num_versions)] for s in strategies}
-  io.save_json(consumer_dir(workdir) / "auc.json", result)
+  io.save_json(run_dir.auc_path, result)
   return result
 
 

@@ -1,19 +1,6 @@
-"""One run: every version of every strategy, and the run directory it leaves.
+"""One run: every version of every strategy, into a run directory.
 
-Run layout (`workdir`):
-
-  config.json, user_ids.npy, item_ids.npy     the run's configuration, raw ids
-  <strategy>/v<k>/variables.msgpack           M_k (params and batch statistics)
-                  users.npy, items.npy        E_k(M_k), running statistics,
-                                              [U1, d_k] and [I1, d_k]
-                  transform.npy               W_k [d_k, d_{k-1}] (k >= 1)
-                  bc_users.npy, bc_items.npy  the BC embedding of SPEC 6, in
-                                              version 0's space
-                  metrics.json                written last: marks v<k> complete
-                  checkpoint.msgpack          training in progress (removed
-                                              when the version completes)
-
-Version 0 is shared: every strategy's v0 is nobc's (same key, same training).
+The directory's layout is `bcjax.rundir`'s. Version 0 is shared: every strategy's v0 is nobc's (same key, same training).
 The embedding model is a family of `bcjax.models.families` (`config.model`,
 PinSAGE by default); every strategy trains through `bcjax.training.fit`.
 """
@@ -21,7 +8,6 @@ PinSAGE by default); every strategy trains through `bcjax.training.fit`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from pathlib import Path
@@ -31,18 +17,18 @@ import flax.serialization
 import jax
 import numpy as np
 
-from bcjax import io, metrics, sharding, transforms
+from bcjax import metrics, sharding, transforms
 from bcjax.data import (DynamicGraph, TripleSampler, VersionSplit, make_splits,
                         numpy_rng)
 from bcjax.data.neighbours import NeighbourSampler, sampled_bpr_chunks
 from bcjax.models import families
 from bcjax.models.interface import EmbeddingModel
+from bcjax.rundir import CHECKPOINT, VARIABLES, RunDir
 from bcjax.strategies import Strategy, get as get_strategy
 from bcjax.tasks import BPRTask, epoch_batches
 from bcjax.training import Checkpointing, Objective, embed, fit
 
 NOBC = "nobc"
-CHECKPOINT = "checkpoint.msgpack"
 _PAD = 64
 
 
@@ -84,14 +70,15 @@ class Experiment:
   Raises:
     ValueError: `dims` or `layers` do not have one entry per version, an
       unknown model family, more devices than there are, or a `workdir`
-      trained with other training settings (`TRAINING_FIELDS`).
+      trained with other training settings (`rundir.TRAINING_FIELDS`).
     DataError: bad `config.times`, or a version without validation
       interactions.
   """
 
   def __init__(self, graph: DynamicGraph, config, workdir: str | os.PathLike):
     self.graph, self.config = graph, config
-    self.workdir = Path(workdir)
+    self.run_dir = RunDir(workdir)
+    self.workdir = self.run_dir.root
     # Every version needs validation interactions: fail before any work.
     self.splits = make_splits(graph, config.times, require_validation=True)
     if len(config.dims) != len(self.splits) or len(config.layers) != len(self.splits):
@@ -114,12 +101,8 @@ class Experiment:
     self.mesh = sharding.make_mesh(devices) if devices != 1 else None
     self._data: dict[int, VersionData] = {}
     self._neighbours: dict[int, NeighbourSampler] = {}
-    self.workdir.mkdir(parents=True, exist_ok=True)
-    record = {**config.to_dict(), "dataset": graph.name}
-    _check_resumable(self.workdir / "config.json", record)
-    io.save_npy(self.workdir / "user_ids.npy", graph.user_ids)
-    io.save_npy(self.workdir / "item_ids.npy", graph.item_ids)
-    io.save_json(self.workdir / "config.json", record)
+    self.run_dir.write_config({**config.to_dict(), "dataset": graph.name})
+    self.run_dir.save_ids(graph.user_ids, graph.item_ids)
 
   @property
   def num_versions(self) -> int:
@@ -275,14 +258,6 @@ class Experiment:
 
   # Run directory.
 
-  def version_dir(self, strategy: str, k: int) -> Path:
-    """The directory of a (strategy, version): `<workdir>/<strategy>/v<k>`."""
-    return self.workdir / strategy / f"v{k}"
-
-  def complete(self, strategy: str, k: int) -> bool:
-    """Whether version k of `strategy` is saved (its metrics.json exists)."""
-    return (self.version_dir(strategy, k) / "metrics.json").exists()
-
   def load(self, strategy: str, k: int) -> Artifacts:
     """Reads a completed version's artifacts, checked against its model.
 
@@ -298,19 +273,14 @@ class Experiment:
       ValueError: variables that do not fit the model, or a metrics.json
         that is not valid JSON (each naming the file).
     """
-    path = self.version_dir(strategy, k)
     model = self.model(k, strategy)
     inputs = self.data(k).inputs  # Built outside the trace below.
     template = jax.eval_shape(lambda: model.init(jax.random.key(0), inputs))
-    variables = _load_variables(path / "variables.msgpack", template)
-    transform = (io.load_npy(path / "transform.npy") if k else None)
-    try:
-      record = json.loads((path / "metrics.json").read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-      raise ValueError(f"{path / 'metrics.json'}: not valid JSON ({error})"
-                       ) from None
-    return Artifacts(variables, transform, io.load_npy(path / "users.npy"),
-                     io.load_npy(path / "items.npy"), record)
+    variables = _load_variables(self.run_dir.path(strategy, k, VARIABLES),
+                                template)
+    transform = self.run_dir.transform(strategy, k) if k else None
+    return Artifacts(variables, transform, *self.run_dir.tables(strategy, k),
+                     self.run_dir.metrics(strategy, k))
 
   def chain(self, strategy: str, k: int, latest: np.ndarray | None = None
             ) -> list[np.ndarray]:
@@ -325,9 +295,9 @@ class Experiment:
       `[W_1, ..., W_k]`, W_j `[d_j, d_{j-1}]`.
     """
     # Only the matrices: loading whole artifacts would read every model.
-    ws = [io.load_npy(self.version_dir(strategy, j) / "transform.npy")
-          for j in range(1, k if latest is not None else k + 1)]
-    return ws + ([latest] if latest is not None else [])
+    if latest is None:
+      return self.run_dir.chain(strategy, k)
+    return self.run_dir.chain(strategy, k - 1) + [latest]
 
   def save(self, strategy: str, k: int, variables, z: jax.Array,
            transform: np.ndarray | None, record: dict) -> None:
@@ -344,25 +314,20 @@ class Experiment:
       transform: W_k `[d_k, d_{k-1}]` (k >= 1; ignored for k = 0).
       record: metrics and history, saved in metrics.json.
     """
-    path = self.version_dir(strategy, k)
-    path.mkdir(parents=True, exist_ok=True)
     users, items = self.real_rows(z, k)
-    io.save_bytes(path / "variables.msgpack",
-                  flax.serialization.to_bytes(jax.device_get(variables)))
-    io.save_npy(path / "users.npy", users)
-    io.save_npy(path / "items.npy", items)
+    arrays = {"users": users, "items": items}
     to_v0 = np.eye(users.shape[1], dtype=np.float32)
     if k:
-      io.save_npy(path / "transform.npy", transform)
+      arrays["transform"] = transform
       to_v0 = transforms.chain_matrix(self.chain(strategy, k, latest=transform),
                                       k, 0)
-    io.save_npy(path / "bc_users.npy", users @ to_v0)
-    io.save_npy(path / "bc_items.npy", items @ to_v0)
+    arrays.update(bc_users=users @ to_v0, bc_items=items @ to_v0)
     size = self._size_version(k, strategy)
-    io.save_json(path / "metrics.json", {
-        "strategy": strategy, "version": k, "dim": self.config.dims[size],
-        "layers": self.config.layers[size], **record})
-    (path / CHECKPOINT).unlink(missing_ok=True)
+    self.run_dir.save_version(
+        strategy, k, flax.serialization.to_bytes(jax.device_get(variables)),
+        arrays, {"strategy": strategy, "version": k,
+                 "dim": self.config.dims[size],
+                 "layers": self.config.layers[size], **record})
 
   def checkpointing(self, strategy: str, k: int) -> Checkpointing | None:
     """Where version k of `strategy` checkpoints its training.
@@ -378,7 +343,7 @@ class Experiment:
     every = int(self.config.get("checkpoint_every", 0))
     if every < 1:
       return None
-    return Checkpointing(self.version_dir(strategy, k) / CHECKPOINT, every)
+    return Checkpointing(self.run_dir.path(strategy, k, CHECKPOINT), every)
 
   # Training.
 
@@ -410,24 +375,24 @@ class Experiment:
     """
     versions = range(self.num_versions) if versions is None else versions
     for k in versions:
-      if not self.complete(strategy, k):
+      if not self.run_dir.complete(strategy, k):
         self._run_version(get_strategy(strategy), k)
 
   def _run_version(self, strategy: Strategy, k: int) -> None:
     for j in range(k):  # Earlier versions are inputs of this one.
-      if not self.complete(strategy.name, j):
+      if not self.run_dir.complete(strategy.name, j):
         self._run_version(strategy, j)
-    if strategy.base and not self.complete(strategy.base, k):
+    if strategy.base and not self.run_dir.complete(strategy.base, k):
       self.run(strategy.base, range(k + 1))
     if k == 0:
       if strategy.name != NOBC:
         self.run(NOBC, [0])
         # Copied whole, then renamed: a crash never leaves a partial v0.
-        target = self.version_dir(strategy.name, 0)
+        target = self.run_dir.version_dir(strategy.name, 0)
         staging = target.with_name(".v0.partial")
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(self.version_dir(NOBC, 0), staging)
+        shutil.copytree(self.run_dir.version_dir(NOBC, 0), staging)
         os.replace(staging, target)
         return
       return self._train_model(strategy.name, k, Objective(), init=None,
@@ -540,30 +505,6 @@ class Experiment:
     return result.transform, {"alignment_mse": result.metrics["mse"],
                               "alignment_epoch": result.epoch,
                               "alignment_history": result.history}
-
-
-# Fields that change trained artifacts; a run directory keeps them for life.
-TRAINING_FIELDS = ("dataset", "model", "times", "dims", "layers", "epochs",
-                   "finetune_epochs", "posthoc_epochs", "eval_every",
-                   "min_select_epoch", "batch_size", "lr", "weight_decay",
-                   "lam", "seed", "layout", "fanout")
-# Values of fields added later, for run directories written before them.
-FIELD_DEFAULTS = {"model": "pinsage", "fanout": 0}
-
-
-def _check_resumable(path: Path, record: dict) -> None:
-  """Refuses to resume a run directory made with other training settings."""
-  if not path.exists():
-    return
-  old = json.loads(path.read_text())
-  for field in TRAINING_FIELDS:
-    before = old.get(field, FIELD_DEFAULTS.get(field))
-    now = record.get(field, FIELD_DEFAULTS.get(field))
-    if isinstance(now, tuple):
-      now = list(now)
-    if before != now:
-      raise ValueError(f"{path.parent} was trained with {field}={before!r}, "
-                       f"not {now!r}; use a new workdir")
 
 
 def _load_variables(path: Path, template) -> Any:

@@ -1,4 +1,4 @@
-"""Intended-task and alignment losses (SPEC 5 and 6).
+"""Intended-task and alignment losses (method §5 and §6).
 
 Every loss works on a fixed-size batch of B rows (users, positives, negatives)
 with an optional `mask [B]` marking the real rows. Padding rows are zeroed
@@ -35,7 +35,7 @@ def _zero_padding(x: jax.Array, keep: jax.Array) -> jax.Array:
 
 def bpr_loss(z_user: jax.Array, z_pos: jax.Array, z_neg: jax.Array,
              mask: jax.Array | None = None, reg: float = 0.01) -> jax.Array:
-  """BPR loss with L2 regularisation of the batch embeddings (SPEC 5).
+  """BPR loss with L2 regularisation of the batch embeddings (method §5).
 
   loss = mean_b softplus(<z_u, z_neg> - <z_u, z_pos>)
        + reg * (||z_u||_F^2 + ||z_pos||_F^2 + ||z_neg||_F^2) / (2 * n),
@@ -61,7 +61,7 @@ def bpr_loss(z_user: jax.Array, z_pos: jax.Array, z_neg: jax.Array,
 
 
 def alignment(diff_rows: Rows, mask: jax.Array | None = None) -> jax.Array:
-  """A(x) of SPEC 6: the summed mean squares of the three row groups.
+  """A(x) of method §6: the summed mean squares of the three row groups.
 
   A(x) = mean(x_u^2) + mean(x_{i+}^2) + mean(x_{i-}^2), each mean over the
   real rows and all dimensions.
@@ -81,7 +81,7 @@ def alignment(diff_rows: Rows, mask: jax.Array | None = None) -> jax.Array:
 
 def single_step_alignment(target_rows: Rows, predicted_rows: Rows,
                           mask: jax.Array | None = None) -> jax.Array:
-  """Single-step alignment loss A(target - predicted) (SPEC 6).
+  """Single-step alignment loss A(target - predicted) (method §6).
 
   Args:
     target_rows: `(users, positives, negatives)`, each `[B, d_{k-1}]`: the
@@ -100,7 +100,7 @@ def single_step_alignment(target_rows: Rows, predicted_rows: Rows,
 def multi_step_alignment(target_rows: Rows, predicted_rows: Rows,
                          earlier: Sequence[jax.Array],
                          mask: jax.Array | None = None) -> jax.Array:
-  """Multi-step alignment loss (SPEC 6): the error in every older space.
+  """Multi-step alignment loss (method §6): the error in every older space.
 
   With D = target - predicted (in version k-1's space) and
   `earlier = [W_{k-1}, W_{k-2}, ..., W_1]`,

@@ -1,4 +1,4 @@
-"""Evaluation metrics: Recall@K (SPEC 5), ROC-AUC (SPEC 7), alignment error.
+"""Evaluation metrics: Recall@K (method §5), ROC-AUC (method §7), alignment error.
 
 Recall@K is split in two so that it compiles once per version: the host
 prepares, once, fixed-shape batches of evaluation users with their excluded
@@ -177,7 +177,7 @@ def batch_hits(users: jax.Array, items: jax.Array, item_mask: jax.Array,
 def recall_at_k(user_emb: jax.Array, item_emb: jax.Array,
                 eval_inputs: RecallInputs,
                 ks: Sequence[int] = RECALL_KS) -> dict[int, float]:
-  """Recall@K averaged over the evaluation users (SPEC 5).
+  """Recall@K averaged over the evaluation users (method §5).
 
   Recall of a user = |top-K ∩ V_u| / |V_u| with V_u its distinct validation
   items; its training items are never ranked. Compiles `batch_hits` once for
@@ -259,7 +259,7 @@ def roc_auc(scores: jax.Array, labels: jax.Array,
 
 def alignment_error(users_a: jax.Array, items_a: jax.Array,
                     users_b: jax.Array, items_b: jax.Array) -> jax.Array:
-  """Mean L2 distance between corresponding embedding rows (SPEC 8).
+  """Mean L2 distance between corresponding embedding rows (method §8).
 
   Users and items are pooled: the mean runs over all U + I rows.
 

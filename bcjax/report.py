@@ -1,9 +1,9 @@
-"""The report of a finished run (SPEC 8): table, JSON, CSV and plots.
+"""The report of a finished run (method §8): table, JSON, CSV and plots.
 
-Reads the run directory (`config.json`, every `<strategy>/v<k>/metrics.json`
-and BC embedding, `consumers/auc.json`, and the compatibility matrices
-`compatibility/<strategy>/<task>.json` where present) and writes
-`report.json`, `report.csv` and PNG plots into it, every file atomically.
+Reads the run directory (`bcjax.rundir`: the config, every version's metrics
+and BC embedding, the consumers' AUCs and the compatibility matrices where
+present) and writes `report.json`, `report.csv` and PNG plots into it, every
+file atomically.
 The arithmetic (`summarize`, `compatibility.summarize`) is a pure function of
 per-version numbers, tested on its own.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io as _stdio
-import json
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -20,6 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from bcjax import compatibility, io, metrics
+from bcjax.rundir import RunDir, read_json
 from bcjax.strategies import BC_ALIGNER, STRATEGIES
 
 NOBC, FIX_M0 = "nobc", "fix-m0"
@@ -79,7 +79,7 @@ def unintended_score(auc: Mapping[str, Mapping[str, Sequence]],
 def summarize(recall50: Mapping[str, Sequence[float]],
               auc: Mapping[str, Mapping[str, Sequence]],
               alignment: Mapping[str, Sequence[float]]) -> dict[str, dict]:
-  """The SPEC 8 numbers of every strategy.
+  """The method §8 numbers of every strategy.
 
   Args:
     recall50: strategy -> Recall@50 per version.
@@ -112,37 +112,34 @@ def summarize(recall50: Mapping[str, Sequence[float]],
 # Reading a run.
 
 
-def completed_strategies(workdir: str | os.PathLike, num_versions: int) -> list[str]:
+def completed_strategies(workdir: RunDir | str | os.PathLike,
+                         num_versions: int) -> list[str]:
   """The strategies (in `STRATEGIES` order) with every version complete."""
-  root = Path(workdir)
-  return [s for s in STRATEGIES
-          if all((root / s / f"v{k}" / "metrics.json").exists()
-                 for k in range(num_versions))]
+  return RunDir.of(workdir).complete_in(STRATEGIES, num_versions)
 
 
-def read_recall50(workdir: str | os.PathLike, strategies: Sequence[str],
+def read_recall50(workdir: RunDir | str | os.PathLike,
+                  strategies: Sequence[str],
                   num_versions: int) -> dict[str, list[float]]:
-  root = Path(workdir)
-  return {s: [json.loads((root / s / f"v{k}" / "metrics.json").read_text())
-              ["best"]["recall@50"] for k in range(num_versions)]
-          for s in strategies}
+  run_dir = RunDir.of(workdir)
+  return {s: [run_dir.metrics(s, k)["best"]["recall@50"]
+              for k in range(num_versions)] for s in strategies}
 
 
-def alignment_errors(workdir: str | os.PathLike, strategies: Sequence[str],
+def alignment_errors(workdir: RunDir | str | os.PathLike,
+                     strategies: Sequence[str],
                      num_versions: int) -> dict[str, list[float]]:
   """strategy -> per version: mean L2 distance of its BC embedding to fix-m0's.
 
   Version 0 is included (where every strategy shares nobc's model, so the
   distance is 0), as in the paper's released analysis.
   """
-  root = Path(workdir)
-  load = lambda s, k, kind: io.load_npy(root / s / f"v{k}" / f"bc_{kind}.npy")
+  run_dir = RunDir.of(workdir)
   out = {}
   for s in strategies:
-    out[s] = [float(metrics.alignment_error(
-        load(s, k, "users"), load(s, k, "items"),
-        load(FIX_M0, k, "users"), load(FIX_M0, k, "items")))
-        for k in range(num_versions)]
+    out[s] = [float(metrics.alignment_error(*run_dir.bc_tables(s, k),
+                                            *run_dir.bc_tables(FIX_M0, k)))
+              for k in range(num_versions)]
   return out
 
 
@@ -312,7 +309,8 @@ def plot_compatibility(summary: Mapping[str, dict], out_dir: str | os.PathLike,
   return paths
 
 
-def read_report(workdir: str | os.PathLike) -> tuple[dict, str, list[Path]]:
+def read_report(workdir: RunDir | str | os.PathLike
+                ) -> tuple[dict, str, list[Path]]:
   """Reads the report a finished run already wrote, without rewriting it.
 
   Returns:
@@ -324,22 +322,23 @@ def read_report(workdir: str | os.PathLike) -> tuple[dict, str, list[Path]]:
     FileNotFoundError: if the run has no report.json (`write_report` makes
       one from a run whose strategies are complete).
   """
-  root = Path(workdir)
-  path = root / "report.json"
+  run_dir = RunDir.of(workdir)
+  path = run_dir.report_path("report.json")
   if not path.exists():
     raise FileNotFoundError(f"{path} does not exist: no finished run there "
                             "(report.write_report(workdir) writes it)")
-  content = json.loads(path.read_text())
+  content = read_json(path)
   table = markdown_table(content["strategies"])
   compat = content.get("compatibility") or {}
   if compat:
     table += "\n\n" + compatibility_table(compat)
   names = list(PLOTS) + [f"compatibility_{s}.png" for s in compat]
-  return content, table, [root / n for n in names if (root / n).exists()]
+  paths = [run_dir.report_path(n) for n in names]
+  return content, table, [p for p in paths if p.exists()]
 
 
 def comparison_table(reports: Mapping[str, Mapping]) -> str:
-  """The SPEC 8 numbers of several runs, strategy by strategy.
+  """The method §8 numbers of several runs, strategy by strategy.
 
   Args:
     reports: run label -> its report.json content (`read_report`).
@@ -370,7 +369,7 @@ def comparison_table(reports: Mapping[str, Mapping]) -> str:
   return "\n".join(lines)
 
 
-def write_report(workdir: str | os.PathLike,
+def write_report(workdir: RunDir | str | os.PathLike,
                  strategies: Sequence[str] | None = None
                  ) -> tuple[dict, str, list[Path]]:
   """Builds and writes the report of a finished run.
@@ -383,28 +382,28 @@ def write_report(workdir: str | os.PathLike,
     (report.json's content, the markdown table (followed by the
     compatibility table when any matrix is saved), the plot paths).
   """
-  root = Path(workdir)
-  config = json.loads((root / "config.json").read_text())
+  run_dir = RunDir.of(workdir)
+  config = run_dir.config()
   num_versions = len(config["times"]) - 1
-  strategies = list(strategies or completed_strategies(root, num_versions))
-  auc_path = root / "consumers" / "auc.json"
-  auc = json.loads(auc_path.read_text()) if auc_path.exists() else {}
+  strategies = list(strategies or completed_strategies(run_dir, num_versions))
+  auc = read_json(run_dir.auc_path) if run_dir.auc_path.exists() else {}
   auc = {t: {s: v for s, v in by.items() if s in strategies}
          for t, by in auc.items()}
-  alignment = (alignment_errors(root, strategies, num_versions)
+  alignment = (alignment_errors(run_dir, strategies, num_versions)
                if FIX_M0 in strategies else {})
-  summary = summarize(read_recall50(root, strategies, num_versions), auc,
+  summary = summarize(read_recall50(run_dir, strategies, num_versions), auc,
                       alignment)
   compat = compatibility.summarize(
-      compatibility.load_results(root, strategies))
+      compatibility.load_results(run_dir, strategies))
   report = {"dataset": config.get("dataset"), "preset": config.get("preset"),
             "seed": config.get("seed"), "strategies": summary,
             "compatibility": compat}
-  io.save_json(root / "report.json", report)
-  io.save_bytes(root / "report.csv", csv_text(summary, num_versions).encode())
+  io.save_json(run_dir.report_path("report.json"), report)
+  io.save_bytes(run_dir.report_path("report.csv"),
+                csv_text(summary, num_versions).encode())
   title = f"{report['dataset']} ({report['preset']})"
-  paths = plot(summary, alignment, root, title) if summary else []
-  paths += plot_compatibility(compat, root, title)
+  paths = plot(summary, alignment, run_dir.root, title) if summary else []
+  paths += plot_compatibility(compat, run_dir.root, title)
   table = markdown_table(summary)
   if compat:
     table += "\n\n" + compatibility_table(compat)

@@ -1,4 +1,4 @@
-"""The versioned embedding store that consumer teams read from (SPEC 1).
+"""The versioned embedding store that consumer teams read from (method §1).
 
 Only the latest version's embeddings are stored, with the chain of backward
 transformations W_1..W_K; a consumer of version j reads `z_K @ M_{K->j}`. A
@@ -45,6 +45,7 @@ import numpy as np
 
 from bcjax import io
 from bcjax import transforms
+from bcjax.rundir import RunDir
 
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 << 20
@@ -647,34 +648,34 @@ class EmbeddingStore:
     return k
 
 
-def _load_run_array(path: Path) -> np.ndarray:
-  """One `.npy` of a run directory, checked by `io.load_npy` (no pickle)."""
+def _run_file(read, path: Path):
+  """`read()` of a run file, its failures as a `StoreError` naming `path`."""
   try:
-    return io.load_npy(path)
+    return read()
   except FileNotFoundError:
     raise StoreError(f"run file {path} is missing") from None
-  except ValueError as e:
+  except (OSError, ValueError) as e:
     raise StoreError(f"run file {path} cannot be read: {e}") from None
 
 
-def _run_version(strategy_dir: Path, k: int, user_ids: np.ndarray,
+def _run_version(run_dir: RunDir, strategy: str, k: int, user_ids: np.ndarray,
                  item_ids: np.ndarray) -> tuple[np.ndarray, ...]:
   """`(users, items, user_ids, item_ids)` of version k of a run."""
-  version_dir = strategy_dir / f"v{k}"
-  users = _load_run_array(version_dir / "users.npy")
-  items = _load_run_array(version_dir / "items.npy")
+  users, items = (_run_file(lambda: run_dir.array(strategy, k, name),
+                            run_dir.path(strategy, k, f"{name}.npy"))
+                  for name in ("users", "items"))
   if len(users) > len(user_ids) or len(items) > len(item_ids):
-    raise StoreError(f"{version_dir}: {len(users)} users and {len(items)} "
-                     f"items, but the run has only {len(user_ids)} user ids "
-                     f"and {len(item_ids)} item ids")
+    raise StoreError(f"{run_dir.version_dir(strategy, k)}: {len(users)} users "
+                     f"and {len(items)} items, but the run has only "
+                     f"{len(user_ids)} user ids and {len(item_ids)} item ids")
   return users, items, user_ids[:len(users)], item_ids[:len(items)]
 
 
-def _run_dataset(run: Path) -> str:
+def _run_dataset(run_dir: RunDir) -> str:
   """The dataset named in the run's config.json, else the run's directory."""
-  path = run / "config.json"
+  path = run_dir.config_path
   if not path.exists():
-    return run.resolve().name
+    return run_dir.root.resolve().name
   try:
     with io.open_regular(path) as f:
       dataset = json.loads(f.read(MAX_MANIFEST_BYTES))["dataset"]
@@ -683,23 +684,22 @@ def _run_dataset(run: Path) -> str:
   return str(dataset)
 
 
-def _complete_versions(strategy_dir: Path) -> list[int]:
+def _complete_versions(run_dir: RunDir, strategy: str) -> list[int]:
   """Versions 0..n-1 of a run: those with metrics.json, without gaps."""
-  present = sorted(int(p.name[1:]) for p in strategy_dir.iterdir()
-                   if p.is_dir() and re.fullmatch(r"v\d+", p.name))
-  complete = [k for k in present
-              if (strategy_dir / f"v{k}" / "metrics.json").is_file()]
+  present = run_dir.present_versions(strategy)
+  complete = [k for k in present if run_dir.complete(strategy, k)]
   n = 0
   while n in complete:
     n += 1
+  where = run_dir.strategy_dir(strategy)
   if not n:
-    raise StoreError(f"{strategy_dir}: version 0 is not complete (no "
+    raise StoreError(f"{where}: version 0 is not complete (no "
                      "v0/metrics.json)")
   if complete[n:]:
-    raise StoreError(f"{strategy_dir}: version {n} is incomplete but later "
+    raise StoreError(f"{where}: version {n} is incomplete but later "
                      f"versions {complete[n:]} are complete")
   if present[-1] >= n:
-    logging.warning("%s: skipping incomplete versions %s", strategy_dir,
+    logging.warning("%s: skipping incomplete versions %s", where,
                     [k for k in present if k >= n])
   return list(range(n))
 
@@ -733,8 +733,8 @@ def export_run(workdir: str | os.PathLike[str], strategy: str,
       backward transformations), or anything `create` / `append_version`
       reject.
   """
-  run, out = Path(workdir), Path(out)
-  strategy_dir = run / strategy
+  run_dir, out = RunDir.of(workdir), Path(out)
+  run, strategy_dir = run_dir.root, run_dir.strategy_dir(strategy)
   if not run.is_dir():
     raise StoreError(f"no run directory {run}")
   if not strategy_dir.is_dir():
@@ -743,24 +743,26 @@ def export_run(workdir: str | os.PathLike[str], strategy: str,
   if out.exists() and (not out.is_dir() or any(out.iterdir())):
     raise StoreError(f"cannot export to {out}: it exists and is not an empty "
                      "directory")
-  versions = _complete_versions(strategy_dir)
+  versions = _complete_versions(run_dir, strategy)
   for k in versions[1:]:
-    if not (strategy_dir / f"v{k}" / "transform.npy").is_file():
+    path = run_dir.path(strategy, k, "transform.npy")
+    if not path.is_file():
       raise StoreError(f"strategy {strategy!r} has no backward transformation "
-                       f"at version {k} (no {strategy_dir}/v{k}/transform.npy)")
-  user_ids = _load_run_array(run / "user_ids.npy")
-  item_ids = _load_run_array(run / "item_ids.npy")
+                       f"at version {k} (no {path})")
+  user_ids, item_ids = (_run_file(lambda: io.load_npy(run_dir.ids_path(kind)),
+                                  run_dir.ids_path(kind))
+                        for kind in ("user", "item"))
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
   try:
-    store = EmbeddingStore.create(tmp, *_run_version(strategy_dir, 0, user_ids,
-                                                     item_ids),
-                                  dataset=dataset or _run_dataset(run),
-                                  strategy=strategy)
+    store = EmbeddingStore.create(
+        tmp, *_run_version(run_dir, strategy, 0, user_ids, item_ids),
+        dataset=dataset or _run_dataset(run_dir), strategy=strategy)
     for k in versions[1:]:
       users, items, k_user_ids, k_item_ids = _run_version(
-          strategy_dir, k, user_ids, item_ids)
-      transform = _load_run_array(strategy_dir / f"v{k}" / "transform.npy")
+          run_dir, strategy, k, user_ids, item_ids)
+      transform = _run_file(lambda: run_dir.transform(strategy, k),
+                            run_dir.path(strategy, k, "transform.npy"))
       store.append_version(users, items, transform, k_user_ids, k_item_ids)
     os.replace(tmp, out)
   except BaseException:

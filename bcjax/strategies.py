@@ -27,7 +27,7 @@ class Strategy:
   """How one strategy trains versions k >= 1.
 
   Attributes:
-    name: the SPEC 6 name.
+    name: the method §6 name.
     model: how M_k is obtained (see `Model`).
     objective: what version k's training optimises.
     backward: the backward transformation each version records, "linear"
@@ -80,7 +80,7 @@ BC_ALIGNER = "joint-lin-mloss"
 
 
 def get(name: str) -> Strategy:
-  """Looks a strategy up by its SPEC 6 name.
+  """Looks a strategy up by its method §6 name.
 
   Args:
     name: e.g. "nobc", "joint-lin-mloss" (`STRATEGIES`).

@@ -52,7 +52,7 @@ class Task(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class BPRTask:
-  """BPR over (user, positive item, negative item) triples of node ids (SPEC 5).
+  """BPR over (user, positive item, negative item) triples of node ids (method §5).
 
   A batch is `(user, pos, neg, mask)`, each `[B]`, items already offset to
   their node ids (see `epoch_batches`).

@@ -1,4 +1,4 @@
-"""Backward transformations and their composition (SPEC 1 and 6).
+"""Backward transformations and their composition (method §1 and §6).
 
 A backward transformation B_k maps version-k embeddings (`d_k` dims) into the
 space of version k-1 (`d_{k-1}` dims). Embeddings are row vectors, so every

@@ -5,7 +5,7 @@
 
 Resumable: complete versions, saved consumers and saved compatibility
 matrices are skipped; the cross-version evaluation and the report (seconds)
-are always redone. Prints the SPEC 8 table, the compatibility table and the
+are always redone. Prints the method §8 table, the compatibility table and the
 paths of the plots.
 
 Beyond the paper, the stage "compatibility" trains consumers at every version

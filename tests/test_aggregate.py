@@ -1,6 +1,6 @@
 """Tests of bcjax.models.aggregate against a plain numpy mean aggregation.
 
-The reference builds the dense `[N, N]` operator of SPEC 4 directly: every
+The reference builds the dense `[N, N]` operator of method §4 directly: every
 interaction (u, i) is a message i -> u and a message u -> i, duplicates are
 separate messages, each row is divided by its number of messages, and a node
 without messages gets a zero row. Nodes are padded as the model pads them:

@@ -50,7 +50,7 @@ def splits():
 
 @pytest.mark.parametrize("name", list(consumers.TASKS))
 def test_task_data_at_version_j_is_version_0_of_the_later_splits(splits, name):
-  """Training at j: the SPEC 7 examples of the run that starts at version j."""
+  """Training at j: the method §7 examples of the run that starts at version j."""
   targets = [version_targets(s) for s in splits]
   for j in range(len(splits)):
     data = consumers.task_data(name, splits, targets, train_version=j)

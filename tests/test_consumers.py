@@ -236,7 +236,7 @@ def test_config_fields():
   for module in (paper, quick, test_config):
     consumers.ConsumerConfig.from_config(module.get_config())
   c = consumers.ConsumerConfig.from_config(paper.get_config())
-  assert c == consumers.ConsumerConfig()  # SPEC 7's values.
+  assert c == consumers.ConsumerConfig()  # method §7's values.
   config = test_config.get_config()
   config.consumer_dropout = (0.0, 1.0)
   with pytest.raises(ValueError, match="consumer_dropout"):

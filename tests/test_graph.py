@@ -1,4 +1,4 @@
-"""Tests of the canonical dynamic graph (SPEC 2), written against the spec."""
+"""Tests of the canonical dynamic graph (method §2), written against it."""
 
 import collections
 
@@ -117,7 +117,7 @@ def test_edge_ratio_is_linspace(num_rows):
 def test_snapshot_boundary_uses_linspace_values():
   """With E=11, linspace(0,1,11)[6] = 0.6000000000000001 > 0.6, so the snapshot at 0.6 has 6 rows.
 
-  (The exact fraction 6/10 would put 7 rows in it; SPEC 2 names
+  (The exact fraction 6/10 would put 7 rows in it; method §2 names
   numpy.linspace as the time axis, as the paper's code does.)
   """
   assert np.linspace(0, 1, 11)[6] > 0.6  # the premise of this test

@@ -184,7 +184,7 @@ def test_amazon_non_numeric_rating(tmp_path, rating):
                                                      max_size=2)),
                 max_size=12))
 def test_amazon_duplicated_ids(tmp_path, pairs, meta_rows):
-  """Repeated reviews are separate interactions (SPEC 4: duplicates count);
+  """Repeated reviews are separate interactions (method §4: duplicates count);
   an asin listed twice in the metadata keeps its first record."""
   reviews = [_review(f"u{u}", f"A{a}", 1 + i % 5, f"01 {1 + i}, 2015")
              for i, (u, a) in enumerate(pairs)]

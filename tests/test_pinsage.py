@@ -1,4 +1,4 @@
-"""Tests of bcjax.models.pinsage against a numpy reimplementation of SPEC 4.
+"""Tests of bcjax.models.pinsage against a numpy reimplementation of method §4.
 
 The reference works on the real nodes only (no padding), in float64:
 - every user's input is the one shared vector; an item's input is the sum over

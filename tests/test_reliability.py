@@ -15,7 +15,8 @@ import pytest
 
 from bcjax import training
 from bcjax.data.synthetic import make_synthetic
-from bcjax.experiment import CHECKPOINT, Experiment
+from bcjax.experiment import Experiment
+from bcjax.rundir import CHECKPOINT
 from launch.configs import test as test_config
 
 ROOT = Path(__file__).resolve().parents[1]

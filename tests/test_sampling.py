@@ -1,4 +1,4 @@
-"""Tests of user-uniform BPR triple sampling (SPEC 5), against the spec."""
+"""Tests of user-uniform BPR triple sampling (method §5), written against it."""
 
 import collections
 

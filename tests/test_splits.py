@@ -1,4 +1,4 @@
-"""Tests of versions and train/validation splits (SPEC 3), written against the spec."""
+"""Tests of versions and train/validation splits (method §3), written against it."""
 
 import collections
 
@@ -164,7 +164,7 @@ def test_rows_data_match_graph():
 
 
 def test_paper_times():
-  """The default version times are the spec's, giving five versions."""
+  """The default version times are method §3's, giving five versions."""
   assert tuple(PAPER_TIMES) == (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
   g = _graph([f"u{k % 7}" for k in range(50)], [f"i{k % 9}" for k in range(50)])
   splits = make_splits(g)
@@ -198,7 +198,7 @@ def test_check_times_accepts(times):
 
 
 def _brute_split(users, t0, t1):
-  """The split rule of SPEC 3 as a plain Python loop over rows."""
+  """The split rule of method §3 as a plain Python loop over rows."""
   n = len(users)
   ratio = np.linspace(0, 1, n)
   snap0 = [e for e in range(n) if ratio[e] <= t0]
@@ -235,7 +235,7 @@ random_times = st.one_of(
 @settings(max_examples=80, deadline=None)
 @given(random_graph, random_times)
 def test_split_properties(rows, times):
-  """Every split invariant of SPEC 3 on random graphs with timestamp ties."""
+  """Every split invariant of method §3 on random graphs with timestamp ties."""
   g = _graph([r[0] for r in rows], [r[1] for r in rows],
              timestamps=[r[2] for r in rows])
   user = g.user.tolist()

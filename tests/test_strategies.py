@@ -54,11 +54,11 @@ def run(tmp_path_factory):
 
 
 def _load(experiment, name, k, what):
-  return np.load(experiment.version_dir(name, k) / f"{what}.npy")
+  return np.load(experiment.run_dir.version_dir(name, k) / f"{what}.npy")
 
 
 def _alignment_error(experiment, name):
-  """SPEC 8's alignment error to fix-m0, over versions >= 1."""
+  """Method §8's alignment error to fix-m0, over versions >= 1."""
   errors = [
       float(metrics.alignment_error(
           _load(experiment, name, k, "bc_users"),
@@ -80,7 +80,7 @@ def test_bc_strategies_align_better_than_nobc(run, name):
 @pytest.mark.parametrize("name", ("nobc", "fix-m0") + BC_STRATEGIES)
 def test_run_layout_files_and_shapes(run, name):
   for k, split in enumerate(run.splits):
-    path = run.version_dir(name, k)
+    path = run.run_dir.version_dir(name, k)
     d_k = DIMS[0] if name == "fix-m0" else DIMS[k]
     assert _load(run, name, k, "users").shape == (split.num_users, d_k)
     assert _load(run, name, k, "items").shape == (split.num_items, d_k)
@@ -130,9 +130,9 @@ def test_resume_recomputes_only_the_deleted_version(run):
   files = sorted(p for p in run.workdir.rglob("*") if p.is_file())
   before = {p: os.stat(p).st_mtime_ns for p in files}
   old_transform = _load(run, name, 1, "transform")
-  (run.version_dir(name, 1) / "metrics.json").unlink()
+  (run.run_dir.version_dir(name, 1) / "metrics.json").unlink()
   run.run(name)
-  v1 = run.version_dir(name, 1)
+  v1 = run.run_dir.version_dir(name, 1)
   assert (v1 / "metrics.json").exists()
   for p, mtime in before.items():
     if p.parent == v1:

@@ -1,4 +1,4 @@
-"""Tests of the unintended-task targets (SPEC 7), against brute-force loops."""
+"""Tests of the unintended-task targets (method §7), against brute-force loops."""
 
 import collections
 

@@ -1,4 +1,4 @@
-"""Amazon reviews 2018 (SPEC 2): the reviews and metadata of one category.
+"""Amazon reviews 2018 (method §2): the reviews and metadata of one category.
 
 The files are `<Category>_5.json.gz` and `meta_<Category>.json.gz`; each
 holds one JSON object per line, gzip-compressed or plain (told apart by the

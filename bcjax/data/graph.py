@@ -1,4 +1,4 @@
-"""The canonical dynamic bipartite graph (SPEC 2).
+"""The canonical dynamic bipartite graph (method §2).
 
 Every loader ends in `build_graph`, which puts raw interactions into the one
 form the rest of bcjax relies on: interactions in time order (stable sort),
@@ -240,7 +240,7 @@ def build_graph(name: str,
                 item_attributes: Mapping[str, Mapping[str, Sequence[str]]],
                 rating_range: tuple[float, float] | None = None,
                 min_attribute_count: int = MIN_ATTRIBUTE_COUNT) -> DynamicGraph:
-  """Puts raw interactions into canonical form (SPEC 2).
+  """Puts raw interactions into canonical form (method §2).
 
   Args:
     name: dataset name, used in error messages.

@@ -1,4 +1,4 @@
-"""MovieLens-100k (SPEC 2): recbole's shipped copy or a GroupLens folder."""
+"""MovieLens-100k (method §2): recbole's shipped copy or a GroupLens folder."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""User-uniform BPR triple sampling (SPEC 5), vectorized numpy."""
+"""User-uniform BPR triple sampling (method §5), vectorized numpy."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Versions and their train/validation splits (SPEC 3)."""
+"""Versions and their train/validation splits (method §3)."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def check_times(times: Sequence[float]) -> tuple[float, ...]:
 
 def window_validation_mask(window_user: np.ndarray,
                            num_existing_users: int) -> np.ndarray:
-  """Which interactions of a window W_k go to validation (SPEC 3).
+  """Which interactions of a window W_k go to validation (method §3).
 
   Args:
     window_user: `[W]` user index of each window interaction, in time order.

@@ -1,4 +1,4 @@
-"""A synthetic dynamic graph from latent factors (SPEC 2), vectorized numpy.
+"""A synthetic dynamic graph from latent factors (method §2), vectorized numpy.
 
 Users and items carry latent factors and arrival times; a third of each are
 present from the start, the rest arrive uniformly over time. Each interaction

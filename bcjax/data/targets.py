@@ -1,4 +1,4 @@
-"""Consumer targets of the unintended tasks (SPEC 7), per version."""
+"""Consumer targets of the unintended tasks (method §7), per version."""
 
 from __future__ import annotations
 

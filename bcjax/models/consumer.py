@@ -1,4 +1,4 @@
-"""The consumer head of SPEC 7: a two-layer MLP with BatchNorm and dropout.
+"""The consumer head of method §7: a two-layer MLP with BatchNorm and dropout.
 
 Dense(h) -> BatchNorm -> ReLU -> Dropout, Dense(h) -> BatchNorm -> Dropout,
 Dense(1), as in the paper's reference implementation (PyTorch conventions:

@@ -1,4 +1,4 @@
-"""The PinSAGE-style embedding model of SPEC 4, in Flax linen.
+"""The PinSAGE-style embedding model of method §4, in Flax linen.
 
 Users share one learned input vector (the model is inductive for users); an
 item's input is the sum over attribute kinds of the mean of its attribute-value

@@ -1,4 +1,4 @@
-"""The paper's settings, exactly as SPEC 4-6 state them (for an accelerator)."""
+"""The paper's settings, exactly as method §4-§6 state them (for an accelerator)."""
 
 import ml_collections
 
@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.recall_batch_users = 256
   config.checkpoint_every = 10   # epochs between checkpoints (0: never)
   config.devices = 1             # devices to train on (0: all; bcjax.sharding)
-  # Consumers of the unintended tasks (SPEC 7).
+  # Consumers of the unintended tasks (method §7).
   config.consumer_epochs = 300
   config.consumer_hidden = (128, 256, 512, 1024)
   config.consumer_dropout = (0.0, 0.25, 0.5)
