@@ -146,15 +146,28 @@ def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
       raise FileFormatError(f"{path}: holds Python objects (dtype "
                             f"{dtype.str}), which only pickle could load; "
                             "refused")
-    needed = start + math.prod(shape) * dtype.itemsize
+    needed = npy_size(shape, dtype, start)
     if needed != size:
       raise FileFormatError(f"{path}: its header says {dtype.str} {shape}, "
                             f"{needed} bytes, but the file has {size}")
-    if mmap and size > start:
-      return np.memmap(f, dtype=dtype, mode="r", offset=start, shape=shape,
-                       order="F" if fortran_order else "C")
-    f.seek(0)
-    return np.load(f, allow_pickle=False)
+    return read_npy_data(f, shape, fortran_order, dtype, start, mmap)
+
+
+def npy_size(shape: tuple[int, ...], dtype: np.dtype, start: int) -> int:
+  """The bytes a `.npy` of this header needs: header plus data."""
+  return start + math.prod(shape) * dtype.itemsize
+
+
+def read_npy_data(f: BinaryIO, shape: tuple[int, ...], fortran_order: bool,
+                  dtype: np.dtype, start: int, mmap: bool) -> np.ndarray:
+  """The data of an open `.npy` whose header (`read_npy_header`) and size
+  were checked: read (never unpickled), or mapped read-only with `mmap`
+  (an empty array is read)."""
+  if mmap and math.prod(shape):
+    return np.memmap(f, dtype=dtype, mode="r", offset=start, shape=shape,
+                     order="F" if fortran_order else "C")
+  f.seek(0)
+  return np.load(f, allow_pickle=False)
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:

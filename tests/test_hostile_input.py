@@ -18,9 +18,7 @@ Fuzzed inputs per run (passing examples, `--hypothesis-show-statistics`):
 
 import gzip
 import json
-import math
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st

@@ -1,0 +1,256 @@
+"""The embedding store's on-disk format: manifest, files and their checks.
+
+A store is a directory:
+
+  manifest.json           format, dataset, strategy, versions and their dims,
+                          every file with its sha256, size, shape and dtype
+  v<k>_transform.npy      W_k, `[d_k, d_{k-1}]` float32, one per k >= 1,
+                          written once and never rewritten
+  v<K>_users.npy          `[num_users, d_K]` float32, memory-mapped on read
+  v<K>_items.npy          `[num_items, d_K]` float32, memory-mapped on read
+  v<K>_user_ids.npy       `[num_users]` raw user ids (numpy unicode)
+  v<K>_item_ids.npy       `[num_items]` raw item ids (numpy unicode)
+
+This module validates a manifest before anything it names is opened (paths
+inside the directory, shapes and dtypes consistent across versions), opens
+and verifies files (regular files only, the `.npy` header against the
+manifest, then sha256) and checks the arrays a writer is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+import re
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from bcjax import io
+
+MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20
+FORMAT = "bcjax-embedding-store"
+FORMAT_VERSION = 1
+LATEST_ROLES = ("users", "items", "user_ids", "item_ids")
+FLOAT = np.dtype(np.float32).str
+
+
+class StoreError(ValueError):
+  """A bad request to an embedding store, or a store that fails verification."""
+
+
+def fsync_dir(path: Path) -> None:
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def sha256(path: Path) -> str:
+  with open(path, "rb") as f:
+    return sha256_of(f)
+
+
+def sha256_of(f: BinaryIO) -> str:
+  """The sha256 of an open file's whole content, read in chunks."""
+  f.seek(0)
+  digest = hashlib.sha256()
+  for chunk in iter(lambda: f.read(1 << 20), b""):
+    digest.update(chunk)
+  return digest.hexdigest()
+
+
+def open_file(root: Path, name: str) -> BinaryIO:
+  """Opens store file `name` (inside `root`, a regular file) for reading."""
+  try:
+    return io.open_regular(inside(root, name))
+  except FileNotFoundError:
+    raise StoreError(f"store file {name} is missing from {root}") from None
+  except io.FileFormatError:
+    raise StoreError(f"store file {name} in {root} is not a regular file"
+                     ) from None
+  except OSError as e:
+    raise StoreError(f"store file {name} in {root} cannot be opened: "
+                     f"{e.strerror}") from None
+
+
+def read_manifest(root: Path) -> bytes:
+  """The raw manifest of the store at `root`, refused if over-large."""
+  try:
+    with io.open_regular(root / MANIFEST) as f:
+      if os.fstat(f.fileno()).st_size > MAX_MANIFEST_BYTES:
+        raise StoreError(f"{root / MANIFEST} is larger than "
+                         f"{MAX_MANIFEST_BYTES} bytes; refused")
+      return f.read(MAX_MANIFEST_BYTES + 1)
+  except FileNotFoundError:
+    raise StoreError(f"no embedding store at {root} (no {MANIFEST})") from None
+  except (io.FileFormatError, NotADirectoryError):
+    raise StoreError(f"{root / MANIFEST} is not a regular file") from None
+  except OSError as e:
+    raise StoreError(f"{root / MANIFEST} cannot be read: {e.strerror}"
+                     ) from None
+
+
+def pin_latest(root: Path, manifest: dict[str, Any]) -> dict[str, BinaryIO]:
+  """Opens the latest files that exist, so an append cannot remove them
+  from under this reader."""
+  pinned = {}
+  try:
+    for name in manifest["latest"].values():
+      try:
+        pinned[name] = open_file(root, name)
+      except StoreError:
+        pass  # Missing or bad: reported when read, unless the store changed.
+  except BaseException:
+    close_all(pinned)
+    raise
+  return pinned
+
+
+def close_all(files: dict[str, BinaryIO]) -> None:
+  for f in files.values():
+    f.close()
+  files.clear()
+
+
+def write_npy(root: Path, name: str, array: np.ndarray) -> dict[str, Any]:
+  """Writes one array atomically; returns its manifest entry."""
+  path = root / name
+  io.atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+  return {"sha256": sha256(path), "size": path.stat().st_size,
+          "shape": list(array.shape), "dtype": array.dtype.str}
+
+
+def as_float32(name: str, x: Any) -> np.ndarray:
+  x = np.ascontiguousarray(x, dtype=np.float32)
+  if x.ndim != 2:
+    raise StoreError(f"{name} has shape {x.shape}, expected a 2-D array")
+  if not np.isfinite(x).all():
+    raise StoreError(f"{name} has non-finite values")
+  return x
+
+
+def as_ids(kind: str, ids: Any, num_rows: int) -> np.ndarray:
+  ids = np.asarray(ids, dtype=np.str_)
+  if ids.shape != (num_rows,):
+    raise StoreError(f"{kind} ids have shape {ids.shape}, expected "
+                     f"({num_rows},), one per {kind} row")
+  unique, counts = np.unique(ids, return_counts=True)
+  if (counts > 1).any():
+    raise StoreError(f"duplicate {kind} id {str(unique[counts > 1][0])!r}")
+  return ids
+
+
+def check_latest(users: Any, items: Any, user_ids: Any,
+                  item_ids: Any) -> tuple[np.ndarray, ...]:
+  """Validates and converts latest embeddings and their ids."""
+  users = as_float32("users", users)
+  items = as_float32("items", items)
+  if users.shape[1] != items.shape[1]:
+    raise StoreError(f"users have shape {users.shape} and items {items.shape}; "
+                     "they need the same number of columns")
+  if 0 in users.shape or 0 in items.shape:
+    raise StoreError(f"users {users.shape} and items {items.shape}: a store "
+                     "needs at least one user, one item and one dimension")
+  return (users, items, as_ids("user", user_ids, len(users)),
+          as_ids("item", item_ids, len(items)))
+
+
+def check_prefix(kind: str, old: np.ndarray, new: np.ndarray) -> None:
+  if len(new) < len(old):
+    raise StoreError(f"{len(new)} {kind} ids given but the store has "
+                     f"{len(old)}; the stored ids must be a prefix of the new")
+  differ = np.flatnonzero(new[:len(old)] != old)
+  if differ.size:
+    i = differ[0]
+    raise StoreError(f"{kind} ids are not an extension of the stored ones: "
+                     f"row {i} is {str(new[i])!r}, stored {str(old[i])!r}")
+
+
+def inside(root: Path, name: Any) -> Path:
+  """The path of manifest entry `name`, which must lie inside `root`."""
+  if not isinstance(name, str) or not name or "\0" in name:
+    raise StoreError(f"{MANIFEST}: bad file name {name!r}")
+  path = (root / name).resolve()
+  if Path(name).is_absolute() or root.resolve() not in path.parents:
+    raise StoreError(f"{MANIFEST}: file path {name!r} escapes the store "
+                     f"directory {root}")
+  return path
+
+
+def validate(manifest: Any, root: Path) -> None:
+  """Checks a parsed manifest's structure, shapes and paths."""
+
+  def fail(message: str):
+    raise StoreError(f"{root / MANIFEST}: {message}")
+
+  if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    fail(f"not a {FORMAT} manifest")
+  if manifest.get("format_version") != FORMAT_VERSION:
+    fail(f"format version {manifest.get('format_version')!r}, this reader "
+         f"knows {FORMAT_VERSION}")
+  for key in ("dataset", "strategy"):
+    if not isinstance(manifest.get(key), str):
+      fail(f"{key!r} must be a string")
+  versions, files = manifest.get("versions"), manifest.get("files")
+  latest = manifest.get("latest")
+  if not isinstance(versions, list) or not versions or not isinstance(
+      files, dict) or not isinstance(latest, dict):
+    fail("needs 'versions' (non-empty list), 'files' and 'latest' objects")
+  if manifest.get("latest_version") != len(versions) - 1:
+    fail(f"latest_version {manifest.get('latest_version')!r} disagrees with "
+         f"the {len(versions)} versions listed")
+  if set(latest) != set(LATEST_ROLES) or not all(
+      isinstance(name, str) for name in latest.values()):
+    fail(f"'latest' must name one file for each of {LATEST_ROLES}")
+  expected = {}  # file name -> (shape, dtype kind)
+  for k, entry in enumerate(versions):
+    if not isinstance(entry, dict) or entry.get("version") != k or type(
+        entry.get("dim")) is not int or entry["dim"] < 1:
+      fail(f"versions[{k}] = {entry!r}; expected version {k} with a "
+           "positive int dim")
+    transform = entry.get("transform")
+    if (transform is None) != (k == 0) or (k and not isinstance(transform,
+                                                                 str)):
+      fail(f"version {k} must {'not ' if k == 0 else ''}name a transform file")
+    if k:
+      expected[transform] = ([entry["dim"], versions[k - 1]["dim"]], "f")
+  rows = {}
+  for role in ("users", "items"):
+    info = files.get(latest[role])
+    shape = info.get("shape") if isinstance(info, dict) else None
+    if not isinstance(shape, list) or not shape or type(
+        shape[0]) is not int or shape[0] < 1:
+      fail(f"latest {role} file {latest[role]!r} is not listed in files "
+           "with a shape of at least one row")
+    rows[role] = shape[0]
+  dim = versions[-1]["dim"]
+  expected.update({
+      latest["users"]: ([rows["users"], dim], "f"),
+      latest["items"]: ([rows["items"], dim], "f"),
+      latest["user_ids"]: ([rows["users"]], "U"),
+      latest["item_ids"]: ([rows["items"]], "U"),
+  })
+  if len(expected) != len(versions) + 3:
+    fail("every version's transform and every latest role needs its own file")
+  for name, (shape, kind) in expected.items():
+    inside(root, name)
+    info = files.get(name)
+    if not isinstance(info, dict):
+      fail(f"file {name!r} is not listed in files")
+    if info.get("shape") != shape:
+      fail(f"file {name!r} has shape {info.get('shape')}, expected {shape}")
+    dtype = info.get("dtype")
+    if not (dtype == FLOAT if kind == "f" else isinstance(dtype, str) and
+            re.fullmatch(r"<U\d+", dtype)):
+      fail(f"file {name!r} has dtype {dtype!r}")
+    if not (isinstance(info.get("sha256"), str) and re.fullmatch(
+        r"[0-9a-f]{64}", info["sha256"]) and type(info.get("size")) is int):
+      fail(f"file {name!r} needs a sha256 hex digest and an int size")
+  if set(files) != set(expected):
+    fail(f"files lists unused entries {sorted(set(files) - set(expected))}")
+
+
