@@ -47,6 +47,7 @@ import numpy as np
 from bcjax import consumers, io, transforms
 from bcjax.data.splits import VersionSplit
 from bcjax.data.targets import VersionTargets, version_targets
+from bcjax.numbers import finite_mean, finite_or_none, fmt
 from bcjax.rundir import RunDir, read_json
 from bcjax.strategies import STRATEGIES, get as get_strategy
 
@@ -219,7 +220,7 @@ def task_matrix(name: str, splits: Sequence[VersionSplit],
       continue
     _, row = train_row(data, tables, j, config, row_key(seed, name, j))
     for k, values in row.items():
-      auc[j][k] = consumers._finite_or_none(values)
+      auc[j][k] = finite_or_none(values)
   return auc
 
 
@@ -243,7 +244,7 @@ def matrix_means(auc: Sequence[Sequence]) -> np.ndarray:
 
 
 def _json_matrix(matrix: np.ndarray) -> list[list]:
-  return [[float(v) if np.isfinite(v) else None for v in row] for row in matrix]
+  return [finite_or_none(row) for row in matrix]
 
 
 def chosen_hyper(workdir: RunDir | str | os.PathLike, task: str,
@@ -318,11 +319,11 @@ def run_compatibility(workdir: RunDir | str | os.PathLike,
       means = matrix_means(auc)
       record = {"strategy": strategy, "task": name, "hidden": hidden,
                 "dropout": dropout, "config": settings,
-                "mean": _nanmean(means), "matrix": _json_matrix(means),
+                "mean": finite_mean(means), "matrix": _json_matrix(means),
                 "auc": auc}
       io.save_json(path, record)
       results[strategy][name] = record
-      log(f"[compat {strategy} {name}] mean AUC {_fmt(record['mean'])} "
+      log(f"[compat {strategy} {name}] mean AUC {fmt(record['mean'], 4)} "
           f"({time.perf_counter() - start:.1f}s)")
   return results
 
@@ -360,16 +361,6 @@ def load_results(workdir: RunDir | str | os.PathLike,
   return out
 
 
-def _nanmean(values) -> float | None:
-  values = np.asarray(values, np.float64)
-  values = values[np.isfinite(values)]
-  return float(values.mean()) if values.size else None
-
-
-def _fmt(value: float | None) -> str:
-  return "n/a" if value is None else f"{value:.4f}"
-
-
 def summarize(results: Mapping[str, Mapping[str, Mapping[str, Any]]]
               ) -> dict[str, dict]:
   """Summarises compatibility matrices (the module docstring's means).
@@ -388,8 +379,8 @@ def summarize(results: Mapping[str, Mapping[str, Mapping[str, Any]]]
     for t, record in by_task.items():
       means = np.asarray([[np.nan if v is None else v for v in row]
                           for row in record["matrix"]], np.float64)
-      tasks[t] = {"mean": _nanmean(means), "matrix": _json_matrix(means)}
-    out[s] = {"mean": _nanmean([r["mean"] for r in tasks.values()
+      tasks[t] = {"mean": finite_mean(means), "matrix": _json_matrix(means)}
+    out[s] = {"mean": finite_mean([r["mean"] for r in tasks.values()
                                 if r["mean"] is not None]),
               "tasks": tasks}
   return out

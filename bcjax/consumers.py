@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bcjax import io, metrics
+from bcjax import io, metrics, numbers
 from bcjax.rundir import RunDir, read_json
 from bcjax.data.splits import VersionSplit
 from bcjax.data.targets import VersionTargets, version_targets
@@ -224,8 +224,9 @@ def features(tables: Sequence[jax.Array], rows: jax.Array) -> jax.Array:
   return jnp.concatenate([t[rows[:, j]] for j, t in enumerate(tables)], -1)
 
 
-def _init(hidden: int, d_in: int, keys: jax.Array):
-  """Variables of `len(keys)` heads, leaves stacked."""
+def init_heads(hidden: int, d_in: int, keys: jax.Array):
+  """Fresh variables of `len(keys)` consumer heads of width `hidden` over
+  `d_in` inputs, leaves stacked on a leading seed axis."""
   model = ConsumerMLP(hidden)
   return jax.vmap(lambda k: model.init(k, jnp.zeros((2, d_in)), train=False))(keys)
 
@@ -239,7 +240,7 @@ def _start(key: jax.Array, *, hidden: int, d_in: int, seeds: int,
   seed_keys = jax.vmap(lambda s: jax.random.fold_in(
       jax.random.fold_in(key, hidden), s))(jnp.arange(seeds))
   keys = seed_keys[jnp.tile(jnp.arange(seeds), num_rates)]
-  variables = _init(hidden, d_in, keys)
+  variables = init_heads(hidden, d_in, keys)
   # best_auc strongly typed, as _grid_epoch returns it: else its second call
   # recompiles.
   return {"params": variables["params"],
@@ -408,7 +409,7 @@ def save_heads(path_stem: Path, heads: Heads, extra: dict) -> None:
 
 def load_heads(path_stem: Path) -> Heads:
   meta = read_json(path_stem.with_suffix(".json"))
-  template = jax.eval_shape(lambda: _init(
+  template = jax.eval_shape(lambda: init_heads(
       meta["hidden"], meta["d_in"],
       jax.random.split(jax.random.key(0), meta["seeds"])))
   variables = flax.serialization.from_bytes(
@@ -650,13 +651,8 @@ def evaluate_consumers(workdir: RunDir | str | os.PathLike, data: Mapping[str, T
   for name, h in heads.items():
     inputs = prepare_evaluation(data[name], embeddings, strategies)
     auc = evaluate(h, inputs)
-    result[name] = {s: [_finite_or_none(auc[s][inputs.versions.index(k)])
+    result[name] = {s: [numbers.finite_or_none(auc[s][inputs.versions.index(k)])
                         if k in inputs.versions else None
                         for k in range(num_versions)] for s in strategies}
   io.save_json(run_dir.auc_path, result)
   return result
-
-
-def _finite_or_none(values: np.ndarray) -> list:
-  """A JSON-safe list: NaN (a single-class version) becomes None."""
-  return [float(v) if np.isfinite(v) else None for v in values]

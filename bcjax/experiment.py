@@ -29,11 +29,6 @@ from bcjax.tasks import BPRTask, epoch_batches
 from bcjax.training import Checkpointing, Objective, embed, fit
 
 NOBC = "nobc"
-_PAD = 64
-
-
-def _round_up(n: int, multiple: int = _PAD) -> int:
-  return max(multiple, -(-n // multiple) * multiple)
 
 
 @dataclasses.dataclass
@@ -85,15 +80,11 @@ class Experiment:
       raise ValueError(f"config: {len(self.splits)} versions but dims "
                        f"{tuple(config.dims)} and layers {tuple(config.layers)}")
     self.vocab_sizes = tuple(a.num_values for a in graph.attributes.values())
-    last = self.splits[-1]
-    self.num_users_pad = _round_up(max(s.num_users for s in self.splits))
-    self.num_items_pad = _round_up(max(s.num_items for s in self.splits))
-    max_train = max(s.num_train for s in self.splits)
-    self.num_edges_pad = _round_up(2 * max_train, 1024)
-    self.num_batches = -(-max_train // config.batch_size)
-    self.attribute_nnz_pad = {
-        name: _round_up(int(kind.offsets[last.num_items]))
-        for name, kind in last.attributes.items()}
+    self.budget = families.Budget.covering(self.splits)
+    self.num_users_pad = self.budget.num_users_pad
+    self.num_items_pad = self.budget.num_items_pad
+    self.num_batches = -(-max(s.num_train for s in self.splits)
+                         // config.batch_size)
     self.root_key = jax.random.key(config.seed)
     self.family = families.check(config.get("model", "pinsage"))
     self.task = BPRTask(reg=config.weight_decay)
@@ -130,11 +121,8 @@ class Experiment:
       if split.num_val == 0:
         raise ValueError(f"version {k}: no validation interactions in "
                          f"({split.time_train}, {split.time_val}]")
-      inputs = families.make_inputs(
-          self.family, split, num_users_pad=self.num_users_pad,
-          num_items_pad=self.num_items_pad, num_edges_pad=self.num_edges_pad,
-          attribute_nnz_pad=self.attribute_nnz_pad,
-          layout=self.config.layout or None)
+      inputs = families.make_inputs(self.family, split, self.budget,
+                                    layout=self.config.layout or None)
       self._data[k] = VersionData(
           split, inputs,
           TripleSampler(split.train_user, split.train_item, split.num_users,

@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from bcjax import compatibility, io, metrics
+from bcjax.numbers import finite_mean, fmt, percent_change
 from bcjax.rundir import RunDir, read_json
 from bcjax.strategies import BC_ALIGNER, STRATEGIES
 
@@ -39,30 +40,10 @@ PLOTS = ("recall50_vs_nobc.png", "auc_vs_fixm0.png", "alignment_error.png",
          "bc_aligner_auc.png")
 
 
-def _flatten(values) -> list:
-  if isinstance(values, (list, tuple, np.ndarray)):
-    return [x for v in values for x in _flatten(v)]
-  return [values]
-
-
-def _mean(values) -> float | None:
-  """Mean of the finite numbers in a nested list (None and NaN skipped);
-  None if there are none."""
-  flat = np.asarray([v for v in _flatten(values) if v is not None], np.float64)
-  flat = flat[np.isfinite(flat)]
-  return float(flat.mean()) if flat.size else None
-
-
-def _pct(value: float | None, reference: float | None) -> float | None:
-  if value is None or reference is None or reference == 0:
-    return None
-  return 100.0 * (value - reference) / reference
-
-
 def task_version_means(auc: Mapping[str, Mapping[str, Sequence]]
                        ) -> dict[str, dict[str, list]]:
   """task -> strategy -> per version: the mean AUC over seeds, or None."""
-  return {task: {s: [None if seeds is None else _mean(seeds)
+  return {task: {s: [None if seeds is None else finite_mean(seeds)
                      for seeds in per_version]
                  for s, per_version in by_strategy.items()}
           for task, by_strategy in auc.items()}
@@ -71,9 +52,9 @@ def task_version_means(auc: Mapping[str, Mapping[str, Sequence]]
 def unintended_score(auc: Mapping[str, Mapping[str, Sequence]],
                      strategy: str) -> float | None:
   """Mean over tasks of the mean over scored versions and seeds of ROC-AUC."""
-  per_task = [_mean([a for a in by_strategy[strategy] if a is not None])
+  per_task = [finite_mean([a for a in by_strategy[strategy] if a is not None])
               for by_strategy in auc.values() if strategy in by_strategy]
-  return _mean([p for p in per_task if p is not None])
+  return finite_mean([p for p in per_task if p is not None])
 
 
 def summarize(recall50: Mapping[str, Sequence[float]],
@@ -91,19 +72,19 @@ def summarize(recall50: Mapping[str, Sequence[float]],
     "alignment_error", "auc": task -> per-version mean over seeds}; a
     percentage is None when its reference strategy is missing.
   """
-  mean_recall = {s: _mean(r) for s, r in recall50.items()}
+  mean_recall = {s: finite_mean(r) for s, r in recall50.items()}
   fix_score = unintended_score(auc, FIX_M0)
   means = task_version_means(auc)
   out = {}
   for s in recall50:
-    intended = _pct(mean_recall[s], mean_recall.get(NOBC))
-    unintended = _pct(unintended_score(auc, s), fix_score)
+    intended = percent_change(mean_recall[s], mean_recall.get(NOBC))
+    unintended = percent_change(unintended_score(auc, s), fix_score)
     total = (None if intended is None or unintended is None
              else intended + unintended)
     out[s] = {"recall50": [float(r) for r in recall50[s]],
               "intended_pct": intended, "unintended_pct": unintended,
               "total_pct": total,
-              "alignment_error": _mean(alignment.get(s, [])),
+              "alignment_error": finite_mean(alignment.get(s, [])),
               "auc": {task: by_strategy[s] for task, by_strategy in means.items()
                       if s in by_strategy}}
   return out
@@ -146,10 +127,6 @@ def alignment_errors(workdir: RunDir | str | os.PathLike,
 # Writing.
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-  return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def markdown_table(strategies: Mapping[str, dict]) -> str:
   """Strategy, mean R@50, intended %, unintended %, total %, alignment error."""
   lines = ["| strategy | mean R@50 | intended % | unintended % | total % | "
@@ -158,9 +135,9 @@ def markdown_table(strategies: Mapping[str, dict]) -> str:
     name = PAPER_NAMES.get(s, s)
     if s == BC_ALIGNER:
       name = f"**{name}**"
-    lines.append(f"| {name} | {_fmt(_mean(r['recall50']), 4)} | "
-                 f"{_fmt(r['intended_pct'])} | {_fmt(r['unintended_pct'])} | "
-                 f"{_fmt(r['total_pct'])} | {_fmt(r['alignment_error'])} |")
+    lines.append(f"| {name} | {fmt(finite_mean(r['recall50']), 4)} | "
+                 f"{fmt(r['intended_pct'])} | {fmt(r['unintended_pct'])} | "
+                 f"{fmt(r['total_pct'])} | {fmt(r['alignment_error'])} |")
   return "\n".join(lines)
 
 
@@ -174,9 +151,10 @@ def compatibility_table(summary: Mapping[str, dict]) -> str:
     name = PAPER_NAMES.get(s, s)
     if s == BC_ALIGNER:
       name = f"**{name}**"
-    cells = [_fmt(r["tasks"][t]["mean"], 4) if t in r["tasks"] else "n/a"
+    cells = [fmt(r["tasks"][t]["mean"], 4) if t in r["tasks"] else "n/a"
              for t in tasks]
-    lines.append(f"| {name} | {_fmt(r['mean'], 4)} | " + " | ".join(cells) + " |")
+    lines.append(f"| {name} | {fmt(r['mean'], 4)} | " + " | ".join(cells)
+                 + " |")
   return "\n".join(lines)
 
 
@@ -188,7 +166,8 @@ def csv_text(strategies: Mapping[str, dict], num_versions: int) -> str:
                    *[f"recall50_v{k}" for k in range(num_versions)]])
   value = lambda v: "" if v is None else repr(float(v))
   for s, r in strategies.items():
-    writer.writerow([s, PAPER_NAMES.get(s, s), value(_mean(r["recall50"])),
+    writer.writerow([s, PAPER_NAMES.get(s, s),
+                     value(finite_mean(r["recall50"])),
                      value(r["intended_pct"]), value(r["unintended_pct"]),
                      value(r["total_pct"]), value(r["alignment_error"]),
                      *[value(v) for v in r["recall50"]]])
@@ -233,16 +212,17 @@ def plot(strategies: Mapping[str, dict], alignment: Mapping[str, Sequence[float]
 
   nobc = strategies.get(NOBC, {}).get("recall50")
   series("Recall@50 vs No-BC (%)", PLOTS[0], {
-      s: [_pct(r, b) for r, b in zip(v["recall50"], nobc)] if nobc else
-      [None] * num_versions for s, v in strategies.items()})
+      s: ([percent_change(r, b) for r, b in zip(v["recall50"], nobc)]
+          if nobc else [None] * num_versions)
+      for s, v in strategies.items()})
 
   def task_mean(s: str) -> list:
     aucs = strategies[s]["auc"].values()
-    return [_mean([a[k] for a in aucs]) for k in versions]
+    return [finite_mean([a[k] for a in aucs]) for k in versions]
 
   fix = task_mean(FIX_M0) if FIX_M0 in strategies else [None] * num_versions
   series("ROC-AUC vs Fix-M0, mean over tasks (%)", PLOTS[1],
-         {s: [_pct(a, b) for a, b in zip(task_mean(s), fix)]
+         {s: [percent_change(a, b) for a, b in zip(task_mean(s), fix)]
           for s in strategies})
   series("alignment error (mean L2 to Fix-M0)", PLOTS[2],
          {s: list(alignment[s]) for s in strategies if s in alignment})
@@ -301,7 +281,7 @@ def plot_compatibility(summary: Mapping[str, dict], out_dir: str | os.PathLike,
     axes[0][0].set_ylabel("trained at version j", fontsize=7)
     figure.colorbar(image, ax=list(axes[0]), shrink=0.8, label="ROC-AUC")
     figure.suptitle(f"{title}: compatibility of {PAPER_NAMES.get(s, s)} "
-                    f"(mean {_fmt(summary[s]['mean'], 4)})", fontsize=8)
+                    f"(mean {fmt(summary[s]['mean'], 4)})", fontsize=8)
     path = out_dir / f"compatibility_{s}.png"
     _save_figure(figure, path)
     plt.close(figure)
@@ -362,10 +342,11 @@ def comparison_table(reports: Mapping[str, Mapping]) -> str:
     for label, run in zip(labels, runs):
       r = run["strategies"][s]
       compat = (run.get("compatibility") or {}).get(s, {}).get("mean")
-      lines.append(f"| {name} | {label} | {_fmt(_mean(r['recall50']), 4)} | "
-                   f"{_fmt(r['intended_pct'])} | {_fmt(r['unintended_pct'])} | "
-                   f"{_fmt(r['total_pct'])} | {_fmt(r['alignment_error'])} | "
-                   f"{_fmt(compat, 4)} |")
+      recall = fmt(finite_mean(r["recall50"]), 4)
+      lines.append(f"| {name} | {label} | {recall} | "
+                   f"{fmt(r['intended_pct'])} | {fmt(r['unintended_pct'])} | "
+                   f"{fmt(r['total_pct'])} | {fmt(r['alignment_error'])} | "
+                   f"{fmt(compat, 4)} |")
   return "\n".join(lines)
 
 

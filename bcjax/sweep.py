@@ -3,7 +3,7 @@
 `train_seeds` trains N copies of one version's model, seed i initialised from
 its own key and fed its own epoch batches, as one program: the N train
 states are stacked on a leading axis and the trainer's epoch
-(`bcjax.training.train_epoch`, un-jitted) is `jax.vmap`ped over them. Seed
+(`bcjax.training.epoch_core`, un-jitted) is `jax.vmap`ped over them. Seed
 i is the run `training.fit(model, task, inputs, batches, keys[i],
 objective=..., epochs=E, lr=...)` would make on its own (no evaluation: the
 last epoch is kept), up to float rounding of the batched computation.
@@ -45,10 +45,6 @@ from bcjax import training
 from bcjax.models.interface import EmbeddingModel, Variables
 from bcjax.tasks import Task
 from bcjax.training import AlignmentInputs, Objective, TrainState
-
-# The un-jitted epoch of the trainer (jax.jit keeps it as __wrapped__).
-_epoch_core = training.train_epoch.__wrapped__
-
 
 def stack(trees: Sequence[Any]) -> Any:
   """Pytrees of equal structure stacked leaf-wise on a new leading axis."""
@@ -97,7 +93,7 @@ def _vmapped_epoch(states: TrainState, inputs, align: AlignmentInputs, batches,
                    *, model: EmbeddingModel, task: Task, objective: Objective,
                    lr: float, batch_axes: tuple) -> tuple[TrainState, jax.Array]:
   in_axes = jax.tree.structure(batches).unflatten(batch_axes)
-  core = functools.partial(_epoch_core, model=model, task=task,
+  core = functools.partial(training.epoch_core, model=model, task=task,
                            objective=objective, lr=lr)
   return jax.vmap(core, in_axes=(0, None, None, in_axes))(
       states, inputs, align, batches)

@@ -175,16 +175,16 @@ def _batch_loss(model: EmbeddingModel, task: Task, objective: Objective,
   return loss, new_state
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("model", "task", "objective", "lr"),
-                   donate_argnames=("state",))
-def train_epoch(state: TrainState, inputs, align: AlignmentInputs, batches, *,
-                model: EmbeddingModel, task: Task, objective: Objective,
-                lr: float) -> tuple[TrainState, jax.Array]:
+def epoch_core(state: TrainState, inputs, align: AlignmentInputs, batches, *,
+               model: EmbeddingModel, task: Task, objective: Objective,
+               lr: float) -> tuple[TrainState, jax.Array]:
   """One epoch: a `lax.scan` of Adam steps over the epoch's batches.
 
+  Not jitted, so that callers can transform it (`bcjax.sweep` vmaps it over
+  seeds); `train_epoch` is its jitted form.
+
   Args:
-    state: the train state (donated).
+    state: the train state (donated by `train_epoch`).
     inputs: the model's inputs (e.g. the version's padded graph).
     align: fixed alignment inputs.
     batches: the task's batches stacked on a leading `[num_batches]` axis;
@@ -216,6 +216,11 @@ def train_epoch(state: TrainState, inputs, align: AlignmentInputs, batches, *,
   state, batch_losses = jax.lax.scan(step, state, batches)
   num_real = jnp.sum(jax.vmap(real)(batches))
   return state, jnp.sum(batch_losses) / jnp.maximum(num_real, 1)
+
+
+train_epoch = jax.jit(epoch_core,
+                      static_argnames=("model", "task", "objective", "lr"),
+                      donate_argnames=("state",))
 
 
 def _task_batch(batch):

@@ -2,10 +2,13 @@
 
 `build` gives an `EmbeddingModel` (`bcjax.models.interface`) for a version's
 (d, L); `make_inputs` the pytree it reads for a version's training graph,
-padded to the run's budget so every version shares one compiled program.
+padded to the run's `Budget` so every version shares one compiled program.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
 
 from bcjax.data.splits import VersionSplit
 from bcjax.models.interface import FlaxModel
@@ -13,6 +16,40 @@ from bcjax.models.lightgcn import LightGCN, make_lightgcn_inputs
 from bcjax.models.pinsage import PinSage, make_graph_inputs
 
 FAMILIES = ("pinsage", "lightgcn")
+NODE_MULTIPLE, EDGE_MULTIPLE = 64, 1024
+
+
+def round_up(n: int, multiple: int = NODE_MULTIPLE) -> int:
+  """The least positive multiple of `multiple` that is >= n."""
+  return max(multiple, -(-n // multiple) * multiple)
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """Padded sizes shared by every version's inputs: one compiled program.
+
+  Attributes:
+    num_users_pad, num_items_pad: node rows (users first, then items).
+    num_edges_pad: directed edges of the training graph (two per interaction).
+    attribute_nnz_pad: per attribute kind, the (item, value) entries.
+  """
+  num_users_pad: int
+  num_items_pad: int
+  num_edges_pad: int
+  attribute_nnz_pad: dict[str, int]
+
+  @classmethod
+  def covering(cls, splits: Sequence[VersionSplit]) -> "Budget":
+    """The smallest budget (rounded up) that holds every one of `splits`:
+    the most users, items and training interactions of any version, and
+    the last version's attribute entries (items only grow)."""
+    last = splits[-1]
+    return cls(
+        round_up(max(s.num_users for s in splits)),
+        round_up(max(s.num_items for s in splits)),
+        round_up(2 * max(s.num_train for s in splits), EDGE_MULTIPLE),
+        {name: round_up(int(kind.offsets[last.num_items]))
+         for name, kind in last.attributes.items()})
 
 
 def check(name: str) -> str:
@@ -55,18 +92,15 @@ def build(name: str, dim: int, num_layers: int,
   return FlaxModel(PinSage(dim, num_layers, vocab_sizes))
 
 
-def make_inputs(name: str, split: VersionSplit, *, num_users_pad: int,
-                num_items_pad: int, num_edges_pad: int,
-                attribute_nnz_pad: dict[str, int], layout: str | None):
+def make_inputs(name: str, split: VersionSplit, budget: Budget,
+                layout: str | None = None):
   """The family's inputs for one version's training graph (padded).
 
   Args:
     name: the family (`FAMILIES`).
     split: the version's split; its training interactions form the graph.
-    num_users_pad, num_items_pad: the node budget shared by every version.
-    num_edges_pad: the directed-edge budget.
-    attribute_nnz_pad: per attribute kind, the budget of (item, value)
-      entries (PinSage only).
+    budget: the padded sizes shared by every version (attribute entries are
+      read by PinSage only).
     layout: aggregation layout, None to choose by size.
 
   Returns:
@@ -75,13 +109,14 @@ def make_inputs(name: str, split: VersionSplit, *, num_users_pad: int,
   Raises:
     ValueError: an unknown family, or a graph that exceeds the budget.
   """
+  b = budget
   if check(name) == "lightgcn":
     return make_lightgcn_inputs(
         split.train_user, split.train_item, split.num_users, split.num_items,
-        num_users_pad, num_items_pad, num_edges_pad=num_edges_pad,
+        b.num_users_pad, b.num_items_pad, num_edges_pad=b.num_edges_pad,
         layout=layout)
   return make_graph_inputs(
       split.train_user, split.train_item, split.num_users, split.num_items,
-      split.attributes, num_users_pad, num_items_pad,
-      num_edges_pad=num_edges_pad, attribute_nnz_pad=attribute_nnz_pad,
+      split.attributes, b.num_users_pad, b.num_items_pad,
+      num_edges_pad=b.num_edges_pad, attribute_nnz_pad=b.attribute_nnz_pad,
       layout=layout)

@@ -1,0 +1,132 @@
+"""Serving-side figures: reading a version from an embedding store and
+scoring frozen consumer heads across versions.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from bcjax import consumers
+from bcjax import store as store_lib
+from bcjax.benchmarks.measure import timed
+from bcjax.data import DynamicGraph, make_splits
+from bcjax.strategies import STRATEGIES
+
+
+def store_read(dims=(256, 320, 384, 448, 512), num_users: int = 943,
+               num_items: int = 1682, repeats: int = 5) -> dict:
+  """Rows per second of reading version 0 from a version-4 store.
+
+  `composed` multiplies by the one cached matrix M_{4->0}; `chained` applies
+  W_4, ..., W_1 one after the other, as a store without composition would.
+
+  Returns:
+    `{"composed_rows_per_s", "chained_rows_per_s"}` (medians), their
+    `..._spread` `[slowest, fastest]`, and the `rows` read per call.
+  """
+  import tempfile
+  rng = np.random.default_rng(0)
+  rows = num_users + num_items
+  with tempfile.TemporaryDirectory() as root:
+    path = f"{root}/store"
+    users = lambda d: rng.normal(size=(num_users, d)).astype(np.float32)
+    items = lambda d: rng.normal(size=(num_items, d)).astype(np.float32)
+    ids = (np.arange(num_users).astype(str), np.arange(num_items).astype(str))
+    store = store_lib.EmbeddingStore.create(path, users(dims[0]),
+                                            items(dims[0]), *ids, "bench",
+                                            "bench")
+    chain = []
+    for prev, d in zip(dims, dims[1:]):
+      w = rng.normal(size=(d, prev)).astype(np.float32) / np.sqrt(d)
+      chain.append(w)
+      store.append_version(users(d), items(d), w, *ids)
+    store.embeddings(version=0)  # Caches the composed matrix.
+    composed = timed(lambda: store.embeddings(version=0), repeats=repeats)
+    latest_u, latest_i = store.embeddings(version=len(dims) - 1)
+
+    def chained():
+      u, i = np.asarray(latest_u), np.asarray(latest_i)
+      for w in reversed(chain):
+        u, i = u @ w, i @ w
+      return u, i
+
+    stepwise = timed(chained, repeats=repeats)
+  rate = lambda t: {"median": rows / t["median_s"],
+                    "spread": [rows / t["max_s"], rows / t["min_s"]]}
+  out = {"rows": rows, "versions": len(dims)}
+  for name, t in (("composed", composed), ("chained", stepwise)):
+    out[f"{name}_rows_per_s"] = rate(t)["median"]
+    out[f"{name}_rows_per_s_spread"] = rate(t)["spread"]
+  return out
+
+
+def consumer_eval(graph: DynamicGraph, config, repeats: int = 3,
+                  num_strategies: int | None = None,
+                  tasks: Sequence[str] | None = None, seed: int = 0) -> dict:
+  """Scoring frozen consumer heads on every (strategy, version, seed) of
+  every task: `bcjax.consumers.evaluate` (one jitted vmapped call per task,
+  padding included) against `evaluate_reference` (a Python loop, one small
+  jitted call per (strategy, version, seed)).
+
+  The work is the run's: the tasks' real example rows of `graph` split at
+  `config.times`; the embeddings are random `[rows, config.dims[0]]` tables
+  per (strategy, version), the heads random of size
+  `config.consumer_hidden[0]` with `config.consumer_seeds` seeds. Every
+  task with scored versions (or those of `tasks`), the first
+  `num_strategies` strategies (default all).
+
+  Returns:
+    `{"tasks", "strategies", "scored_versions", "seeds", "hidden", "dim",
+    "evaluations" (task x strategy x version x seed), "vmapped_s",
+    "vmapped_spread_s", "loop_s", "loop_spread_s", "speedup",
+    "auc_max_abs_diff"}`.
+  """
+  splits = make_splits(graph, config.times)
+  data = {name: d for name, d in consumers.all_task_data(splits).items()
+          if d.evaluation and (tasks is None or name in tasks)}
+  strategies = list(STRATEGIES)[:num_strategies]
+  d, hidden = int(config.dims[0]), int(config.consumer_hidden[0])
+  seeds = int(config.consumer_seeds)
+  rng = np.random.default_rng(seed)
+  table = lambda n: rng.standard_normal((n, d)).astype(np.float32)
+  embeddings = {s: {k: (table(split.num_users), table(split.num_items))
+                    for k, split in enumerate(splits)} for s in strategies}
+  heads = {}
+  for i, (name, task_data) in enumerate(data.items()):
+    keys = jax.random.split(jax.random.key(seed + i), seeds)
+    variables = consumers.init_heads(hidden, d * len(task_data.task.inputs), keys)
+    # Non-trivial running statistics, as trained heads have.
+    variables = jax.tree.map(
+        lambda a: a + 0.1 * jax.random.uniform(jax.random.key(i), a.shape),
+        variables)
+    heads[name] = consumers.Heads(hidden, 0.0, jax.device_get(variables),
+                                  np.zeros(seeds), np.zeros(seeds, int), {})
+
+  def vmapped():
+    return {name: consumers.evaluate(
+        heads[name], consumers.prepare_evaluation(d_, embeddings, strategies))
+            for name, d_ in data.items()}
+
+  def loop():
+    return {name: consumers.evaluate_reference(heads[name], d_, embeddings,
+                                               strategies)
+            for name, d_ in data.items()}
+
+  fast, slow = vmapped(), loop()  # Also the warm-up: compiles both.
+  diff = max(float(np.nanmax(np.abs(fast[t][s] - slow[t][s])))
+             for t in data for s in strategies)
+  t_v = timed(vmapped, repeats=repeats, warmup=False)
+  t_l = timed(loop, repeats=repeats, warmup=False)
+  versions = sum(len(d_.evaluation) for d_ in data.values())
+  return {"tasks": len(data), "strategies": len(strategies),
+          "scored_versions": versions, "seeds": seeds, "hidden": hidden,
+          "dim": d, "evaluations": versions * len(strategies) * seeds,
+          "vmapped_s": t_v["median_s"],
+          "vmapped_spread_s": [t_v["min_s"], t_v["max_s"]],
+          "loop_s": t_l["median_s"],
+          "loop_spread_s": [t_l["min_s"], t_l["max_s"]],
+          "speedup": t_l["median_s"] / t_v["median_s"],
+          "auc_max_abs_diff": diff}

@@ -1,0 +1,273 @@
+"""Training-side figures: aggregation layouts, the epoch per version, the
+extra cost of each strategy, and seeds trained under `vmap`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bcjax import sweep, transforms
+from bcjax.benchmarks.measure import spread, timed
+from bcjax.data import DynamicGraph
+from bcjax.experiment import Experiment
+from bcjax.models import aggregate as agg
+from bcjax.training import (AlignmentInputs, Objective, embed, init_state,
+                            train_epoch)
+
+
+def replicated_graph(user: np.ndarray, item: np.ndarray, copies: int,
+                     seed: int = 0):
+  """`copies` disjoint copies of a bipartite graph, items shifted per copy."""
+  rng = np.random.default_rng(seed)
+  num_users, num_items = int(user.max()) + 1, int(item.max()) + 1
+  users = np.concatenate([user + c * num_users for c in range(copies)])
+  items = np.concatenate([(item + rng.integers(num_items)) % num_items
+                          + c * num_items for c in range(copies)])
+  return users, items, num_users * copies, num_items * copies
+
+
+def working_bytes(layout: str, edges: int, num_users: int, num_items: int,
+                   dim: int) -> int:
+  """Largest intermediate of a layout: messages, or the dense matrices."""
+  if layout == "segment":
+    return 4 * edges * dim
+  if layout == "dense":
+    return 8 * num_users * num_items
+  return 4 * edges * 3
+
+
+def aggregation_candidates(user, item, scales=(1, 10, 100), dim: int = 512,
+                           repeats: int = 5,
+                           max_bytes: float = 4e9) -> list[dict]:
+  """Forward and forward+backward time of every layout at several sizes.
+
+  A layout whose largest intermediate exceeds `max_bytes` is reported as
+  skipped (the segment layout's messages at 100x would need 40 GB); a
+  layout whose second call takes over 2 s is timed once (spread zero).
+  """
+  rows = []
+  for scale in scales:
+    users, items, num_users, num_items = replicated_graph(user, item, scale)
+    h = jax.random.normal(jax.random.key(0), (num_users + num_items, dim))
+    for layout in agg.LAYOUTS:
+      row = {"scale": scale, "layout": layout, "edges": 2 * len(users),
+             "nodes": num_users + num_items, "dim": dim}
+      if working_bytes(layout, row["edges"], num_users, num_items,
+                        dim) > max_bytes:
+        rows.append({**row, "fwd_ms": None, "fwd_bwd_ms": None,
+                     "fwd_ms_spread": None, "fwd_bwd_ms_spread": None})
+        continue
+      adjacency = agg.make_adjacency(users, items, num_users, num_items,
+                                     layout=layout)
+      forward = jax.jit(agg.aggregate)
+      backward = jax.jit(jax.grad(
+          lambda a, h: jnp.vdot(agg.aggregate(a, h), h), argnums=1))
+      for name, fn in (("fwd_ms", forward), ("fwd_bwd_ms", backward)):
+        t = timed(fn, adjacency, h, repeats=repeats, slow_s=2.0)
+        row[name] = 1e3 * t["median_s"]
+        row[name + "_spread"] = [1e3 * t["min_s"], 1e3 * t["max_s"]]
+      rows.append(row)
+      del adjacency
+  return rows
+
+
+def training_epoch(graph: DynamicGraph, config, workdir: str, version: int,
+                   repeats: int = 3) -> dict:
+  """One intended-task epoch (sampling + all steps) and one evaluation pass.
+
+  Returns:
+    `{"step_ms", "step_spread_ms", "epoch_s", "epoch_spread_s", "eval_s",
+    "eval_spread_s", "compile_s", "steps", "gflop_per_step",
+    "achieved_gflops", "layout"}`; flops from
+    XLA's cost analysis of one step (custom calls such as the CSR product
+    count zero there, so achieved GFLOP/s is a lower bound).
+  """
+  experiment = Experiment(graph, config, workdir)
+  data, model = experiment.data(version), experiment.model(version)
+  objective = Objective()
+  state = init_state(model, data.inputs, objective, jax.random.key(0), None,
+                     config.lr)
+  align = AlignmentInputs()
+  run = lambda state, batches: train_epoch(state, data.inputs, align, batches,
+                                           model=model, task=experiment.task,
+                                           objective=objective, lr=config.lr)
+  one = experiment.batches(version)(jax.random.key(0))
+  one_step = tuple(a[:1] for a in one)
+  start = time.perf_counter()
+  compiled = jax.jit(run).lower(state, one).compile()
+  compile_s = time.perf_counter() - start
+  cost = jax.jit(run).lower(state, one_step).compile().cost_analysis()
+  if isinstance(cost, list):
+    cost = cost[0]
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  del compiled
+
+  times = []
+  state, loss = run(state, one)  # Warm-up (compiles the donated variant).
+  loss.block_until_ready()
+  for r in range(repeats):
+    start = time.perf_counter()
+    batches = experiment.batches(version)(jax.random.key(r + 1))
+    state, loss = run(state, batches)
+    loss.block_until_ready()
+    times.append(time.perf_counter() - start)
+  epoch_s = float(np.median(times))
+  steps = int(np.any(one[3], axis=1).sum())  # Real batches, not padding.
+
+  def evaluate(state):
+    z = embed(model, state.model_variables(), data.inputs)
+    return experiment.recall(z, version)
+
+  evaluation = timed(evaluate, state, repeats=repeats)
+  step_s = epoch_s / steps
+  return {"layout": data.inputs.adjacency.layout, "steps": steps,
+          "step_ms": 1e3 * step_s,
+          "step_spread_ms": [1e3 * t / steps for t in spread(times)],
+          "epoch_s": epoch_s, "epoch_spread_s": spread(times),
+          "eval_s": evaluation["median_s"],
+          "eval_spread_s": [evaluation["min_s"], evaluation["max_s"]],
+          "compile_s": compile_s,
+          "gflop_per_step": flops / 1e9,
+          "achieved_gflops": flops / 1e9 / step_s}
+
+
+def strategy_overheads(graph: DynamicGraph, config, workdir: str,
+                       version: int, repeats: int = 3) -> dict:
+  """Seconds of extra work per version that each family of strategies adds.
+
+  Joint methods: (alignment epoch - plain epoch) x epochs; post-hoc methods:
+  their B_k epoch x posthoc epochs; closed-form fits: one solve.
+  """
+  experiment = Experiment(graph, config, workdir)
+  data, model = experiment.data(version), experiment.model(version)
+  d, d_prev = config.dims[version], config.dims[version - 1]
+  rng = np.random.default_rng(0)
+  n = experiment.num_users_pad + experiment.num_items_pad
+  target = jnp.asarray(rng.normal(size=(n, d_prev)), jnp.float32)
+  earlier = tuple(jnp.asarray(rng.normal(size=(config.dims[j], config.dims[j - 1])),
+                              jnp.float32) for j in range(version - 1, 0, -1))
+  embeddings = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+  batches = experiment.batches(version)(jax.random.key(0))
+
+  def epoch_time(objective, align):
+    variables = model.init(jax.random.key(0), data.inputs)
+    state = init_state(model, data.inputs, objective, jax.random.key(1),
+                       d_prev, config.lr, model_variables=variables)
+    def run():
+      nonlocal state
+      state, loss = train_epoch(state, data.inputs, align, batches,
+                                model=model, task=experiment.task,
+                                objective=objective, lr=config.lr)
+      return loss
+    t = timed(run, repeats=repeats)
+    spreads[objective] = [t["min_s"], t["max_s"]]
+    return t["median_s"]
+
+  spreads = {}
+  plain = epoch_time(Objective(), AlignmentInputs())
+  single = epoch_time(Objective(transform="linear"),
+                      AlignmentInputs(target=target))
+  multi = epoch_time(Objective(transform="linear", multi_step=True),
+                     AlignmentInputs(target=target, earlier=earlier))
+  posthoc = epoch_time(Objective(train_model=False, transform="linear"),
+                       AlignmentInputs(target=target, embeddings=embeddings))
+  x, y = np.asarray(embeddings), np.asarray(target)
+  lstsq = timed(transforms.fit_lstsq, x, y, repeats=repeats)
+  procrustes = timed(transforms.fit_procrustes, x, y, repeats=repeats)
+  epochs = {"plain": plain, "sloss": single, "mloss": multi,
+            "posthoc": posthoc}
+  return {
+      "version": version,
+      "epoch_s": plain,
+      "epoch_spread_s": spreads[Objective()],
+      # The epochs the figures below come from, each a median with spread.
+      "epochs_s": {name: {"median": t, "spread": spread_of}
+                   for (name, t), spread_of in zip(epochs.items(),
+                                                   spreads.values())},
+      "joint_sloss_extra_s": (single - plain) * config.epochs,
+      "joint_mloss_extra_s": (multi - plain) * config.epochs,
+      "posthoc_sgd_s": posthoc * config.posthoc_epochs,
+      "posthoc_lstsq_s": lstsq["median_s"],
+      "posthoc_lstsq_spread_s": [lstsq["min_s"], lstsq["max_s"]],
+      "posthoc_procrustes_s": procrustes["median_s"],
+      "posthoc_procrustes_spread_s": [procrustes["min_s"],
+                                      procrustes["max_s"]],
+  }
+
+
+# Seed sweeps, consumer scoring, the scaling curve (issue 7).
+
+
+def seed_sweep(graph: DynamicGraph, config, workdir: str, version: int = 0,
+               num_seeds: int = 4, repeats: int = 3, seed: int = 0) -> dict:
+  """One epoch of N seeds: trained together under vmap, and one by one.
+
+  Both sides do the same work from the same states: sample each seed's
+  epoch (host), then train it; the vmapped side stacks the seeds' states
+  and batches and runs `bcjax.sweep.vmapped_epoch`, the sequential side
+  runs `train_epoch` once per seed. Repeats alternate the two sides.
+
+  Returns:
+    `{"version", "seeds", "steps", "vmapped_s", "vmapped_spread_s",
+    "sequential_s", "sequential_spread_s", "speedup" (sequential / vmapped
+    medians: the throughput ratio), "vmapped_compile_s",
+    "sequential_compile_s", "loss_max_abs_diff"}`; the last compares the
+    two sides' first-epoch losses of every seed (they start equal).
+  """
+  experiment = Experiment(graph, config, workdir)
+  data, model = experiment.data(version), experiment.model(version)
+  objective, align = Objective(), AlignmentInputs()
+  keys = sweep.seed_keys(jax.random.key(seed), num_seeds)
+  sample = experiment.batches(version)
+  static = dict(model=model, task=experiment.task, objective=objective,
+                lr=config.lr)
+
+  def fresh():
+    return [init_state(model, data.inputs, objective, jax.random.fold_in(k, 0),
+                       None, config.lr) for k in keys]
+
+  def vmapped(states, epoch):
+    stacked, axes = sweep.stack_batches(
+        [sample(jax.random.fold_in(k, epoch)) for k in keys])
+    states, loss = sweep.vmapped_epoch(states, data.inputs, align, stacked,
+                                       batch_axes=axes, **static)
+    return states, np.asarray(loss)
+
+  def sequential(states, epoch):
+    out, losses = [], []
+    for state, k in zip(states, keys):
+      state, loss = train_epoch(state, data.inputs, align,
+                                sample(jax.random.fold_in(k, epoch)), **static)
+      out.append(state)
+      losses.append(loss)
+    return out, np.asarray(jax.device_get(losses))
+
+  stacked_states, states = sweep.stack(fresh()), fresh()
+  start = time.perf_counter()
+  stacked_states, loss_v = vmapped(stacked_states, 1)
+  compile_v = time.perf_counter() - start
+  start = time.perf_counter()
+  states, loss_s = sequential(states, 1)
+  compile_s = time.perf_counter() - start
+  times_v, times_s = [], []
+  for r in range(repeats):
+    for side in ((0, 1) if r % 2 == 0 else (1, 0)):
+      start = time.perf_counter()
+      if side == 0:
+        stacked_states, _ = vmapped(stacked_states, r + 2)
+        times_v.append(time.perf_counter() - start)
+      else:
+        states, _ = sequential(states, r + 2)
+        times_s.append(time.perf_counter() - start)
+  steps = int(np.any(sample(keys[0])[3], axis=1).sum())
+  vm, sq = float(np.median(times_v)), float(np.median(times_s))
+  return {"version": version, "seeds": num_seeds, "steps": steps,
+          "vmapped_s": vm, "vmapped_spread_s": spread(times_v),
+          "sequential_s": sq, "sequential_spread_s": spread(times_s),
+          "speedup": sq / vm, "vmapped_compile_s": compile_v,
+          "sequential_compile_s": compile_s,
+          "loss_max_abs_diff": float(np.max(np.abs(loss_v - loss_s)))}

@@ -1,0 +1,48 @@
+"""Numbers that may be missing, for JSON records and printed tables.
+
+A figure that was not measured (a single-class version, an undefined matrix
+entry) is NaN in arrays and None (JSON null) in records; these helpers are
+the one place that converts between the two, averages what is there and
+formats what may be absent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def flatten(values: Any) -> list:
+  """The leaves of nested lists, tuples and arrays, in order."""
+  if isinstance(values, (list, tuple, np.ndarray)):
+    return [x for v in values for x in flatten(v)]
+  return [values]
+
+
+def finite_or_none(values: Any) -> list:
+  """A JSON-safe list of floats: NaN and infinities become None."""
+  return [float(v) if v is not None and np.isfinite(v) else None
+          for v in values]
+
+
+def finite_mean(values: Any) -> float | None:
+  """Mean of the finite numbers in nested `values` (None and NaN skipped);
+  None when there are none."""
+  flat = np.asarray([v for v in flatten(values) if v is not None], np.float64)
+  flat = flat[np.isfinite(flat)]
+  return float(flat.mean()) if flat.size else None
+
+
+def percent_change(value: float | None, reference: float | None
+                   ) -> float | None:
+  """100 (value - reference) / reference; None if either is missing or the
+  reference is 0."""
+  if value is None or reference is None or reference == 0:
+    return None
+  return 100.0 * (value - reference) / reference
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+  """`value` with `digits` decimals, or "n/a" when it is missing."""
+  return "n/a" if value is None else f"{value:.{digits}f}"
