@@ -6,7 +6,9 @@ setuptools.setup(
     name="bcjax",
     version="0.1.0",
     description="Backward compatible embeddings (KDD 2022) in JAX.",
-    packages=setuptools.find_packages(include=["bcjax", "bcjax.*", "launch", "launch.*"]),
+    # Only the library: launch/ holds the repository's entry points, run from
+    # a checkout as `python -m launch.<script>`.
+    packages=setuptools.find_packages(include=["bcjax", "bcjax.*"]),
     python_requires=">=3.11",
     install_requires=[
         # Tested with jax 0.10.2. The range is kept narrow on purpose: XLA's

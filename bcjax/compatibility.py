@@ -21,8 +21,8 @@ tasks. Row 0 is method §7's consumers, trained on s's (shared) version 0.
 
 Consumers: one grid point per task, the (h, dropout) the main consumers chose
 on validation (`consumers/<task>.json`) when present, else the first entry of
-the consumer grid; `compat_epochs` epochs, `compat_seeds` seeds, the consumer
-batch size and learning rate. Consumers of (task, j) start from the same key
+the consumer grid; `config.compat`'s epochs and seeds, the consumer batch
+size and learning rate. Consumers of (task, j) start from the same key
 for every strategy (common random numbers): `fold_in(fold_in(key(seed),
 crc32(task)), j)`.
 
@@ -44,42 +44,32 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from bcjax import consumers, io, transforms
+from bcjax import consumers, io, numbers, transforms
 from bcjax.data.splits import VersionSplit
 from bcjax.data.targets import VersionTargets, version_targets
 from bcjax.numbers import finite_mean, finite_or_none, fmt
 from bcjax.rundir import RunDir, read_json
-from bcjax.strategies import STRATEGIES, get as get_strategy
+from bcjax.strategies import STRATEGIES
 
 
 @dataclasses.dataclass(frozen=True)
 class CompatConfig:
-  """The `compat_*` fields of a run config."""
+  """The compatibility stage's settings, `CompatConfig(**config.compat)`
+  (`bcjax.configs.validate` also makes the strategy names canonical).
+
+  Raises:
+    ValueError: a non-positive count, naming the `config.compat` field.
+  """
   strategies: tuple[str, ...] = tuple(STRATEGIES)
   epochs: int = 300
   seeds: int = 10
 
-  @classmethod
-  def from_config(cls, config) -> "CompatConfig":
-    """Reads `compat_strategies`, `compat_epochs`, `compat_seeds`.
-
-    Args:
-      config: the run config (`ml_collections.ConfigDict` or any object
-        with those attributes).
-
-    Returns:
-      The `CompatConfig`, strategy names canonical.
-
-    Raises:
-      ValueError: an unknown strategy or a non-positive count.
-    """
-    c = cls(tuple(get_strategy(s).name for s in config.compat_strategies),
-            int(config.compat_epochs), int(config.compat_seeds))
-    for field in ("epochs", "seeds"):
-      if getattr(c, field) < 1:
-        raise ValueError(f"config.compat_{field} must be positive, got "
-                         f"{getattr(c, field)}")
-    return c
+  def __post_init__(self):
+    field = lambda name, value: object.__setattr__(self, name, value)
+    field("strategies", tuple(self.strategies))
+    for name in ("epochs", "seeds"):
+      field(name, numbers.positive_int(f"config.compat.{name}",
+                                         getattr(self, name)))
 
 
 class StrategyTables:

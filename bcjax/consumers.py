@@ -35,10 +35,11 @@ import numpy as np
 import optax
 
 from bcjax import io, metrics, numbers
-from bcjax.rundir import RunDir, read_json
+from bcjax.numbers import finite_or_none
 from bcjax.data.splits import VersionSplit
 from bcjax.data.targets import VersionTargets, version_targets
 from bcjax.models.consumer import ConsumerMLP
+from bcjax.rundir import RunDir, read_json
 
 REFERENCE = "fix-m0"   # consumers train on this strategy's embeddings
 STD_THRESHOLD = 1.0
@@ -171,7 +172,15 @@ def single_class(examples: Examples) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class ConsumerConfig:
-  """The consumer schedule and hyper-parameter grid (method §7)."""
+  """The consumer schedule and hyper-parameter grid (method §7).
+
+  Built from a run config as `ConsumerConfig(**config.consumer)`; the values
+  are checked (and lists made tuples) on construction.
+
+  Raises:
+    ValueError: a non-positive count or learning rate, an empty grid or a
+      dropout rate outside [0, 1), naming the `config.consumer` field.
+  """
   epochs: int = 300
   hidden: tuple[int, ...] = (128, 256, 512, 1024)
   dropout: tuple[float, ...] = (0.0, 0.25, 0.5)
@@ -179,25 +188,20 @@ class ConsumerConfig:
   batch_size: int = 2048
   lr: float = 1e-3
 
-  @classmethod
-  def from_config(cls, config) -> "ConsumerConfig":
-    """Reads the `consumer_*` fields of a run config; ValueError if bad."""
-    c = cls(int(config.consumer_epochs),
-            tuple(int(h) for h in config.consumer_hidden),
-            tuple(float(p) for p in config.consumer_dropout),
-            int(config.consumer_seeds), int(config.consumer_batch_size),
-            float(config.consumer_lr))
-    for field in ("epochs", "seeds", "batch_size"):
-      if getattr(c, field) < 1:
-        raise ValueError(f"config.consumer_{field} must be positive, got "
-                         f"{getattr(c, field)}")
-    if not c.hidden or min(c.hidden) < 1:
-      raise ValueError(f"config.consumer_hidden must be positive sizes, got {c.hidden}")
-    if not c.dropout or not all(0.0 <= p < 1.0 for p in c.dropout):
-      raise ValueError(f"config.consumer_dropout must lie in [0, 1), got {c.dropout}")
-    if not c.lr > 0:
-      raise ValueError(f"config.consumer_lr must be positive, got {c.lr}")
-    return c
+  def __post_init__(self):
+    field = lambda name, value: object.__setattr__(self, name, value)
+    for name in ("epochs", "seeds", "batch_size"):
+      field(name, numbers.positive_int(f"config.consumer.{name}",
+                                       getattr(self, name)))
+    field("hidden", tuple(numbers.positive_int("config.consumer.hidden", h)
+                          for h in self.hidden))
+    field("dropout", tuple(float(p) for p in self.dropout))
+    field("lr", numbers.positive_float("config.consumer.lr", self.lr))
+    if not self.hidden:
+      raise ValueError("config.consumer.hidden must list positive sizes, got ()")
+    if not self.dropout or not all(0.0 <= p < 1.0 for p in self.dropout):
+      raise ValueError(f"config.consumer.dropout must lie in [0, 1), got "
+                       f"{self.dropout}")
 
 
 @dataclasses.dataclass
@@ -651,7 +655,7 @@ def evaluate_consumers(workdir: RunDir | str | os.PathLike, data: Mapping[str, T
   for name, h in heads.items():
     inputs = prepare_evaluation(data[name], embeddings, strategies)
     auc = evaluate(h, inputs)
-    result[name] = {s: [numbers.finite_or_none(auc[s][inputs.versions.index(k)])
+    result[name] = {s: [finite_or_none(auc[s][inputs.versions.index(k)])
                         if k in inputs.versions else None
                         for k in range(num_versions)] for s in strategies}
   io.save_json(run_dir.auc_path, result)

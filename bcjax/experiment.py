@@ -58,7 +58,7 @@ class Experiment:
 
   Args:
     graph: the dataset's canonical graph.
-    config: the run config (`launch/configs`; fields `times`, `dims`,
+    config: the run config (`bcjax.configs`; fields `times`, `dims`,
       `layers`, `batch_size`, `seed`, ...).
     workdir: the run directory (created if needed).
 
@@ -523,46 +523,3 @@ def _mse(z, target, w, experiment: Experiment, k: int) -> float:
   t_users, t_items = experiment.real_rows(target, k)
   return float((np.mean((users - t_users) ** 2)
                 + np.mean((items - t_items) ** 2)) / 2)
-
-
-def check_config(config) -> list[int]:
-  """Validates a run configuration before any work; returns the versions.
-
-  Args:
-    config: the run config (`launch/configs`).
-
-  Returns:
-    The sorted versions to run: `config.versions` ("all", or comma-separated
-    integers such as "0,2").
-
-  Raises:
-    ValueError: naming the first bad field.
-  """
-  num_versions = len(config.times) - 1
-  for field in ("dims", "layers"):
-    if len(config[field]) != num_versions:
-      raise ValueError(f"config.{field} has {len(config[field])} entries for "
-                       f"{num_versions} versions (config.times)")
-  for field in ("batch_size", "epochs", "eval_every", "finetune_epochs",
-                "posthoc_epochs", "recall_batch_users"):
-    if int(config[field]) < 1:
-      raise ValueError(f"config.{field} must be positive, got {config[field]}")
-  if any(int(d) < 1 for d in config.dims) or any(int(l) < 1 for l in config.layers):
-    raise ValueError("config.dims and config.layers must be positive")
-  if int(config.get("fanout", 0)) < 0 or int(config.get("chunk_batches", 1)) < 1:
-    raise ValueError("config.fanout must be >= 0 and config.chunk_batches >= 1")
-  if int(config.get("fanout", 0)) and config.get("model", "pinsage") != "pinsage":
-    raise ValueError(f"config.fanout: neighbour sampling is implemented for "
-                     f"pinsage, not {config.model}")
-  if config.versions == "all":
-    return list(range(num_versions))
-  try:
-    versions = sorted({int(v) for v in str(config.versions).split(",")})
-  except ValueError:
-    raise ValueError(f"config.versions={config.versions!r}: expected 'all' or "
-                     "comma-separated integers") from None
-  bad = [v for v in versions if not 0 <= v < num_versions]
-  if bad:
-    raise ValueError(f"config.versions: version {bad[0]} is out of range "
-                     f"0..{num_versions - 1}")
-  return versions

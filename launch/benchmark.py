@@ -40,7 +40,7 @@ from absl import app, flags
 from bcjax import benchmarks, io
 from bcjax.data import load_dataset
 from launch import common
-from launch.configs import paper, quick
+from bcjax.configs import paper, quick
 
 SECTIONS = ("matmul", "versions", "overheads", "store", "aggregation",
             "sweep", "consumer_eval", "scaling")

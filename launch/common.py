@@ -11,7 +11,10 @@ from bcjax.data import DataError, load_dataset
 from bcjax.models import families
 
 FLAGS = flags.FLAGS
-USER_ERRORS = (DataError, ValueError, OSError)
+# Errors that end a command with a one-line message (exit status 2): bad
+# settings or data, unreadable files, and a training that diverged (the NaN
+# guard's message names the epoch and the checkpoint kept).
+USER_ERRORS = (DataError, ValueError, OSError, FloatingPointError)
 
 
 def define_dataset_flags(default: str = "ml100k") -> None:

@@ -3,14 +3,15 @@
   python -m launch.reproduce [--config=launch/configs/quick.py] \
       [--workdir=runs/ml100k-quick] [--dataset=ml100k ...]
 
-Resumable: complete versions, saved consumers and saved compatibility
-matrices are skipped; the cross-version evaluation and the report (seconds)
-are always redone. Prints the method §8 table, the compatibility table and the
-paths of the plots.
+The command line of `bcjax.pipeline.reproduce` (resumable: complete versions,
+saved consumers and saved compatibility matrices are skipped). Prints the
+method §8 table, the compatibility table and the paths of the plots. A bad
+setting, or a training that diverges, ends with a one-line message and exit
+status 2.
 
 Beyond the paper, the stage "compatibility" trains consumers at every version
-of each strategy of `config.compat_strategies` that was run and scores them at
-every later version (`bcjax.compatibility`).
+of each strategy of `config.compat.strategies` that was run and scores them
+at every later version (`bcjax.compatibility`).
 """
 
 import time
@@ -18,8 +19,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from bcjax import compatibility, consumers, report, strategies
-from bcjax.experiment import Experiment, check_config
+from bcjax import pipeline, strategies
 from launch import common
 
 FLAGS = flags.FLAGS
@@ -34,64 +34,19 @@ common.define_model_flag()
 common.define_runtime_flags()
 
 
-def _stage(message: str, start: float) -> None:
-  print(f"== {message} ({time.perf_counter() - start:.1f}s elapsed)",
-        flush=True)
-
-
 def main(argv):
   del argv
-  config, start = FLAGS.config, time.perf_counter()
-  common.apply_model_flag(config)
+  start = time.perf_counter()
+  common.apply_model_flag(FLAGS.config)
   common.apply_runtime_flags()
   try:
-    names = [strategies.get(s).name for s in FLAGS.strategies]
-    versions = check_config(config)
-    if len(versions) != len(config.times) - 1:
-      raise ValueError(f"config.versions={config.versions!r}: the report "
-                       "needs every version; use 'all'")
-    consumer_config = consumers.ConsumerConfig.from_config(config)
-    compat_config = compatibility.CompatConfig.from_config(config)
     graph = common.dataset_from_flags()
-    config.dataset = graph.name  # What config.json and the report name.
-    family = "" if config.model == "pinsage" else f"-{config.model}"
-    workdir = FLAGS.workdir or f"runs/{graph.name}{family}-{config.preset}"
-    experiment = Experiment(graph, config, workdir)
-    tasks = consumers.all_task_data(experiment.splits)
+    result = pipeline.reproduce(graph, FLAGS.config, FLAGS.workdir,
+                                FLAGS.strategies)
   except common.USER_ERRORS as e:
     common.fail(str(e))
-  if consumers.REFERENCE not in names:
-    names.insert(0, consumers.REFERENCE)  # The consumers train on it.
-  print(f"== run {workdir}: {graph.name}, model {config.model}, preset "
-        f"{config.preset}, {len(versions)} versions, strategies "
-        f"{', '.join(names)}", flush=True)
-
-  for i, name in enumerate(names, 1):
-    _stage(f"strategy {i}/{len(names)}: {name}", start)
-    experiment.run(name)
-  _stage(f"consumers: {len(tasks)} tasks, h {consumer_config.hidden} x "
-         f"dropout {consumer_config.dropout} x {consumer_config.seeds} seeds, "
-         f"{consumer_config.epochs} epochs", start)
-  heads = consumers.train_consumers(workdir, tasks, consumer_config,
-                                    seed=config.seed)
-  _stage("cross-version evaluation", start)
-  consumers.evaluate_consumers(workdir, tasks, heads, names,
-                               experiment.num_versions)
-  compat_names = [s for s in compat_config.strategies if s in names]
-  if compat_names:
-    _stage(f"compatibility: {', '.join(compat_names)}; consumers at every "
-           f"version, {compat_config.epochs} epochs x {compat_config.seeds} "
-           "seeds", start)
-    compatibility.run_compatibility(workdir, experiment.splits, compat_names,
-                                    compat_config, consumer_config,
-                                    seed=config.seed)
-  _stage("report", start)
-  _, table, plots = report.write_report(workdir, names)
-  print(table)
-  print(f"report: {workdir}/report.json, {workdir}/report.csv")
-  for path in plots:
-    print(f"plot: {path}")
-  _stage("done", start)
+  pipeline.print_report(result)
+  print(f"== done ({time.perf_counter() - start:.1f}s elapsed)", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@
 from absl import app, flags
 from ml_collections import config_flags
 
-from bcjax import strategies
-from bcjax.experiment import Experiment, check_config
+from bcjax import configs, strategies
+from bcjax.experiment import Experiment
 from launch import common
 
 FLAGS = flags.FLAGS
@@ -29,12 +29,12 @@ def main(argv):
   common.apply_runtime_flags()
   try:
     strategies.get(FLAGS.strategy)
-    versions = check_config(config)
+    versions = configs.validate(config).versions
     graph = common.dataset_from_flags()
     experiment = Experiment(graph, config, FLAGS.workdir)
+    experiment.run(FLAGS.strategy, versions)
   except common.USER_ERRORS as e:
     common.fail(str(e))
-  experiment.run(FLAGS.strategy, versions)
   for k in versions:
     best = experiment.load(FLAGS.strategy, k).metrics["best"]
     print(f"{FLAGS.strategy} v{k}: " + " ".join(

@@ -8,7 +8,7 @@ import pytest
 from bcjax import io
 from bcjax.data.synthetic import make_synthetic
 from launch import benchmark
-from launch.configs import test as test_config
+from bcjax.configs import test as test_config
 
 
 def _config():

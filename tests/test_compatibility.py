@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from bcjax import compatibility, consumers, io, report
+from bcjax import compatibility, configs, consumers, io, report
 from bcjax.data import load_dataset
 from test_consumers import _hand_graph  # One hand-worked graph for both.
 from bcjax.data.splits import make_splits
 from bcjax.data.targets import version_targets
-from launch.configs import paper, quick
-from launch.configs import test as test_config
+from bcjax.configs import paper, quick
+from bcjax.configs import test as test_config
 
 TIMES = (0.4, 0.52, 0.64, 0.76, 0.88)  # four versions
 TASKS = ("user-activity", "binary-item-rating-std")
@@ -192,18 +192,21 @@ def test_summarize_by_hand():
 
 def test_config_fields():
   for module in (paper, quick, test_config):
-    c = compatibility.CompatConfig.from_config(module.get_config())
+    c = compatibility.CompatConfig(**module.get_config().compat)
     assert c.strategies and c.epochs >= 1 and c.seeds >= 1
-  assert compatibility.CompatConfig.from_config(paper.get_config()) == (
+  assert compatibility.CompatConfig(**paper.get_config().compat) == (
       compatibility.CompatConfig())
   config = test_config.get_config()
-  config.compat_strategies = ("nobc", "bogus")
+  config.compat.strategies = ["nobc", "joint-lin-mloss"]
+  assert configs.validate(config).compat.strategies == ("nobc",
+                                                        "joint-lin-mloss")
+  config.compat.strategies = ("nobc", "bogus")
   with pytest.raises(ValueError, match="unknown strategy"):
-    compatibility.CompatConfig.from_config(config)
+    configs.validate(config)
   config = test_config.get_config()
-  config.compat_epochs = 0
-  with pytest.raises(ValueError, match="compat_epochs"):
-    compatibility.CompatConfig.from_config(config)
+  config.compat.epochs = 0
+  with pytest.raises(ValueError, match="config.compat.epochs"):
+    compatibility.CompatConfig(**config.compat)
 
 
 def test_report_has_the_compatibility_summary(tmp_path):

@@ -11,8 +11,8 @@ from bcjax import consumers, io
 from bcjax.data.graph import build_graph
 from bcjax.data.splits import make_splits
 from bcjax.models.consumer import ConsumerMLP
-from launch.configs import paper, quick
-from launch.configs import test as test_config
+from bcjax.configs import paper, quick
+from bcjax.configs import test as test_config
 
 SMALL = consumers.ConsumerConfig(epochs=12, hidden=(16,), dropout=(0.0, 0.25),
                                  seeds=2, batch_size=256)
@@ -234,17 +234,15 @@ def test_predict_is_each_seeds_head_on_the_concatenated_rows():
 
 def test_config_fields():
   for module in (paper, quick, test_config):
-    consumers.ConsumerConfig.from_config(module.get_config())
-  c = consumers.ConsumerConfig.from_config(paper.get_config())
+    consumers.ConsumerConfig(**module.get_config().consumer)
+  c = consumers.ConsumerConfig(**paper.get_config().consumer)
   assert c == consumers.ConsumerConfig()  # method §7's values.
-  config = test_config.get_config()
-  config.consumer_dropout = (0.0, 1.0)
-  with pytest.raises(ValueError, match="consumer_dropout"):
-    consumers.ConsumerConfig.from_config(config)
-  config = test_config.get_config()
-  config.consumer_seeds = 0
-  with pytest.raises(ValueError, match="consumer_seeds"):
-    consumers.ConsumerConfig.from_config(config)
+  bad = {"dropout": (0.0, 1.0), "seeds": 0, "lr": float("nan"),
+         "hidden": (16, 2.5), "epochs": float("inf")}
+  for field, value in bad.items():
+    settings = {**test_config.get_config().consumer, field: value}
+    with pytest.raises(ValueError, match=f"config.consumer.{field}"):
+      consumers.ConsumerConfig(**settings)
 
 
 def _fake_run(tmp_path, splits, d=4):

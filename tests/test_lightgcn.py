@@ -10,7 +10,7 @@ from bcjax.data.synthetic import make_synthetic
 from bcjax.experiment import Experiment
 from bcjax.models.interface import FlaxModel
 from bcjax.models.lightgcn import LightGCN, make_lightgcn_inputs
-from launch.configs import test as test_config
+from bcjax.configs import test as test_config
 
 U_PAD, I_PAD = 6, 7
 

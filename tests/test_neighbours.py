@@ -5,11 +5,12 @@ import jax
 import numpy as np
 import pytest
 
+from bcjax import configs
 from bcjax.data.neighbours import (NeighbourSampler, SampledInputs,
                                    sampled_bpr_chunks)
 from bcjax.data.synthetic import make_synthetic
 from bcjax.experiment import Experiment
-from launch.configs import test as test_config
+from bcjax.configs import test as test_config
 
 U_PAD, I_PAD = 8, 8
 USER = np.array([0, 0, 0, 1, 2, 2, 3, 5])
@@ -106,7 +107,6 @@ def test_training_with_neighbour_sampling(tmp_path):
     assert artifacts.transform.shape == (12, 8)
   history = experiment.load("nobc", 0).metrics["history"]
   assert history[-1]["loss"] < history[0]["loss"]
+  config.model = "lightgcn"
   with pytest.raises(ValueError, match="neighbour sampling"):
-    from bcjax.experiment import check_config
-    config.model = "lightgcn"
-    check_config(config)
+    configs.validate(config)

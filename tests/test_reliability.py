@@ -17,7 +17,7 @@ from bcjax import training
 from bcjax.data.synthetic import make_synthetic
 from bcjax.experiment import Experiment
 from bcjax.rundir import CHECKPOINT
-from launch.configs import test as test_config
+from bcjax.configs import test as test_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["--config=launch/configs/test.py", "--dataset=synthetic",

@@ -149,7 +149,8 @@ def _reproduce(workdir, *flags, timeout=600):
 
 
 def test_reproduce_rejects_bad_config(tmp_path):
-  for flag, message in (("--config.consumer_seeds=0", "consumer_seeds"),
+  for flag, message in (("--config.consumer.seeds=0", "config.consumer.seeds"),
+                        ("--config.lam=nan", "config.lam must be a finite"),
                         ("--strategies=nobc,bogus", "unknown strategy"),
                         ("--config.versions=0", "every version")):
     result = _reproduce(tmp_path / "run", flag)

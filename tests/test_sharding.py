@@ -19,7 +19,7 @@ import json, sys
 import jax, numpy as np
 from bcjax.data.synthetic import make_synthetic
 from bcjax.experiment import Experiment
-from launch.configs import test as test_config
+from bcjax.configs import test as test_config
 
 assert len(jax.devices()) == 4, jax.devices()
 out = {}

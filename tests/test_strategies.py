@@ -24,7 +24,7 @@ from bcjax.experiment import Experiment
 from bcjax.models.interface import FlaxModel
 from bcjax.models.pinsage import PinSage, make_graph_inputs
 from bcjax.tasks import BPRTask
-from launch.configs import test as test_config
+from bcjax.configs import test as test_config
 
 BC_STRATEGIES = ("joint-notrans-sloss", "joint-lin-sloss", "joint-lin-mloss",
                  "posthoc-lin-sloss", "posthoc-lin-mloss", "posthoc-lstsq",

@@ -9,7 +9,7 @@ from bcjax import sweep, training
 from bcjax.data.synthetic import make_synthetic
 from bcjax.experiment import Experiment
 from bcjax.models import aggregate as agg
-from launch.configs import test as test_config
+from bcjax.configs import test as test_config
 
 
 def _config(model="pinsage"):

@@ -52,9 +52,15 @@ BAD_FLAGS = {
     "dims": ["--config.dims=(8,8)"],
     "versions": ["--config.versions=7"],
     "batch_size": ["--config.batch_size=0"],
+    "lam": ["--config.lam=nan"],
+    "lr": ["--config.lr=inf"],
+    "consumer": ["--config.consumer.dropout=(0.0, 1.0)"],
 }
 EXPECTED_WORD = {"strategy": "bogus", "dataset": "bogus", "dims": "dims",
-                 "versions": "7", "batch_size": "batch_size"}
+                 "versions": "7", "batch_size": "batch_size",
+                 "lam": "config.lam must be a finite number >= 0, got nan",
+                 "lr": "config.lr must be a finite number > 0, got inf",
+                 "consumer": "config.consumer.dropout"}
 
 
 def test_bad_configurations_exit_2_with_one_line(tmp_path):
@@ -76,3 +82,20 @@ def test_bad_configurations_exit_2_with_one_line(tmp_path):
     assert stdout == ""
     # Before any work: not even the run directory exists.
     assert not workdir.exists(), name
+
+
+def test_a_diverging_run_ends_with_one_message_and_keeps_its_checkpoint(
+    tmp_path):
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+      _command(workdir, "--config.versions=0", "--config.lr=1e9",
+               "--config.epochs=6", "--config.checkpoint_every=1"),
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  checkpoint = workdir / "nobc" / "v0" / "checkpoint.msgpack"
+  assert last.startswith("train_embeddings: error: nobc v0: "), last
+  assert "is not finite at epoch" in last and str(checkpoint) in last
+  assert checkpoint.exists()
+  assert not (workdir / "nobc" / "v0" / "metrics.json").exists()

@@ -8,7 +8,7 @@ from bcjax import tasks, training
 from bcjax.data.sampling import TripleSampler
 from bcjax.data.synthetic import make_synthetic
 from bcjax.experiment import Experiment
-from launch.configs import test as test_config
+from bcjax.configs import test as test_config
 
 
 def _config(**overrides):

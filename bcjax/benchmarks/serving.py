@@ -74,7 +74,7 @@ def consumer_eval(graph: DynamicGraph, config, repeats: int = 3,
   The work is the run's: the tasks' real example rows of `graph` split at
   `config.times`; the embeddings are random `[rows, config.dims[0]]` tables
   per (strategy, version), the heads random of size
-  `config.consumer_hidden[0]` with `config.consumer_seeds` seeds. Every
+  `config.consumer.hidden[0]` with `config.consumer.seeds` seeds. Every
   task with scored versions (or those of `tasks`), the first
   `num_strategies` strategies (default all).
 
@@ -88,8 +88,8 @@ def consumer_eval(graph: DynamicGraph, config, repeats: int = 3,
   data = {name: d for name, d in consumers.all_task_data(splits).items()
           if d.evaluation and (tasks is None or name in tasks)}
   strategies = list(STRATEGIES)[:num_strategies]
-  d, hidden = int(config.dims[0]), int(config.consumer_hidden[0])
-  seeds = int(config.consumer_seeds)
+  d, hidden = int(config.dims[0]), int(config.consumer.hidden[0])
+  seeds = int(config.consumer.seeds)
   rng = np.random.default_rng(seed)
   table = lambda n: rng.standard_normal((n, d)).astype(np.float32)
   embeddings = {s: {k: (table(split.num_users), table(split.num_items))

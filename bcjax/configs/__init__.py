@@ -1,0 +1,100 @@
+"""Run presets and the one validation of a run config.
+
+A run config is an `ml_collections.ConfigDict` (see `paper.get_config` for
+every field): the training fields at the top level, the consumers' settings
+under `config.consumer` (`consumers.ConsumerConfig`) and the compatibility
+stage's under `config.compat` (`compatibility.CompatConfig`). Presets:
+
+  paper   the paper's values (method §4-§7), meant for an accelerator
+  quick   CPU-sized: the whole pipeline on MovieLens-100k on 2 cores
+  test    seconds per strategy, for the test suite
+
+`validate` checks a config before any work is done, so a bad value is a
+one-line error naming its field, never a failure deep inside training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import NamedTuple
+
+import ml_collections
+
+from bcjax import numbers, strategies
+from bcjax.compatibility import CompatConfig
+from bcjax.consumers import ConsumerConfig
+from bcjax.models import families
+
+PRESETS = ("paper", "quick", "test")
+
+
+def get(preset: str) -> ml_collections.ConfigDict:
+  """A fresh config of the named preset (`PRESETS`)."""
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+  return importlib.import_module(f"bcjax.configs.{preset}").get_config()
+
+
+class Settings(NamedTuple):
+  """What a validated config means: the versions to train, the consumer and
+  compatibility settings."""
+  versions: list[int]
+  consumer: ConsumerConfig
+  compat: CompatConfig
+
+
+def validate(config: ml_collections.ConfigDict) -> Settings:
+  """Checks every field of a run config before any work.
+
+  Args:
+    config: a run config (a preset, maybe edited by flags).
+
+  Returns:
+    The `Settings`: `versions` is `config.versions` resolved ("all", or
+    comma-separated integers such as "0,2", sorted).
+
+  Raises:
+    ValueError: naming the first bad field (non-finite numbers included).
+  """
+  num_versions = len(config.times) - 1
+  for field in ("dims", "layers"):
+    if len(config[field]) != num_versions:
+      raise ValueError(f"config.{field} has {len(config[field])} entries for "
+                       f"{num_versions} versions (config.times)")
+    for value in config[field]:
+      numbers.positive_int(f"config.{field}", value)
+  for field in ("batch_size", "epochs", "eval_every", "finetune_epochs",
+                "posthoc_epochs", "recall_batch_users", "chunk_batches"):
+    numbers.positive_int(f"config.{field}", config[field])
+  for field in ("min_select_epoch", "checkpoint_every", "devices", "fanout"):
+    if numbers.finite_float(f"config.{field}", config[field], 0) % 1:
+      raise ValueError(f"config.{field} must be an integer >= 0, got "
+                       f"{config[field]!r}")
+  numbers.positive_float("config.lr", config.lr)
+  for field in ("weight_decay", "lam"):
+    numbers.finite_float(f"config.{field}", config[field], 0)
+  families.check(config.model)
+  if config.fanout and config.model != "pinsage":
+    raise ValueError(f"config.fanout: neighbour sampling is implemented for "
+                     f"pinsage, not {config.model}")
+  compat = CompatConfig(**config.compat)
+  compat = dataclasses.replace(compat, strategies=tuple(
+      strategies.get(s).name for s in compat.strategies))
+  return Settings(_versions(config.versions, num_versions),
+                  ConsumerConfig(**config.consumer), compat)
+
+
+def _versions(versions, num_versions: int) -> list[int]:
+  if versions == "all":
+    return list(range(num_versions))
+  try:
+    chosen = sorted({int(v) for v in str(versions).split(",")})
+  except ValueError:
+    raise ValueError(f"config.versions={versions!r}: expected 'all' or "
+                     "comma-separated integers") from None
+  bad = [v for v in chosen if not 0 <= v < num_versions]
+  if bad:
+    raise ValueError(f"config.versions: version {bad[0]} is out of range "
+                     f"0..{num_versions - 1}")
+  return chosen

@@ -1,0 +1,120 @@
+"""The main job as a library call: strategies, consumers, evaluation, report.
+
+`reproduce(graph, config, workdir)` trains every requested strategy for every
+version, the consumers of the unintended tasks on fix-m0's version-0
+embeddings, scores them on every strategy and version, computes the
+compatibility matrices of `config.compat.strategies`, and writes the report.
+It is resumable: complete versions, saved consumers and saved compatibility
+matrices are reused; the cross-version evaluation and the report (seconds)
+are always redone. `launch/reproduce.py` is its command line; the notebooks
+call it directly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import ml_collections
+
+from bcjax import compatibility, configs, consumers, report, strategies
+from bcjax.data import DynamicGraph
+from bcjax.experiment import Experiment
+
+
+class Report(NamedTuple):
+  """What `reproduce` wrote: report.json's content, the markdown tables and
+  the PNG plots, in the run directory `workdir`."""
+  workdir: Path
+  content: dict
+  table: str
+  plots: list[Path]
+
+
+def default_workdir(graph: DynamicGraph, config) -> Path:
+  """`runs/<dataset>[-<model>]-<preset>`: pinsage runs omit the model."""
+  family = "" if config.model == "pinsage" else f"-{config.model}"
+  return Path("runs") / f"{graph.name}{family}-{config.preset}"
+
+
+def reproduce(graph: DynamicGraph, config: ml_collections.ConfigDict,
+              workdir: str | os.PathLike | None = None,
+              strategy_names: Sequence[str] | None = None,
+              log: Callable[[str], None] | None = None) -> Report:
+  """Runs the whole pipeline (see the module docstring) into `workdir`.
+
+  Args:
+    graph: the dataset's canonical graph.
+    config: a run config (`bcjax.configs`); `config.versions` must be "all"
+      (the report needs every version). Its `dataset` is set to the graph's.
+    workdir: the run directory; default `default_workdir(graph, config)`.
+    strategy_names: the strategies (default all of `strategies.STRATEGIES`);
+      fix-m0, the consumers' reference, is always added.
+    log: one line per stage with the elapsed time (default stdout); the
+      training progress lines go to stderr.
+
+  Returns:
+    The `Report`.
+
+  Raises:
+    ValueError: a bad config or strategy name (before any work), or a run
+      directory trained under other settings.
+    DataError: a version without validation interactions.
+    FloatingPointError: a training that diverges (its checkpoint is kept).
+  """
+  log = log or (lambda line: print(line, flush=True))
+  start = time.perf_counter()
+  stage = lambda message: log(
+      f"== {message} ({time.perf_counter() - start:.1f}s elapsed)")
+  names = [strategies.get(s).name
+           for s in (strategy_names or strategies.STRATEGIES)]
+  settings = configs.validate(config)
+  if len(settings.versions) != len(config.times) - 1:
+    raise ValueError(f"config.versions={config.versions!r}: the report needs "
+                     "every version; use 'all'")
+  config.dataset = graph.name  # What config.json and the report name.
+  workdir = Path(workdir or default_workdir(graph, config))
+  experiment = Experiment(graph, config, workdir)
+  tasks = consumers.all_task_data(experiment.splits)
+  if consumers.REFERENCE not in names:
+    names.insert(0, consumers.REFERENCE)
+  log(f"== run {workdir}: {graph.name}, model {config.model}, preset "
+      f"{config.preset}, {len(settings.versions)} versions, strategies "
+      f"{', '.join(names)}")
+
+  for i, name in enumerate(names, 1):
+    stage(f"strategy {i}/{len(names)}: {name}")
+    experiment.run(name)
+  consumer = settings.consumer
+  stage(f"consumers: {len(tasks)} tasks, h {consumer.hidden} x dropout "
+        f"{consumer.dropout} x {consumer.seeds} seeds, {consumer.epochs} "
+        "epochs")
+  heads = consumers.train_consumers(experiment.run_dir, tasks, consumer,
+                                    seed=config.seed)
+  stage("cross-version evaluation")
+  consumers.evaluate_consumers(experiment.run_dir, tasks, heads, names,
+                               experiment.num_versions)
+  compat = settings.compat
+  compat_names = [s for s in compat.strategies if s in names]
+  if compat_names:
+    stage(f"compatibility: {', '.join(compat_names)}; consumers at every "
+          f"version, {compat.epochs} epochs x {compat.seeds} seeds")
+    compatibility.run_compatibility(experiment.run_dir, experiment.splits,
+                                    compat_names, compat, consumer,
+                                    seed=config.seed)
+  stage("report")
+  content, table, plots = report.write_report(experiment.run_dir, names)
+  return Report(workdir, content, table, plots)
+
+
+def print_report(result: Report, stream=None) -> None:
+  """The report's tables and the paths of its files, as `reproduce` prints."""
+  stream = stream or sys.stdout
+  print(result.table, file=stream)
+  print(f"report: {result.workdir}/report.json, {result.workdir}/report.csv",
+        file=stream)
+  for path in result.plots:
+    print(f"plot: {path}", file=stream)
