@@ -3,16 +3,22 @@
 The model-agnostic surface (see the README's "Bring your own model"):
 
   EmbeddingModel, FlaxModel, FunctionalModel   what a model provides
-  Task, BPRTask                                what a model is trained for
-  fit, Objective, BC_ALIGNER, Result           train version k compatibly
+  Task, BPRTask, TripleSampler, epoch_batches  what a model is trained for
+  Lineage                                      a sequence of versions: the
+                                               previous model, the chain,
+                                               publishing to the store
+  fit, Objective, BC_ALIGNER, Result           train one version compatibly
   transforms, losses                           backward maps and alignment
+  metrics, data                                Recall@K, ROC-AUC; datasets
   EmbeddingStore                               the versioned store consumers read
 """
 
-from bcjax import losses, transforms
+from bcjax import data, losses, metrics, transforms
+from bcjax.data import TripleSampler
+from bcjax.lineage import Lineage
 from bcjax.models.interface import EmbeddingModel, FlaxModel, FunctionalModel
 from bcjax.store import EmbeddingStore, StoreError
-from bcjax.tasks import BPRTask, Task
+from bcjax.tasks import BPRTask, Task, epoch_batches
 from bcjax.training import (BC_ALIGNER, Checkpointing, Objective, Result,
                             embed, fit)
 
@@ -20,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BC_ALIGNER", "BPRTask", "Checkpointing", "EmbeddingModel",
-    "EmbeddingStore", "FlaxModel", "FunctionalModel", "Objective", "Result",
-    "StoreError", "Task", "embed", "fit", "losses", "transforms",
+    "EmbeddingStore", "FlaxModel", "FunctionalModel", "Lineage", "Objective",
+    "Result", "StoreError", "Task", "TripleSampler", "data", "embed",
+    "epoch_batches", "fit", "losses", "metrics", "transforms",
 ]

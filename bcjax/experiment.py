@@ -21,12 +21,13 @@ from bcjax import metrics, sharding, transforms
 from bcjax.data import (DynamicGraph, TripleSampler, VersionSplit, make_splits,
                         numpy_rng)
 from bcjax.data.neighbours import NeighbourSampler, sampled_bpr_chunks
+from bcjax.lineage import Lineage
 from bcjax.models import families
 from bcjax.models.interface import EmbeddingModel
 from bcjax.rundir import CHECKPOINT, VARIABLES, RunDir
 from bcjax.strategies import Strategy, get as get_strategy
 from bcjax.tasks import BPRTask, epoch_batches
-from bcjax.training import Checkpointing, Objective, embed, fit
+from bcjax.training import Checkpointing, embed, fit
 
 NOBC = "nobc"
 
@@ -135,9 +136,9 @@ class Experiment:
 
   @staticmethod
   def _size_version(k: int, strategy: str | None) -> int:
-    """The version whose (d, L) version k's model has: fix-m0 and
-    finetune-m0 keep version 0's."""
-    if strategy and get_strategy(strategy).model in ("fixed", "finetune"):
+    """The version whose (d, L) version k's model has: version 0's for
+    strategies that keep it (`Strategy.keeps_first_size`)."""
+    if strategy and get_strategy(strategy).keeps_first_size:
       return 0
     return k
 
@@ -372,73 +373,71 @@ class Experiment:
         self._run_version(strategy, j)
     if strategy.base and not self.run_dir.complete(strategy.base, k):
       self.run(strategy.base, range(k + 1))
-    if k == 0:
-      if strategy.name != NOBC:
-        self.run(NOBC, [0])
-        # Copied whole, then renamed: a crash never leaves a partial v0.
-        target = self.run_dir.version_dir(strategy.name, 0)
-        staging = target.with_name(".v0.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(self.run_dir.version_dir(NOBC, 0), staging)
-        os.replace(staging, target)
-        return
-      return self._train_model(strategy.name, k, Objective(), init=None,
-                               epochs=self.config.epochs, select_after=0)
-    if strategy.model == "fixed":
-      return self._apply_fixed(strategy.name, k)
-    if strategy.model == "finetune":
-      previous = self.load(strategy.name, k - 1).variables
-      return self._train_model(strategy.name, k, Objective(), init=previous,
-                               epochs=self.config.finetune_epochs,
-                               select_after=0, backward="identity")
-    if strategy.model == "scratch":
-      return self._train_model(
-          strategy.name, k, strategy.objective, init=None, epochs=self.config.epochs,
-          select_after=self.config.min_select_epoch if strategy.selects_late else 0,
-          backward=strategy.backward)
-    return self._fit_transform(strategy, k)
+    if k > 0:
+      return _KINDS[strategy.model](self, strategy, k)
+    if strategy.name == NOBC:
+      return self._train_model(strategy, 0, init=None)
+    self.run(NOBC, [0])
+    # Copied whole, then renamed: a crash never leaves a partial v0.
+    target = self.run_dir.version_dir(strategy.name, 0)
+    staging = target.with_name(".v0.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(self.run_dir.version_dir(NOBC, 0), staging)
+    os.replace(staging, target)
+
+  def lineage(self, strategy: str, k: int) -> Lineage:
+    """Versions 0..k-1 of a strategy as the `Lineage` version k trains
+    against: M_{k-1} (its selected variables) and W_1..W_{k-1}."""
+    return Lineage((self.model(k - 1, strategy),
+                    self.load(strategy, k - 1).variables),
+                   self.run_dir.chain(strategy, k - 1))
 
   def _alignment_target(self, strategy: str, k: int) -> jax.Array:
     """E_k(M_{k-1}): the previous best model on the current graph."""
-    return self.embeddings(self.model(k - 1, strategy),
-                           self.load(strategy, k - 1).variables, k)
+    return self.lineage(strategy, k).previous(self.data(k).inputs)
 
-  def _fit(self, name: str, k: int, model: EmbeddingModel,
-           objective: Objective, previous=None, **kwargs):
-    """`training.fit` of version k with the run's settings; `previous`
+  def _fit(self, strategy: Strategy, k: int, previous=None, **kwargs):
+    """`training.fit` of version k as `strategy` describes it: its objective
+    (the run's lambda next to a task loss), epochs and selection; `previous`
     defaults to the strategy's own E_k(M_{k-1}) when the objective aligns."""
-    objective = dataclasses.replace(objective, lam=self.config.lam)
+    objective = strategy.objective
+    if objective.train_model:
+      objective = dataclasses.replace(objective, lam=self.config.lam)
     chain = ()
     if objective.aligns:
+      lineage = self.lineage(strategy.name, k)
       if previous is None:
-        previous = self._alignment_target(name, k)
-      chain = self.chain(name, k - 1)
-    layers = self.config.layers[self._size_version(k, name)]
-    return fit(model, self.task, self.data(k).inputs,
-               self.batches(k, layers),
-               self.key(k), objective=objective, previous=previous,
-               chain=chain, lr=self.config.lr, label=f"{name} v{k}",
-               checkpointing=self.checkpointing(name, k), mesh=self.mesh,
+        previous = lineage.previous(self.data(k).inputs)
+      chain = lineage.chain()
+    late = strategy.selects_late and k > 0
+    layers = self.config.layers[self._size_version(k, strategy.name)]
+    return fit(self.model(k, strategy.name), self.task, self.data(k).inputs,
+               self.batches(k, layers), self.key(k), objective=objective,
+               previous=previous, chain=chain, lr=self.config.lr,
+               label=f"{strategy.name} v{k}",
+               checkpointing=self.checkpointing(strategy.name, k),
+               mesh=self.mesh,
+               epochs=self.config[strategy.epochs if k else "epochs"],
+               min_select_epoch=self.config.min_select_epoch if late else 0,
                **kwargs)
 
-  def _train_model(self, name: str, k: int, objective: Objective, init,
-                   epochs: int, select_after: int,
-                   backward: str = "prefix") -> None:
-    model, inputs = self.model(k, name), self.data(k).inputs
+  def _train_model(self, strategy: Strategy, k: int, init) -> None:
+    """Trains M_k (from `init`, or fresh) on version k's intended task,
+    selected on Recall@50."""
+    model, inputs = self.model(k, strategy.name), self.data(k).inputs
     result = self._fit(
-        name, k, model, objective, init_variables=init,
+        strategy, k, init_variables=init,
         evaluate=lambda variables, _: self.recall(
             embed(model, variables, inputs), k),
-        select_key="recall@50", epochs=epochs,
-        eval_every=self.config.eval_every, min_select_epoch=select_after,
+        select_key="recall@50", eval_every=self.config.eval_every,
         init_key=jax.random.fold_in(self.key(k), 1))
     z = self.embeddings(model, result.variables, k)
     transform = None
     if k:
       transform = (result.transform if result.transform is not None
-                   else self._backward_matrix(backward, k))
-    self.save(name, k, result.variables, z, transform,
+                   else self._backward_matrix(strategy.backward, k))
+    self.save(strategy.name, k, result.variables, z, transform,
               {"best": result.metrics, "best_epoch": result.epoch,
                "history": result.history})
 
@@ -450,49 +449,65 @@ class Experiment:
     return np.eye(self.config.dims[k], self.config.dims[k - 1],
                   dtype=np.float32)
 
-  def _apply_fixed(self, name: str, k: int) -> None:
-    """fix-m0: M_0 on version k's graph; its d must equal every version's."""
-    variables = self.load(name, 0).variables
+  def _scratch(self, strategy: Strategy, k: int) -> None:
+    """A fresh M_k trained with the strategy's objective."""
+    self._train_model(strategy, k, init=None)
+
+  def _finetune(self, strategy: Strategy, k: int) -> None:
+    """M_{k-1} trained further on version k."""
+    self._train_model(strategy, k, init=self.load(strategy.name, k - 1).variables)
+
+  def _fixed(self, strategy: Strategy, k: int) -> None:
+    """M_0 applied to version k's graph; its d is every version's."""
+    variables = self.load(strategy.name, 0).variables
     z = self.embeddings(self.model(0), variables, k)
-    recall = self.recall(z, k)
-    self.save(name, k, variables, z, np.eye(z.shape[1], dtype=np.float32),
-              {"best": recall, "best_epoch": 0, "history": []})
+    self.save(strategy.name, k, variables, z,
+              self._backward_matrix(strategy.backward, k),
+              {"best": self.recall(z, k), "best_epoch": 0, "history": []})
 
-  def _fit_transform(self, strategy: Strategy, k: int) -> None:
-    """Post-hoc: B_k on top of nobc's M_k, by gradient or in closed form."""
-    base_k = self.load(NOBC, k)
-    model = self.model(k)
-    z = self.embeddings(model, base_k.variables, k)
-    target = self._alignment_target(NOBC, k)
-    real = self.data(k).inputs.node_mask
-    if strategy.model == "closed":
-      x, y = np.asarray(z)[np.asarray(real)], np.asarray(target)[np.asarray(real)]
-      transform = transforms.fit(strategy.fit, x, y)
-      record = {"alignment_mse": _mse(z, target, transform, self, k)}
-    else:
-      transform, record = self._train_posthoc(strategy, k, base_k.variables,
-                                              z, target)
-    self.save(strategy.name, k, base_k.variables, z, transform,
-              {"best": base_k.metrics["best"], "best_epoch": base_k.metrics["best_epoch"],
-               "history": base_k.metrics["history"], **record})
+  def _posthoc(self, strategy: Strategy, k: int) -> None:
+    """B_k trained alone by gradient on nobc's fixed M_k."""
 
-  def _train_posthoc(self, strategy: Strategy, k: int, variables, z, target):
-    """B_k trained alone by SGD on nobc's fixed M_k (`variables`)."""
-    config = self.config
+    def learn(base, z, target):
+      result = self._fit(
+          strategy, k, previous=target, init_variables=base.variables,
+          evaluate=lambda _, w: {"mse": _mse(z, target, w, self, k)},
+          select_key="mse", lower_is_better=True, eval_every=1,
+          init_key=jax.random.fold_in(self.key(k), 2))
+      return result.transform, {"alignment_mse": result.metrics["mse"],
+                                "alignment_epoch": result.epoch,
+                                "alignment_history": result.history}
+    self._on_base_model(strategy, k, learn)
 
-    def evaluate(variables, w) -> dict:
-      del variables
-      return {"mse": _mse(z, target, w, self, k)}
+  def _closed(self, strategy: Strategy, k: int) -> None:
+    """B_k fitted in closed form on nobc's fixed M_k (real nodes only)."""
 
-    result = self._fit(
-        strategy.name, k, self.model(k), strategy.objective, previous=target,
-        init_variables=variables, evaluate=evaluate,
-        select_key="mse", lower_is_better=True, epochs=config.posthoc_epochs,
-        eval_every=1, min_select_epoch=config.min_select_epoch,
-        init_key=jax.random.fold_in(self.key(k), 2))
-    return result.transform, {"alignment_mse": result.metrics["mse"],
-                              "alignment_epoch": result.epoch,
-                              "alignment_history": result.history}
+    def learn(base, z, target):
+      del base
+      real = np.asarray(self.data(k).inputs.node_mask)
+      transform = transforms.fit(strategy.fit, np.asarray(z)[real],
+                                 np.asarray(target)[real])
+      return transform, {"alignment_mse": _mse(z, target, transform, self, k)}
+    self._on_base_model(strategy, k, learn)
+
+  def _on_base_model(self, strategy: Strategy, k: int, learn) -> None:
+    """Post-hoc: nobc's M_k with a B_k from `learn(base, z, target)`, which
+    returns W_k and its metrics record; z is M_k's embeddings, target
+    E_k(M_{k-1}) of nobc."""
+    base = self.load(strategy.base, k)
+    z = self.embeddings(self.model(k), base.variables, k)
+    target = self._alignment_target(strategy.base, k)
+    transform, record = learn(base, z, target)
+    self.save(strategy.name, k, base.variables, z, transform,
+              {"best": base.metrics["best"],
+               "best_epoch": base.metrics["best_epoch"],
+               "history": base.metrics["history"], **record})
+
+
+# How M_k (k >= 1) is obtained -> the function that obtains it (`Strategy`).
+_KINDS = {"scratch": Experiment._scratch, "finetune": Experiment._finetune,
+          "fixed": Experiment._fixed, "posthoc": Experiment._posthoc,
+          "closed": Experiment._closed}
 
 
 def _load_variables(path: Path, template) -> Any:

@@ -2,8 +2,9 @@
 
 A strategy says, for versions k >= 1, how the model M_k is obtained and how
 B_k is learned; version 0 is the same for all (trained from scratch on the
-intended task). The mechanics live in `bcjax.experiment` and
-`bcjax.training`; nothing here runs a loop.
+intended task). Everything a strategy does is read from its `Strategy`:
+`bcjax.experiment` runs one function per kind of `model`, and nothing here
+runs a loop.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class Strategy:
     fit: for `closed`, "lstsq" or "procrustes".
     selects_late: the model (or B_k) is selected only from
       `config.min_select_epoch` on.
+    epochs: the config field that sets the epochs of versions k >= 1.
+    keeps_first_size: every version keeps version 0's (d, L) (the model is
+      M_0, or M_0 trained further).
   """
   name: str
   model: Model
@@ -42,6 +46,8 @@ class Strategy:
   backward: Literal["linear", "prefix", "identity"] = "prefix"
   fit: str | None = None
   selects_late: bool = False
+  epochs: str = "epochs"
+  keeps_first_size: bool = False
 
   @property
   def base(self) -> str | None:
@@ -50,10 +56,12 @@ class Strategy:
 
 
 def _posthoc(name, multi_step):
+  # Without the task loss the alignment term stands alone: weight 1.
   return Strategy(name, "posthoc",
                   Objective(train_model=False, transform="linear",
-                            multi_step=multi_step),
-                  backward="linear", selects_late=True)
+                            multi_step=multi_step, lam=1.0),
+                  backward="linear", selects_late=True,
+                  epochs="posthoc_epochs")
 
 
 def _joint(name, transform, multi_step):
@@ -64,8 +72,9 @@ def _joint(name, transform, multi_step):
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
-    Strategy("fix-m0", "fixed", backward="identity"),
-    Strategy("finetune-m0", "finetune", backward="identity"),
+    Strategy("fix-m0", "fixed", backward="identity", keeps_first_size=True),
+    Strategy("finetune-m0", "finetune", backward="identity",
+             epochs="finetune_epochs", keeps_first_size=True),
     Strategy("nobc", "scratch"),
     _posthoc("posthoc-lin-sloss", multi_step=False),
     _posthoc("posthoc-lin-mloss", multi_step=True),

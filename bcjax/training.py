@@ -47,7 +47,8 @@ class Objective:
     transform: None, or the name of the backward transformation B_k
       (`bcjax.transforms.get`) whose output is aligned to the target.
     multi_step: use the multi-step alignment loss (else single-step).
-    lam: weight of the alignment term next to the intended-task loss.
+    lam: weight of the alignment term (next to the intended-task loss; the
+      post-hoc strategies, without a task loss, use 1).
   """
   train_model: bool = True
   transform: str | None = None
@@ -171,7 +172,7 @@ def _batch_loss(model: EmbeddingModel, task: Task, objective: Objective,
       predicted = tuple(transform.apply(params["transform"], z[i], d_prev)
                         for i in index)
       term = losses.multi_step_alignment(target, predicted, earlier, mask=mask)
-    loss = loss + (objective.lam if objective.train_model else 1.0) * term
+    loss = loss + objective.lam * term
   return loss, new_state
 
 

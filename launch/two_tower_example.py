@@ -4,15 +4,17 @@
 
 A two-tower model, defined here and nowhere in bcjax, is trained on three
 versions of MovieLens-100k (data up to 50%, 60%, 70% of the interactions;
-embedding sizes growing per version) with BC-Aligner: `bcjax.training.fit`
+embedding sizes growing per version) with BC-Aligner: `bcjax.Lineage.fit`
 with the BPR task, where version k also aligns B_k(z_k) with version k-1's
-model applied to version k's data through the earlier matrices W_1..W_{k-1}.
+model applied to version k's data through the earlier matrices W_1..W_{k-1}
+(the lineage keeps both from one version to the next).
 
   item tower: MLP([genre + year multi-hot, a learned item-id vector])
   user tower: MLP(mean of the item-tower inputs of the user's history)
 
-Each version's embeddings go into an `EmbeddingStore` (created at version 0,
-then `append_version` with W_k). A frozen consumer -- logistic regression
+Each version's embeddings are published to an `EmbeddingStore`
+(`Lineage.publish`: created at version 0, appended with W_k after). A frozen
+consumer -- logistic regression
 predicting "the item's mean rating is above the median", a label the
 recommender never sees (BPR uses implicit feedback only) -- is trained once
 on version-0 item embeddings. Its ROC-AUC on held-out items is then measured
@@ -34,12 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bcjax import metrics
-from bcjax.data import TripleSampler, item_stats, load_dataset, make_splits
-from bcjax.models.interface import FlaxModel
-from bcjax.store import EmbeddingStore
-from bcjax.tasks import BPRTask, epoch_batches
-from bcjax.training import BC_ALIGNER, Objective, embed, fit
+import bcjax
+from bcjax import data, metrics
 
 TIMES = (0.5, 0.6, 0.7, 0.8)  # Three versions.
 SIZES = {
@@ -111,60 +109,54 @@ def score_consumer(c, x, y) -> dict:
 def run(workdir: str, size: str = "test", seed: int = 0) -> dict:
   """Trains three versions, fills the store, scores the frozen consumer."""
   cfg = SIZES[size]
-  graph = load_dataset("ml100k")
-  splits = make_splits(graph, TIMES)
+  graph = data.load_dataset("ml100k")
+  splits = data.make_splits(graph, TIMES)
   num_users, num_items = splits[-1].num_users, splits[-1].num_items
   num_batches = -(-max(s.num_train for s in splits) // cfg["batch_size"])
-  task, key = BPRTask(reg=0.01), jax.random.key(seed)
-  store, models, chain, result = None, [], [], {}
+  task, key = bcjax.BPRTask(reg=0.01), jax.random.key(seed)
+  lineage, result = bcjax.Lineage(), {}
   for k, (split, d) in enumerate(zip(splits, cfg["dims"])):
     inputs = make_inputs(split, num_users, num_items)
-    model = FlaxModel(TwoTower(d, num_items, cfg["hidden"], cfg["id_dim"]))
-    sampler = TripleSampler(split.train_user, split.train_item,
-                            split.num_users, split.num_items)
+    model = bcjax.FlaxModel(TwoTower(d, num_items, cfg["hidden"],
+                                     cfg["id_dim"]))
+    sampler = bcjax.TripleSampler(split.train_user, split.train_item,
+                                  split.num_users, split.num_items)
     recall_inputs = metrics.prepare_recall_inputs(
         split.train_user, split.train_item, split.val_user, split.val_item,
         split.num_items)
     def evaluate(variables, w, model=model, inputs=inputs, r=recall_inputs):
-      z = embed(model, variables, inputs)
+      z = bcjax.embed(model, variables, inputs)
       return {"recall@20": metrics.recall_at_k(
           z[:num_users], z[num_users:], r, ks=(20,))[20]}
-    previous = None
-    if k:  # E_k(M_{k-1}): the previous model on this version's inputs.
-      previous = embed(*models[-1], inputs)
-    fitted = fit(model, task, inputs,
-                 lambda key, s=sampler: epoch_batches(
-                     s, key, cfg["batch_size"], num_users, num_batches),
-                 jax.random.fold_in(key, k),
-                 objective=BC_ALIGNER if k else Objective(),
-                 previous=previous, chain=tuple(chain), evaluate=evaluate,
-                 select_key="recall@20", epochs=cfg["epochs"],
-                 eval_every=cfg["eval_every"], lr=cfg["lr"], label=f"v{k}")
-    models.append((model, fitted.variables))
-    z = np.asarray(embed(model, fitted.variables, inputs))
-    users = z[:split.num_users]
+    # Version 0: the task alone; then BC-Aligner against the lineage.
+    fitted = lineage.fit(
+        model, task, inputs,
+        lambda key, s=sampler: bcjax.epoch_batches(
+            s, key, cfg["batch_size"], num_users, num_batches),
+        jax.random.fold_in(key, k), evaluate=evaluate, select_key="recall@20",
+        epochs=cfg["epochs"], eval_every=cfg["eval_every"], lr=cfg["lr"],
+        label=f"v{k}")
+    z = np.asarray(lineage.embed(inputs))
     items = z[num_users:num_users + split.num_items]
-    ids = (graph.user_ids[:split.num_users], graph.item_ids[:split.num_items])
+    lineage.publish(f"{workdir}/store", z[:split.num_users], items,
+                    graph.user_ids[:split.num_users],
+                    graph.item_ids[:split.num_items], dataset=graph.name,
+                    strategy="two-tower")
     if k == 0:
-      store = EmbeddingStore.create(f"{workdir}/store", users, items, *ids,
-                                    dataset=graph.name, strategy="two-tower")
       v0_items = items
-    else:
-      store.append_version(users, items, fitted.transform, *ids)
-      chain.append(fitted.transform)
     result[f"recall@20 v{k}"] = fitted.metrics["recall@20"]
     print(f"v{k}: d={d} recall@20={fitted.metrics['recall@20']:.4f} "
           f"(epoch {fitted.epoch})")
 
   # The frozen consumer: version-0 items, label = mean rating above median.
-  stats = item_stats(splits[0].train_item, splits[0].train_rating,
+  stats = data.item_stats(splits[0].train_item, splits[0].train_rating,
                      splits[0].num_items)
   labels = stats.mean > np.median(stats.mean)
   held_out = np.random.default_rng(seed).random(len(stats.item)) < 0.4
   train, test = stats.item[~held_out], stats.item[held_out]
   consumer = train_consumer(jnp.asarray(v0_items[train]),
                             jnp.asarray(labels[~held_out], jnp.float32))
-  reopened = EmbeddingStore.open(f"{workdir}/store")
+  reopened = bcjax.EmbeddingStore.open(f"{workdir}/store")
   d0 = reopened.dims[0]
   tables = {"a: v0": v0_items,
             "b: v2 via store": reopened.embeddings(version=0)[1],

@@ -7,7 +7,9 @@ version-2 prefix. Margins come from seeds 0-3 at the test size, where
 |a - b| <= 0.012, a >= 0.86 and b - c >= 0.23 (c ranged 0.24-0.64).
 """
 
+import ast
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -35,3 +37,16 @@ def test_frozen_consumer_keeps_its_accuracy_on_version_2(tmp_path):
   assert b > c + 0.15  # Reading the raw version-2 prefix does not.
   for k in range(3):
     assert result[f"recall@20 v{k}"] > 0.05
+
+
+def test_the_example_uses_only_the_top_level_api():
+  """A stranger's model needs `bcjax` itself, not its submodules."""
+  tree = ast.parse(Path(two_tower_example.__file__).read_text())
+  imported = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+              for a in node.names}
+  imported |= {f"{node.module}.{a.name}" if node.module == "bcjax"
+               else node.module for node in ast.walk(tree)
+               if isinstance(node, ast.ImportFrom) for a in node.names}
+  ours = {name for name in imported if name.startswith("bcjax")}
+  assert ours <= {"bcjax", "bcjax.data", "bcjax.metrics"}, ours
+  assert {"data", "metrics"} <= set(__import__("bcjax").__all__)

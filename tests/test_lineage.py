@@ -1,0 +1,107 @@
+"""bcjax.Lineage: the state carried from one version to the next."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import bcjax
+from bcjax import transforms
+
+NUM_NODES, DIMS = 12, (3, 4, 5)
+
+
+@dataclasses.dataclass(frozen=True)
+class PullTask:
+  """loss = mean ||z[ids] - targets||^2 over a batch (ids, targets, mask)."""
+
+  def nodes(self, batch):
+    ids, _, mask = batch
+    return (ids,), mask
+
+  def loss(self, z, batch):
+    ids, targets, mask = batch
+    error = jnp.sum((z[ids] - targets[:, :z.shape[1]]) ** 2, axis=-1)
+    return jnp.sum(jnp.where(mask, error, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def _table(dim):
+  return bcjax.FunctionalModel(
+      lambda key, inputs: {"table": jax.random.normal(key, (NUM_NODES, dim))},
+      lambda params, inputs: params["table"], dim)
+
+
+def _batches(key):
+  targets = np.random.default_rng(0).normal(size=(NUM_NODES, max(DIMS)))
+  ids = np.asarray(jax.random.permutation(key, NUM_NODES)).reshape(3, 4)
+  return ids, targets[ids].astype(np.float32), np.ones(ids.shape, bool)
+
+
+INPUTS = jnp.zeros((NUM_NODES,))
+FIT = dict(epochs=3, lr=0.05)
+
+
+def _three_versions(tmp_path=None):
+  lineage, results = bcjax.Lineage(), []
+  for k, d in enumerate(DIMS):
+    results.append(lineage.fit(_table(d), PullTask(), INPUTS, _batches,
+                               jax.random.key(k), **FIT))
+    if tmp_path is not None:
+      z = np.asarray(lineage.embed(INPUTS))
+      ids = np.array([f"n{i}" for i in range(NUM_NODES)])
+      lineage.publish(tmp_path / "store", z[:5], z[5:], ids[:5], ids[5:])
+  return lineage, results
+
+
+def test_each_version_is_fit_with_the_previous_model_and_the_chain():
+  lineage, results = _three_versions()
+  assert lineage.num_versions == 3
+  assert [w.shape for w in lineage.chain()] == [(4, 3), (5, 4)]
+  # Version 2 by hand: the same call, so the same bits.
+  previous = bcjax.embed(_table(4), results[1].variables, INPUTS)
+  by_hand = bcjax.fit(_table(5), PullTask(), INPUTS, _batches,
+                      jax.random.key(2), objective=bcjax.BC_ALIGNER,
+                      previous=previous, chain=(results[1].transform,), **FIT)
+  np.testing.assert_array_equal(by_hand.transform, results[2].transform)
+  jax.tree.map(np.testing.assert_array_equal, by_hand.variables,
+               results[2].variables)
+  assert results[0].transform is None  # Version 0: the task alone.
+  np.testing.assert_allclose(
+      lineage.to_version_zero(),
+      transforms.chain_matrix(lineage.chain(), 2, 0), rtol=1e-6)
+
+
+def test_publish_fills_a_store_version_by_version(tmp_path):
+  lineage, results = _three_versions(tmp_path)
+  store = bcjax.EmbeddingStore.open(tmp_path / "store")
+  assert store.versions == [0, 1, 2] and store.dims == list(DIMS)
+  z = np.asarray(bcjax.embed(_table(5), results[2].variables, INPUTS))
+  users, _ = store.embeddings(version=0)
+  np.testing.assert_array_equal(users, store.transform(z[:5], 2, 0))
+  np.testing.assert_allclose(users, z[:5] @ lineage.to_version_zero(),
+                             rtol=1e-5, atol=1e-5)
+  with pytest.raises(bcjax.StoreError, match="holds versions 0..2"):
+    stale = bcjax.Lineage(lineage.last, lineage.chain()[:1])
+    stale.publish(tmp_path / "store", z[:5], z[5:], [], [])
+
+
+def test_mistakes_are_named():
+  lineage = bcjax.Lineage()
+  with pytest.raises(ValueError, match="version 0 has no backward"):
+    lineage.add(_table(3), {}, np.eye(3))
+  lineage.add(_table(3), {"params": {"table": jnp.zeros((NUM_NODES, 3))}})
+  with pytest.raises(ValueError, match="version 1: needs W_k"):
+    lineage.add(_table(4), {})
+  with pytest.raises(ValueError, match=r"version 1: W_1 has shape \(3, 4\), "
+                     r"expected \[4, 3\]"):
+    lineage.add(_table(4), {}, np.zeros((3, 4)))
+  with pytest.raises(ValueError, match="learns no backward transformation"):
+    lineage.fit(_table(4), PullTask(), INPUTS, _batches, jax.random.key(0),
+                objective=bcjax.Objective(), **FIT)
+  with pytest.raises(ValueError, match="`chain` is the lineage's own"):
+    lineage.fit(_table(4), PullTask(), INPUTS, _batches, jax.random.key(0),
+                chain=(), **FIT)
+  with pytest.raises(ValueError, match="backward matrices without"):
+    bcjax.Lineage(None, [np.eye(2)])
