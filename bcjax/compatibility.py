@@ -23,8 +23,8 @@ Consumers: one grid point per task, the (h, dropout) the main consumers chose
 on validation (`consumers/<task>.json`) when present, else the first entry of
 the consumer grid; `config.compat`'s epochs and seeds, the consumer batch
 size and learning rate. Consumers of (task, j) start from the same key
-for every strategy (common random numbers): `fold_in(fold_in(key(seed),
-crc32(task)), j)`.
+for every strategy (common random numbers): `fold_in(task_key(seed, task),
+j)` (`consumers.task_key`).
 
 In the run directory (`bcjax.rundir`), `compatibility/<strategy>/<task>.json`
 holds the settings and per-seed AUCs `auc[j][k]` (a list, or null) and
@@ -38,7 +38,6 @@ import json
 import os
 import sys
 import time
-import zlib
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -129,7 +128,7 @@ class StrategyTables:
     return tuple(np.asarray(t, np.float32) @ m for t in self.tables[k])
 
 
-def _inputs(task: consumers.Task, pair) -> list[np.ndarray]:
+def _inputs(task: consumers.UnintendedTask, pair) -> list[np.ndarray]:
   return [pair[0] if kind == "user" else pair[1] for kind in task.inputs]
 
 
@@ -171,11 +170,9 @@ def row_key(seed: int, task: str, train_version: int) -> jax.Array:
     train_version: j.
 
   Returns:
-    `fold_in(fold_in(key(seed), crc32(task)), j)`.
+    `fold_in(consumers.task_key(seed, task), j)`.
   """
-  key = jax.random.fold_in(jax.random.key(seed),
-                           zlib.crc32(task.encode()) & 0x7FFFFFFF)
-  return jax.random.fold_in(key, train_version)
+  return jax.random.fold_in(consumers.task_key(seed, task), train_version)
 
 
 def task_matrix(name: str, splits: Sequence[VersionSplit],

@@ -47,7 +47,7 @@ _EVAL_BUDGET_BYTES = 1 << 30
 
 
 @dataclasses.dataclass(frozen=True)
-class Task:
+class UnintendedTask:
   """One unintended task.
 
   Attributes:
@@ -62,12 +62,12 @@ class Task:
   first_version: int
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("binary-edge-rating", ("user", "item"), 0, 1),
-    Task("user-activity", ("user",), 1, 2),
-    Task("user-positive-activity", ("user",), 1, 2),
-    Task("binary-item-rating-avg", ("item",), 0, 1),
-    Task("binary-item-rating-std", ("item",), 0, 1),
+TASKS: dict[str, UnintendedTask] = {t.name: t for t in (
+    UnintendedTask("binary-edge-rating", ("user", "item"), 0, 1),
+    UnintendedTask("user-activity", ("user",), 1, 2),
+    UnintendedTask("user-positive-activity", ("user",), 1, 2),
+    UnintendedTask("binary-item-rating-avg", ("item",), 0, 1),
+    UnintendedTask("binary-item-rating-std", ("item",), 0, 1),
 )}
 
 
@@ -85,7 +85,7 @@ class Examples:
 class TaskData:
   """Training (version 0 unless built with another `train_version`),
   early-stopping and per-version scoring examples."""
-  task: Task
+  task: UnintendedTask
   train: Examples
   val: Examples
   evaluation: dict[int, Examples]
@@ -112,7 +112,15 @@ def _examples(name: str, split: VersionSplit, targets: VersionTargets,
   return Examples(stats.item.astype(np.int32)[:, None], np.asarray(label, bool))
 
 
-def early_stop_version(task: Task, train_version: int, num_versions: int) -> int:
+def task_key(seed: int, task: str) -> jax.Array:
+  """The key of a task's consumers: `fold_in(key(seed), crc32(task))`, the
+  same for every strategy (common random numbers)."""
+  return jax.random.fold_in(jax.random.key(seed),
+                            zlib.crc32(task.encode()) & 0x7FFFFFFF)
+
+
+def early_stop_version(task: UnintendedTask, train_version: int,
+                       num_versions: int) -> int:
   """The version whose labels early-stop consumers trained on `train_version`:
   `train_version + task.val_version`, clipped to the last version."""
   return min(train_version + task.val_version, num_versions - 1)
@@ -443,7 +451,8 @@ class EvalInputs:
   mask: np.ndarray
 
 
-def _table(embeddings, task: Task, strategy: str, k: int, j: int) -> np.ndarray:
+def _table(embeddings, task: UnintendedTask, strategy: str, k: int,
+           j: int) -> np.ndarray:
   users, items = embeddings[strategy][k]
   return users if task.inputs[j] == "user" else items
 
@@ -595,7 +604,7 @@ def train_consumers(workdir: RunDir | str | os.PathLike, data: Mapping[str, Task
                     ) -> dict[str, Heads]:
   """Trains (or loads, if saved) every task's consumers on fix-m0's embeddings.
 
-  Task t's key is `fold_in(key(seed), crc32(t))`. Saved heads are reused when
+  Task t's key is `task_key(seed, t)`. Saved heads are reused when
   their consumer settings and input width match, else retrained. Tasks whose
   training or early-stopping labels have a single class are skipped (absent
   from the result), with a log line.
@@ -624,8 +633,7 @@ def train_consumers(workdir: RunDir | str | os.PathLike, data: Mapping[str, Task
     tables = lambda k: [embeddings[k][0 if kind == "user" else 1]
                         for kind in d.task.inputs]
     start = time.perf_counter()
-    key = jax.random.fold_in(jax.random.key(seed),
-                             zlib.crc32(name.encode()) & 0x7FFFFFFF)
+    key = task_key(seed, name)
     heads[name] = train_heads(tables(0), d.train, tables(d.task.val_version),
                               d.val, config, key, label=f"consumer {name}",
                               log=log)

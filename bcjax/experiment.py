@@ -442,7 +442,8 @@ class Experiment:
                "history": result.history})
 
   def _backward_matrix(self, kind: str, k: int) -> np.ndarray:
-    """The fixed W_k of strategies that learn none: identity or prefix."""
+    """The fixed W_k of strategies that learn none: identity or notrans (the
+    first d_{k-1} dims)."""
     if kind == "identity":
       d = self.config.dims[0]
       return np.eye(d, dtype=np.float32)

@@ -21,7 +21,7 @@ import numpy as np
 from bcjax import compatibility, io, metrics
 from bcjax.numbers import finite_mean, fmt, percent_change
 from bcjax.rundir import RunDir, read_json
-from bcjax.strategies import BC_ALIGNER, STRATEGIES
+from bcjax.strategies import BC_ALIGNER_NAME, STRATEGIES
 
 NOBC, FIX_M0 = "nobc", "fix-m0"
 PAPER_NAMES = {
@@ -133,7 +133,7 @@ def markdown_table(strategies: Mapping[str, dict]) -> str:
            "alignment error |", "|---|---:|---:|---:|---:|---:|"]
   for s, r in strategies.items():
     name = PAPER_NAMES.get(s, s)
-    if s == BC_ALIGNER:
+    if s == BC_ALIGNER_NAME:
       name = f"**{name}**"
     lines.append(f"| {name} | {fmt(finite_mean(r['recall50']), 4)} | "
                  f"{fmt(r['intended_pct'])} | {fmt(r['unintended_pct'])} | "
@@ -149,7 +149,7 @@ def compatibility_table(summary: Mapping[str, dict]) -> str:
            "|---|---:|" + "---:|" * len(tasks)]
   for s, r in summary.items():
     name = PAPER_NAMES.get(s, s)
-    if s == BC_ALIGNER:
+    if s == BC_ALIGNER_NAME:
       name = f"**{name}**"
     cells = [fmt(r["tasks"][t]["mean"], 4) if t in r["tasks"] else "n/a"
              for t in tasks]
@@ -198,7 +198,7 @@ def plot(strategies: Mapping[str, dict], alignment: Mapping[str, Sequence[float]
     for s, ys in curves.items():
       ys = np.asarray([np.nan if y is None else y for y in ys], np.float64)
       axes.plot(versions, ys, "o-", label=label(s),
-                linewidth=2.5 if s == BC_ALIGNER else 1.2)
+                linewidth=2.5 if s == BC_ALIGNER_NAME else 1.2)
     axes.set_xlabel("version")
     axes.set_xticks(versions)
     axes.set_ylabel(ylabel)
@@ -226,9 +226,9 @@ def plot(strategies: Mapping[str, dict], alignment: Mapping[str, Sequence[float]
           for s in strategies})
   series("alignment error (mean L2 to Fix-M0)", PLOTS[2],
          {s: list(alignment[s]) for s in strategies if s in alignment})
-  if BC_ALIGNER in strategies:
-    series(f"ROC-AUC of {label(BC_ALIGNER)}", PLOTS[3],
-           dict(strategies[BC_ALIGNER]["auc"]))
+  if BC_ALIGNER_NAME in strategies:
+    series(f"ROC-AUC of {label(BC_ALIGNER_NAME)}", PLOTS[3],
+           dict(strategies[BC_ALIGNER_NAME]["auc"]))
   return paths
 
 
@@ -337,7 +337,7 @@ def comparison_table(reports: Mapping[str, Mapping]) -> str:
            "|---|---|---:|---:|---:|---:|---:|---:|"]
   for s in common:
     name = PAPER_NAMES.get(s, s)
-    if s == BC_ALIGNER:
+    if s == BC_ALIGNER_NAME:
       name = f"**{name}**"
     for label, run in zip(labels, runs):
       r = run["strategies"][s]

@@ -32,7 +32,8 @@ class Strategy:
     model: how M_k is obtained (see `Model`).
     objective: what version k's training optimises.
     backward: the backward transformation each version records, "linear"
-      (learned), "prefix" (the first d_{k-1} dims) or "identity".
+      (learned), "notrans" (the first d_{k-1} dims, `transforms.notrans`) or
+      "identity".
     fit: for `closed`, "lstsq" or "procrustes".
     selects_late: the model (or B_k) is selected only from
       `config.min_select_epoch` on.
@@ -43,7 +44,7 @@ class Strategy:
   name: str
   model: Model
   objective: Objective = Objective()
-  backward: Literal["linear", "prefix", "identity"] = "prefix"
+  backward: Literal["linear", "notrans", "identity"] = "notrans"
   fit: str | None = None
   selects_late: bool = False
   epochs: str = "epochs"
@@ -67,7 +68,7 @@ def _posthoc(name, multi_step):
 def _joint(name, transform, multi_step):
   return Strategy(name, "scratch",
                   Objective(transform=transform, multi_step=multi_step),
-                  backward="linear" if transform == "linear" else "prefix",
+                  backward="linear" if transform == "linear" else "notrans",
                   selects_late=True)
 
 
@@ -85,7 +86,8 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("posthoc-procrustes", "closed", backward="linear",
              fit="procrustes"),
 )}
-BC_ALIGNER = "joint-lin-mloss"
+# The paper's method; `training.BC_ALIGNER` is its objective.
+BC_ALIGNER_NAME = "joint-lin-mloss"
 
 
 def get(name: str) -> Strategy:

@@ -173,7 +173,7 @@ def test_vmapped_grid_points_are_independent():
 
 def _random_heads(hidden=8, d_in=6, seeds=3):
   keys = jax.random.split(jax.random.key(7), seeds)
-  variables = consumers._init(hidden, d_in, keys)
+  variables = consumers.init_heads(hidden, d_in, keys)
   # Non-trivial running statistics.
   variables = jax.tree.map(
       lambda a: a + 0.1 * jax.random.uniform(jax.random.key(8), a.shape),
