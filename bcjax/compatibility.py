@@ -34,7 +34,6 @@ holds the settings and per-seed AUCs `auc[j][k]` (a list, or null) and
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -290,7 +289,7 @@ def run_compatibility(workdir: RunDir | str | os.PathLike,
       head_config = dataclasses.replace(
           consumer_config, epochs=config.epochs, hidden=(hidden,),
           dropout=(dropout,), seeds=config.seeds)
-      settings = {**json.loads(json.dumps(dataclasses.asdict(head_config))),
+      settings = {**io.as_json(dataclasses.asdict(head_config)),
                   "seed": seed, "num_versions": len(splits)}
       if path.exists():
         saved = read_json(path)

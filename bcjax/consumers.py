@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import sys
 import time
@@ -615,7 +614,7 @@ def train_consumers(workdir: RunDir | str | os.PathLike, data: Mapping[str, Task
   versions = sorted({0} | {d.task.val_version for d in data.values()})
   embeddings = load_embeddings(run_dir, [REFERENCE], versions)[REFERENCE]
   heads = {}
-  settings = json.loads(json.dumps(dataclasses.asdict(config)))
+  settings = io.as_json(dataclasses.asdict(config))
   for name, d in data.items():
     stem = run_dir.consumer_stem(name)
     d_in = sum(embeddings[0][0 if kind == "user" else 1].shape[1]

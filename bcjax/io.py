@@ -170,6 +170,12 @@ def read_npy_data(f: BinaryIO, shape: tuple[int, ...], fortran_order: bool,
   return np.load(f, allow_pickle=False)
 
 
+def as_json(obj: Any) -> Any:
+  """`obj` as it reads back from JSON (tuples become lists, ...), so that a
+  record about to be saved compares equal to one loaded from a file."""
+  return json.loads(json.dumps(obj))
+
+
 def save_json(path: str | os.PathLike, obj: Any) -> None:
   """Saves `obj` as indented JSON atomically.
 
