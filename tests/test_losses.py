@@ -155,3 +155,25 @@ def test_node_alignment_equals_row_alignment_of_gathered_rows():
         chain, mask=mask)
     got = losses.node_alignment(target, predicted, index, chain, mask=mask)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [2, 5])  # 6 rows < 10 nodes; 15 rows > 10.
+def test_batch_alignment_is_the_gathered_multi_step_loss_in_either_form(batch):
+  rng = np.random.default_rng(batch)
+  n, d, d_prev = 10, 4, 3
+  target = jnp.asarray(rng.normal(size=(n, d_prev)), jnp.float32)
+  z = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(d, d_prev)), jnp.float32)
+  earlier = (jnp.asarray(rng.normal(size=(d_prev, 2)), jnp.float32),)
+  index = tuple(jnp.asarray(rng.integers(0, n, batch)) for _ in range(3))
+  mask = jnp.arange(batch) < batch - 1
+  got = losses.batch_alignment(target, z, lambda x: x @ w, index, earlier,
+                               mask=mask)
+  # The definition (k = 2): (1/2) [A(D) + A(D W_1)], A summing the mean
+  # square of each row group over its real rows and dimensions.
+  keep = np.asarray(mask)
+  a = lambda groups: sum(np.mean(x[keep] ** 2) for x in groups)
+  diff = [np.asarray(target)[np.asarray(i)] -
+          np.asarray(z)[np.asarray(i)] @ np.asarray(w) for i in index]
+  want = (a(diff) + a([x @ np.asarray(earlier[0]) for x in diff])) / 2
+  np.testing.assert_allclose(got, want, rtol=1e-5)

@@ -44,6 +44,7 @@ for devices in (1, 4):
   out[devices] = record
 
 # One step's loss and gradients, BC-Aligner at version 1, sharded or not.
+from bcjax import epoch as epoch_lib
 from bcjax import sharding, training
 experiment = Experiment(graph, config, sys.argv[1] + "/d1")
 data, model = experiment.data(1), experiment.model(1)
@@ -55,7 +56,7 @@ state = training.init_state(model, data.inputs, objective, jax.random.key(0),
 align = training.AlignmentInputs(target=target)
 batch = jax.tree.map(lambda x: x[0], experiment.batches(1)(jax.random.key(3)))
 step = jax.jit(jax.value_and_grad(
-    lambda p, state, inputs, align, batch: training._batch_loss(
+    lambda p, state, inputs, align, batch: epoch_lib.batch_loss(
         model, experiment.task, objective, p, state, inputs, align, batch),
     has_aux=True))
 (loss1, _), grads1 = step(state.params, state, data.inputs, align, batch)

@@ -189,7 +189,7 @@ def test_procrustes_square_recovers_rotation_of_any_rows():
 
 
 # 50 nodes: batches of 32 rows map every node then gather, batches of 8 rows
-# gather first (training._batch_loss picks by size); both must learn W.
+# gather first (epoch.batch_loss picks by size); both must learn W.
 @pytest.mark.parametrize("num_batches,batch_size", [(10, 32), (40, 8)])
 def test_gradient_training_recovers_a_planted_linear_map(num_batches,
                                                          batch_size):

@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from bcjax import epoch as epoch_lib
 from bcjax import tasks, training
 from bcjax.data.sampling import TripleSampler
 from bcjax.data.synthetic import make_synthetic
@@ -32,13 +33,13 @@ def experiment(tmp_path_factory):
 def trace_counter(monkeypatch):
   """Counts traces of train_epoch's step (the loss is traced once per trace)."""
   count = [0]
-  original = training._batch_loss
+  original = epoch_lib.batch_loss
 
   def counting(*args, **kwargs):
     count[0] += 1
     return original(*args, **kwargs)
 
-  monkeypatch.setattr(training, "_batch_loss", counting)
+  monkeypatch.setattr(epoch_lib, "batch_loss", counting)
   return count
 
 
