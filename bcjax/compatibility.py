@@ -42,7 +42,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from bcjax import consumers, io, numbers, transforms
+from bcjax import consumers, io, numbers, scoring, transforms
 from bcjax.data.splits import VersionSplit
 from bcjax.data.targets import VersionTargets, version_targets
 from bcjax.numbers import finite_mean, finite_or_none, fmt
@@ -155,8 +155,8 @@ def train_row(data: consumers.TaskData, tables: StrategyTables,
       _inputs(data.task, tables.mapped(val_version, j)), data.val, config, key,
       label=f"compat {data.task.name} v{j}", log=log or (lambda _: None))
   embeddings = {"s": {k: tables.mapped(k, j) for k in data.evaluation}}
-  inputs = consumers.prepare_evaluation(data, embeddings, ["s"])
-  auc = consumers.evaluate(heads, inputs)["s"]
+  inputs = scoring.prepare_evaluation(data, embeddings, ["s"])
+  auc = scoring.evaluate(heads, inputs)["s"]
   return heads, {k: auc[v] for v, k in enumerate(inputs.versions)}
 
 

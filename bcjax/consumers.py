@@ -1,14 +1,11 @@
-"""Unintended tasks (method §7): targets, consumer training, cross-version scoring.
+"""Consumers of the unintended tasks: training the heads, saving and loading.
 
-A task is data: for the training set, the early-stopping set and every scored
-version k, rows into the BC embedding tables (a user, an item, or a (user,
-item) pair whose input is [z_u, z_i]) with binary labels. Consumers are
-trained once on fix-m0's version-0 embeddings, for every hidden size h, every
-dropout rate and every seed at once: dropout rates and seeds are `jax.vmap`ped
-in one compiled epoch (a `lax.scan` over batches); only h changes shapes and
-is looped over. The grid point with the best mean validation ROC-AUC is kept,
-with each seed's best-epoch head. Scoring then runs every (strategy, version,
-seed) of a task in one jitted call over padded, masked inputs.
+Consumers are trained once on fix-m0's version-0 embeddings, for every hidden
+size h, every dropout rate and every seed at once: dropout rates and seeds
+are `jax.vmap`ped in one compiled epoch (a `lax.scan` over batches); only h
+changes shapes and is looped over. The grid point with the best mean
+validation ROC-AUC is kept, with each seed's best-epoch head. The tasks are
+`bcjax.unintended`'s; the cross-version scoring is `bcjax.scoring`'s.
 
 In the run directory (`bcjax.rundir`): `consumers/<task>.msgpack` holds the
 chosen heads, leaves stacked over seeds; `consumers/<task>.json` (written
@@ -23,7 +20,6 @@ import functools
 import os
 import sys
 import time
-import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -34,147 +30,20 @@ import numpy as np
 import optax
 
 from bcjax import io, metrics, numbers
-from bcjax.numbers import finite_or_none
-from bcjax.data.splits import VersionSplit
-from bcjax.data.targets import VersionTargets, version_targets
 from bcjax.models.consumer import ConsumerMLP
 from bcjax.rundir import RunDir, read_json
+from bcjax.unintended import (STD_THRESHOLD, TASKS, Examples, TaskData,
+                              UnintendedTask, all_task_data,
+                              early_stop_version, pad_rows, single_class,
+                              task_data, task_key)
+
+__all__ = ["REFERENCE", "STD_THRESHOLD", "TASKS", "ConsumerConfig",
+           "Examples", "Heads", "TaskData", "UnintendedTask", "all_task_data",
+           "early_stop_version", "features", "init_heads", "load_embeddings",
+           "load_heads", "save_heads", "single_class", "task_data",
+           "task_key", "train_consumers", "train_heads"]
 
 REFERENCE = "fix-m0"   # consumers train on this strategy's embeddings
-STD_THRESHOLD = 1.0
-_EVAL_BUDGET_BYTES = 1 << 30
-
-
-@dataclasses.dataclass(frozen=True)
-class UnintendedTask:
-  """One unintended task.
-
-  Attributes:
-    name: the method §7 name.
-    inputs: the embedding tables whose rows are concatenated, in order.
-    val_version: the version whose labels (and fix-m0 embeddings) early-stop.
-    first_version: the first scored version.
-  """
-  name: str
-  inputs: tuple[str, ...]
-  val_version: int
-  first_version: int
-
-
-TASKS: dict[str, UnintendedTask] = {t.name: t for t in (
-    UnintendedTask("binary-edge-rating", ("user", "item"), 0, 1),
-    UnintendedTask("user-activity", ("user",), 1, 2),
-    UnintendedTask("user-positive-activity", ("user",), 1, 2),
-    UnintendedTask("binary-item-rating-avg", ("item",), 0, 1),
-    UnintendedTask("binary-item-rating-std", ("item",), 0, 1),
-)}
-
-
-@dataclasses.dataclass(frozen=True)
-class Examples:
-  """`rows`: `[N, len(task.inputs)]` int32 table rows; `labels`: `[N]` bool."""
-  rows: np.ndarray
-  labels: np.ndarray
-
-  def __len__(self) -> int:
-    return len(self.labels)
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskData:
-  """Training (version 0 unless built with another `train_version`),
-  early-stopping and per-version scoring examples."""
-  task: UnintendedTask
-  train: Examples
-  val: Examples
-  evaluation: dict[int, Examples]
-
-
-def _examples(name: str, split: VersionSplit, targets: VersionTargets,
-              side: str, avg_threshold: float) -> Examples:
-  """A task's examples on one split; side "train" or "eval" (method §7 table)."""
-  if name == "binary-edge-rating":
-    user, item, label = ((split.train_user, split.train_item,
-                          targets.train_edge_positive) if side == "train" else
-                         (split.val_user, split.val_item,
-                          targets.val_edge_positive))
-    return Examples(np.stack([user, item], 1).astype(np.int32),
-                    np.asarray(label, bool))
-  if name in ("user-activity", "user-positive-activity"):
-    label = (targets.user_active if name == "user-activity"
-             else targets.user_positive_active)
-    return Examples(np.arange(split.num_users, dtype=np.int32)[:, None],
-                    np.asarray(label, bool))
-  stats = targets.item_stats_train if side == "train" else targets.item_stats_all
-  label = (stats.mean >= avg_threshold if name == "binary-item-rating-avg"
-           else stats.std >= STD_THRESHOLD)
-  return Examples(stats.item.astype(np.int32)[:, None], np.asarray(label, bool))
-
-
-def task_key(seed: int, task: str) -> jax.Array:
-  """The key of a task's consumers: `fold_in(key(seed), crc32(task))`, the
-  same for every strategy (common random numbers)."""
-  return jax.random.fold_in(jax.random.key(seed),
-                            zlib.crc32(task.encode()) & 0x7FFFFFFF)
-
-
-def early_stop_version(task: UnintendedTask, train_version: int,
-                       num_versions: int) -> int:
-  """The version whose labels early-stop consumers trained on `train_version`:
-  `train_version + task.val_version`, clipped to the last version."""
-  return min(train_version + task.val_version, num_versions - 1)
-
-
-def task_data(name: str, splits: Sequence[VersionSplit],
-              targets: Sequence[VersionTargets] | None = None,
-              train_version: int = 0) -> TaskData:
-  """Builds one task's examples from a run's splits.
-
-  With `train_version` j (method §7 is j = 0), the consumers train on version
-  j's examples, early-stop on version j + `task.val_version` (clipped to the
-  last version) and are scored at every version k >= j + `task.first_version`;
-  the rating-average threshold is the median of version j's training means.
-
-  Args:
-    name: a key of `TASKS`.
-    splits: every version's split, version 0 first.
-    targets: their `version_targets` (computed if None).
-    train_version: j, the version the consumers train on.
-
-  Raises:
-    ValueError: an unknown task, too few versions for its early stopping, or
-      a training version out of range.
-  """
-  if name not in TASKS:
-    raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
-  task = TASKS[name]
-  if len(splits) <= task.val_version:
-    raise ValueError(f"task {name}: needs {task.val_version + 1} versions, "
-                     f"the run has {len(splits)}")
-  if not 0 <= train_version < len(splits):
-    raise ValueError(f"task {name}: train_version={train_version} is out of "
-                     f"range 0..{len(splits) - 1}")
-  targets = targets or [version_targets(s) for s in splits]
-  j = train_version
-  threshold = float(np.median(targets[j].item_stats_train.mean))
-  examples = lambda k, side: _examples(name, splits[k], targets[k], side,
-                                       threshold)
-  val_version = early_stop_version(task, j, len(splits))
-  return TaskData(task, examples(j, "train"), examples(val_version, "eval"),
-                  {k: examples(k, "eval")
-                   for k in range(j + task.first_version, len(splits))})
-
-
-def all_task_data(splits: Sequence[VersionSplit]) -> dict[str, TaskData]:
-  targets = [version_targets(s) for s in splits]
-  return {name: task_data(name, splits, targets) for name in TASKS}
-
-
-def single_class(examples: Examples) -> bool:
-  return len(examples) == 0 or examples.labels.all() or not examples.labels.any()
-
-
-# Consumer training.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,16 +206,6 @@ def _grid_epoch(state, keys, rates, epoch, train_tables, train_rows,
           "best_epoch": jnp.where(improved, epoch, state["best_epoch"])}, loss
 
 
-def _pad_rows(examples: Examples, multiple: int):
-  n = len(examples)
-  size = max(multiple, -(-n // multiple) * multiple)
-  rows = np.zeros((size, examples.rows.shape[1]), np.int32)
-  rows[:n] = examples.rows
-  labels = np.zeros(size, bool)
-  labels[:n] = examples.labels
-  return rows, labels, np.arange(size) < n
-
-
 def train_heads(train_tables: Sequence[np.ndarray], train: Examples,
                 val_tables: Sequence[np.ndarray], val: Examples,
                 config: ConsumerConfig, key: jax.Array, label: str = "consumer",
@@ -374,7 +233,7 @@ def train_heads(train_tables: Sequence[np.ndarray], train: Examples,
   val_tables = tuple(jnp.asarray(t, jnp.float32) for t in val_tables)
   train_rows, train_labels = jnp.asarray(train.rows), jnp.asarray(train.labels)
   val_rows, val_labels, val_mask = map(jnp.asarray,
-                                       _pad_rows(val, config.batch_size))
+                                       pad_rows(val, config.batch_size))
   d_in = sum(t.shape[1] for t in train_tables)
   num_rates, seeds = len(config.dropout), config.seeds
   rates = jnp.asarray(np.repeat(np.asarray(config.dropout, np.float32), seeds))
@@ -428,161 +287,6 @@ def load_heads(path_stem: Path) -> Heads:
   return Heads(meta["hidden"], meta["dropout"], variables,
                np.asarray(meta["val_auc"]), np.asarray(meta["best_epoch"]),
                meta["grid_val_auc"])
-
-
-# Cross-version scoring.
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalInputs:
-  """Every (strategy, version) of one task, padded to common shapes.
-
-  Attributes:
-    strategies: P names; versions: V scored versions.
-    tables: one `[P, V, R_pad, d]` array per task input (zero padding rows).
-    rows: `[V, N_pad, c]` int32; labels, mask: `[V, N_pad]` bool.
-  """
-  strategies: tuple[str, ...]
-  versions: tuple[int, ...]
-  tables: tuple[np.ndarray, ...]
-  rows: np.ndarray
-  labels: np.ndarray
-  mask: np.ndarray
-
-
-def _table(embeddings, task: UnintendedTask, strategy: str, k: int,
-           j: int) -> np.ndarray:
-  users, items = embeddings[strategy][k]
-  return users if task.inputs[j] == "user" else items
-
-
-def prepare_evaluation(data: TaskData, embeddings: Mapping[str, Mapping[int, Any]],
-                       strategies: Sequence[str]) -> EvalInputs:
-  """Pads and stacks the scored versions of `strategies` (host, numpy).
-
-  Args:
-    data: the task.
-    embeddings: strategy -> version -> (bc_users `[U1_k, d0]`, bc_items
-      `[I1_k, d0]`).
-    strategies: the strategies to score.
-  """
-  task, versions = data.task, tuple(sorted(data.evaluation))
-  n_pad = max(len(data.evaluation[k]) for k in versions)
-  padded = [_pad_rows(data.evaluation[k], n_pad) for k in versions]
-  tables = []
-  for j in range(len(task.inputs)):
-    r_pad = max(_table(embeddings, task, s, k, j).shape[0]
-                for s in strategies for k in versions)
-    d = _table(embeddings, task, strategies[0], versions[0], j).shape[1]
-    stacked = np.zeros((len(strategies), len(versions), r_pad, d), np.float32)
-    for p, s in enumerate(strategies):
-      for v, k in enumerate(versions):
-        t = _table(embeddings, task, s, k, j)
-        stacked[p, v, :len(t)] = t
-    tables.append(stacked)
-  return EvalInputs(tuple(strategies), versions, tuple(tables),
-                    *(np.stack(a) for a in zip(*padded)))
-
-
-@functools.partial(jax.jit, static_argnames=("hidden", "strategy_batch"))
-def _evaluate(variables, tables, rows, labels, mask, *, hidden: int,
-              strategy_batch: int) -> jax.Array:
-  """`[P, V, S]` ROC-AUC: strategies mapped in batches, versions and seeds vmapped."""
-  model = ConsumerMLP(hidden)
-
-  def one_version(version_tables, version_rows, version_labels, version_mask):
-    x = features(version_tables, version_rows)
-    return jax.vmap(lambda v: metrics.roc_auc(
-        model.apply(v, x), version_labels, version_mask))(variables)
-
-  def one_strategy(strategy_tables):
-    return jax.vmap(one_version)(strategy_tables, rows, labels, mask)
-
-  return jax.lax.map(one_strategy, tables, batch_size=strategy_batch)
-
-
-def evaluate(heads: Heads, inputs: EvalInputs) -> dict[str, np.ndarray]:
-  """Every (strategy, version, seed) of a task in one jitted, vmapped call.
-
-  Returns:
-    strategy -> `[V, S]` ROC-AUC, V the scored versions (`inputs.versions`).
-  """
-  num_seeds = len(heads.val_auc)
-  width = heads.hidden * 3 + sum(t.shape[-1] for t in inputs.tables)
-  per_strategy = 4 * len(inputs.versions) * num_seeds * inputs.rows.shape[1] * width
-  batch = int(np.clip(_EVAL_BUDGET_BYTES // max(per_strategy, 1), 1,
-                      len(inputs.strategies)))
-  auc = _evaluate(heads.variables, tuple(jnp.asarray(t) for t in inputs.tables),
-                  jnp.asarray(inputs.rows), jnp.asarray(inputs.labels),
-                  jnp.asarray(inputs.mask), hidden=heads.hidden,
-                  strategy_batch=batch)
-  auc = np.asarray(auc)
-  return {s: auc[p] for p, s in enumerate(inputs.strategies)}
-
-
-@functools.partial(jax.jit, static_argnames=("hidden",))
-def _logits(variables, tables, rows: jax.Array, *, hidden: int) -> jax.Array:
-  x = features(tables, rows)
-  return jax.vmap(lambda v: ConsumerMLP(hidden).apply(v, x))(variables)
-
-
-def predict(heads: Heads, tables: Sequence[Any], rows: Any) -> np.ndarray:
-  """Every seed's eval-mode logits on some examples: what a frozen consumer
-  predicts from the embeddings it is given.
-
-  Args:
-    heads: the frozen consumers.
-    tables: the embedding tables of the task's inputs (`task.inputs` order),
-      `[rows, d]` each, in the space the heads were trained in.
-    rows: `[N, len(tables)]` rows into the tables, e.g. `Examples.rows`.
-
-  Returns:
-    `[seeds, N]` float32 logits.
-
-  Raises:
-    ValueError: if the tables' total width is not the heads' input width
-      (embeddings of another version, say).
-  """
-  d_in = heads.variables["params"]["dense_0"]["kernel"].shape[-2]
-  tables = tuple(jnp.asarray(t, jnp.float32) for t in tables)
-  width = sum(t.shape[1] for t in tables)
-  if width != d_in:
-    raise ValueError(f"the consumers read {d_in} input dims, the tables give "
-                     f"{width}: embeddings of another version?")
-  rows = jnp.asarray(rows, jnp.int32).reshape(-1, len(tables))
-  return np.asarray(_logits(heads.variables, tables, rows,
-                            hidden=heads.hidden))
-
-
-@functools.partial(jax.jit, static_argnames=("hidden",))
-def _score(variables, x: jax.Array, labels: jax.Array, *, hidden: int):
-  return metrics.roc_auc(ConsumerMLP(hidden).apply(variables, x), labels)
-
-
-def evaluate_reference(heads: Heads, data: TaskData,
-                       embeddings: Mapping[str, Mapping[int, Any]],
-                       strategies: Sequence[str]) -> dict[str, np.ndarray]:
-  """`evaluate` as plain loops over strategies, versions and seeds, unpadded:
-  one small jitted call per (strategy, version, seed).
-
-  Agrees with `evaluate` up to float rounding: identical input rows (say a
-  repeated interaction) may round differently at different positions of the
-  batched computation, which can break their AUC tie (half a pair).
-  """
-  out = {}
-  for s in strategies:
-    per_version = []
-    for k in sorted(data.evaluation):
-      examples = data.evaluation[k]
-      tables = [_table(embeddings, data.task, s, k, j)
-                for j in range(len(data.task.inputs))]
-      x = np.concatenate([t[examples.rows[:, j]] for j, t in enumerate(tables)], 1)
-      per_version.append([
-          float(_score(jax.tree.map(lambda a: a[seed], heads.variables), x,
-                       examples.labels, hidden=heads.hidden))
-          for seed in range(len(heads.val_auc))])
-    out[s] = np.asarray(per_version)
-  return out
 
 
 # The run directory.
@@ -645,25 +349,3 @@ def train_consumers(workdir: RunDir | str | os.PathLike, data: Mapping[str, Task
         f"{heads[name].dropout} val AUC {heads[name].val_auc.mean():.4f} "
         f"({time.perf_counter() - start:.1f}s)")
   return heads
-
-
-def evaluate_consumers(workdir: RunDir | str | os.PathLike, data: Mapping[str, TaskData],
-                       heads: Mapping[str, Heads], strategies: Sequence[str],
-                       num_versions: int) -> dict[str, dict[str, list]]:
-  """Scores every trained task on every strategy; writes `consumers/auc.json`.
-
-  Returns:
-    task -> strategy -> per version (all `num_versions`): the per-seed AUCs,
-    or None where the version is not scored.
-  """
-  run_dir = RunDir.of(workdir)
-  embeddings = load_embeddings(run_dir, strategies, range(num_versions))
-  result = {}
-  for name, h in heads.items():
-    inputs = prepare_evaluation(data[name], embeddings, strategies)
-    auc = evaluate(h, inputs)
-    result[name] = {s: [finite_or_none(auc[s][inputs.versions.index(k)])
-                        if k in inputs.versions else None
-                        for k in range(num_versions)] for s in strategies}
-  io.save_json(run_dir.auc_path, result)
-  return result

@@ -20,7 +20,8 @@ from typing import Callable, NamedTuple, Sequence
 
 import ml_collections
 
-from bcjax import compatibility, configs, consumers, report, strategies
+from bcjax import (compatibility, configs, consumers, report, scoring,
+                   strategies)
 from bcjax.data import DynamicGraph
 from bcjax.experiment import Experiment
 
@@ -95,7 +96,7 @@ def reproduce(graph: DynamicGraph, config: ml_collections.ConfigDict,
   heads = consumers.train_consumers(experiment.run_dir, tasks, consumer,
                                     seed=config.seed)
   stage("cross-version evaluation")
-  consumers.evaluate_consumers(experiment.run_dir, tasks, heads, names,
+  scoring.evaluate_consumers(experiment.run_dir, tasks, heads, names,
                                experiment.num_versions)
   compat = settings.compat
   compat_names = [s for s in compat.strategies if s in names]

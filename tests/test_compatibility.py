@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from bcjax import compatibility, configs, consumers, io, report
+from bcjax import compatibility, configs, consumers, io, report, scoring
 from bcjax.data import load_dataset
 from test_consumers import _hand_graph  # One hand-worked graph for both.
 from bcjax.data.splits import make_splits
@@ -144,7 +144,7 @@ def test_matrix_equals_consumers_on_the_original_embeddings(tmp_path, splits):
       heads = consumers.train_heads(
           pick(original[j]), data.train, pick(original[val_k]), data.val,
           CONFIG, compatibility.row_key(3, name, j), log=lambda _: None)
-      direct = consumers.evaluate(heads, consumers.prepare_evaluation(
+      direct = scoring.evaluate(heads, scoring.prepare_evaluation(
           data, {"s": original}, ["s"]))
       for v, k in enumerate(sorted(data.evaluation)):
         np.testing.assert_allclose(record["auc"][j][k], direct["s"][v],

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bcjax import consumers, io
+from bcjax import consumers, io, scoring
 from bcjax.data.graph import build_graph
 from bcjax.data.splits import make_splits
 from bcjax.models.consumer import ConsumerMLP
@@ -149,7 +149,7 @@ def test_consumer_learns_planted_task():
   # The frozen heads reproduce their recorded validation AUC.
   data = consumers.TaskData(consumers.TASKS["binary-edge-rating"], train, val,
                             {0: val})
-  auc = consumers.evaluate_reference(heads, data, {"s": {0: (users, items)}},
+  auc = scoring.evaluate_reference(heads, data, {"s": {0: (users, items)}},
                                      ["s"])
   np.testing.assert_allclose(auc["s"][0], heads.val_auc, atol=1e-5)
 
@@ -203,11 +203,11 @@ def test_vmapped_evaluation_equals_plain_loop(task):
                                        rng.random(n) < 0.4)
   data = consumers.TaskData(consumers.TASKS[task], evaluation[1],
                             evaluation[1], evaluation)
-  prepared = consumers.prepare_evaluation(data, embeddings, ["a", "b"])
+  prepared = scoring.prepare_evaluation(data, embeddings, ["a", "b"])
   assert prepared.rows.shape[:2] == (3, len(evaluation[3]))
   assert prepared.versions == (1, 2, 3)
-  fast = consumers.evaluate(heads, prepared)
-  slow = consumers.evaluate_reference(heads, data, embeddings, ["a", "b"])
+  fast = scoring.evaluate(heads, prepared)
+  slow = scoring.evaluate_reference(heads, data, embeddings, ["a", "b"])
   for s in ("a", "b"):
     assert fast[s].shape == (3, 3)
     np.testing.assert_allclose(fast[s], slow[s], atol=1e-6)
@@ -220,7 +220,7 @@ def test_predict_is_each_seeds_head_on_the_concatenated_rows():
   users = rng.standard_normal((7, 2)).astype(np.float32)
   items = rng.standard_normal((4, 3)).astype(np.float32)
   rows = np.asarray([[0, 3], [6, 0], [2, 2], [6, 1]], np.int32)
-  logits = consumers.predict(heads, (users, items), rows)
+  logits = scoring.predict(heads, (users, items), rows)
   assert logits.shape == (3, 4) and logits.dtype == np.float32
   x = np.concatenate([users[rows[:, 0]], items[rows[:, 1]]], 1)
   for seed in range(3):
@@ -229,7 +229,7 @@ def test_predict_is_each_seeds_head_on_the_concatenated_rows():
                                ConsumerMLP(8).apply(variables, x), rtol=1e-5,
                                atol=1e-6)
   with pytest.raises(ValueError, match="read 5 input dims, the tables give 6"):
-    consumers.predict(heads, (users, np.zeros((4, 4), np.float32)), rows)
+    scoring.predict(heads, (users, np.zeros((4, 4), np.float32)), rows)
 
 
 def test_config_fields():
@@ -275,7 +275,7 @@ def test_train_and_evaluate_run_directory(tmp_path):
   for t in data:
     jax.tree.map(np.testing.assert_array_equal, heads[t].variables,
                  again[t].variables)
-  auc = consumers.evaluate_consumers(tmp_path, data, again, ["fix-m0", "nobc"],
+  auc = scoring.evaluate_consumers(tmp_path, data, again, ["fix-m0", "nobc"],
                                      len(splits))
   assert auc == json.loads((tmp_path / "consumers" / "auc.json").read_text())
   activity = auc["user-activity"]["nobc"]

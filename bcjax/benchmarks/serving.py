@@ -9,7 +9,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from bcjax import consumers
+from bcjax import consumers, scoring
 from bcjax import store as store_lib
 from bcjax.benchmarks.measure import timed
 from bcjax.data import DynamicGraph, make_splits
@@ -67,7 +67,7 @@ def consumer_eval(graph: DynamicGraph, config, repeats: int = 3,
                   num_strategies: int | None = None,
                   tasks: Sequence[str] | None = None, seed: int = 0) -> dict:
   """Scoring frozen consumer heads on every (strategy, version, seed) of
-  every task: `bcjax.consumers.evaluate` (one jitted vmapped call per task,
+  every task: `bcjax.scoring.evaluate` (one jitted vmapped call per task,
   padding included) against `evaluate_reference` (a Python loop, one small
   jitted call per (strategy, version, seed)).
 
@@ -106,12 +106,12 @@ def consumer_eval(graph: DynamicGraph, config, repeats: int = 3,
                                   np.zeros(seeds), np.zeros(seeds, int), {})
 
   def vmapped():
-    return {name: consumers.evaluate(
-        heads[name], consumers.prepare_evaluation(d_, embeddings, strategies))
+    return {name: scoring.evaluate(
+        heads[name], scoring.prepare_evaluation(d_, embeddings, strategies))
             for name, d_ in data.items()}
 
   def loop():
-    return {name: consumers.evaluate_reference(heads[name], d_, embeddings,
+    return {name: scoring.evaluate_reference(heads[name], d_, embeddings,
                                                strategies)
             for name, d_ in data.items()}
 
