@@ -1,8 +1,11 @@
 """One run: every version of every strategy, into a run directory.
 
-The directory's layout is `bcjax.rundir`'s. Version 0 is shared: every strategy's v0 is nobc's (same key, same training).
-The embedding model is a family of `bcjax.models.families` (`config.model`,
-PinSAGE by default); every strategy trains through `bcjax.training.fit`.
+The directory's layout is `bcjax.rundir`'s; the versions' data (inputs,
+batches, models) is `bcjax.run_data`'s. Version 0 is shared: every
+strategy's v0 is nobc's (same key, same training). A strategy runs from its
+description (`bcjax.strategies`): one function per way of obtaining M_k,
+every training through `bcjax.training.fit` against the strategy's own
+`Lineage`.
 """
 
 from __future__ import annotations
@@ -17,28 +20,15 @@ import flax.serialization
 import jax
 import numpy as np
 
-from bcjax import metrics, sharding, transforms
-from bcjax.data import (DynamicGraph, TripleSampler, VersionSplit, make_splits,
-                        numpy_rng)
-from bcjax.data.neighbours import NeighbourSampler, sampled_bpr_chunks
+from bcjax import sharding, transforms
+from bcjax.data import DynamicGraph
 from bcjax.lineage import Lineage
-from bcjax.models import families
-from bcjax.models.interface import EmbeddingModel
+from bcjax.run_data import RunData
 from bcjax.rundir import CHECKPOINT, VARIABLES, RunDir
 from bcjax.strategies import Strategy, get as get_strategy
-from bcjax.tasks import BPRTask, epoch_batches
 from bcjax.training import Checkpointing, embed, fit
 
 NOBC = "nobc"
-
-
-@dataclasses.dataclass
-class VersionData:
-  """Everything version k's training reads, built once per run."""
-  split: VersionSplit
-  inputs: Any
-  sampler: TripleSampler
-  recall: metrics.RecallInputs
 
 
 @dataclasses.dataclass
@@ -51,11 +41,12 @@ class Artifacts:
   metrics: dict
 
 
-class Experiment:
+class Experiment(RunData):
   """Trains strategies version by version into `workdir`, resumably.
 
-  Creating one checks the config, prepares the padded node and edge budgets
-  shared by every version, and writes `config.json` and the raw ids.
+  Creating one checks the config, prepares the versions' data (`RunData`:
+  the padded budget shared by every version, inputs, batches, models) and
+  writes `config.json` and the raw ids.
 
   Args:
     graph: the dataset's canonical graph.
@@ -72,178 +63,13 @@ class Experiment:
   """
 
   def __init__(self, graph: DynamicGraph, config, workdir: str | os.PathLike):
-    self.graph, self.config = graph, config
+    super().__init__(graph, config)
     self.run_dir = RunDir(workdir)
     self.workdir = self.run_dir.root
-    # Every version needs validation interactions: fail before any work.
-    self.splits = make_splits(graph, config.times, require_validation=True)
-    if len(config.dims) != len(self.splits) or len(config.layers) != len(self.splits):
-      raise ValueError(f"config: {len(self.splits)} versions but dims "
-                       f"{tuple(config.dims)} and layers {tuple(config.layers)}")
-    self.vocab_sizes = tuple(a.num_values for a in graph.attributes.values())
-    self.budget = families.Budget.covering(self.splits)
-    self.num_users_pad = self.budget.num_users_pad
-    self.num_items_pad = self.budget.num_items_pad
-    self.num_batches = -(-max(s.num_train for s in self.splits)
-                         // config.batch_size)
-    self.root_key = jax.random.key(config.seed)
-    self.family = families.check(config.get("model", "pinsage"))
-    self.task = BPRTask(reg=config.weight_decay)
     devices = int(config.get("devices", 1))
     self.mesh = sharding.make_mesh(devices) if devices != 1 else None
-    self._data: dict[int, VersionData] = {}
-    self._neighbours: dict[int, NeighbourSampler] = {}
     self.run_dir.write_config({**config.to_dict(), "dataset": graph.name})
     self.run_dir.save_ids(graph.user_ids, graph.item_ids)
-
-  @property
-  def num_versions(self) -> int:
-    """K + 1, the number of versions of the run."""
-    return len(self.splits)
-
-  # Data and models.
-
-  def data(self, k: int) -> VersionData:
-    """Version k's padded model inputs, triple sampler and Recall@K inputs.
-
-    Built on first use and cached.
-
-    Args:
-      k: the version.
-
-    Returns:
-      The `VersionData`.
-
-    Raises:
-      ValueError: version k has no validation interactions.
-    """
-    if k not in self._data:
-      split = self.splits[k]
-      if split.num_val == 0:
-        raise ValueError(f"version {k}: no validation interactions in "
-                         f"({split.time_train}, {split.time_val}]")
-      inputs = families.make_inputs(self.family, split, self.budget,
-                                    layout=self.config.layout or None)
-      self._data[k] = VersionData(
-          split, inputs,
-          TripleSampler(split.train_user, split.train_item, split.num_users,
-                        split.num_items),
-          metrics.prepare_recall_inputs(
-              split.train_user, split.train_item, split.val_user,
-              split.val_item, split.num_items,
-              batch_users=self.config.recall_batch_users))
-    return self._data[k]
-
-  @staticmethod
-  def _size_version(k: int, strategy: str | None) -> int:
-    """The version whose (d, L) version k's model has: version 0's for
-    strategies that keep it (`Strategy.keeps_first_size`)."""
-    if strategy and get_strategy(strategy).keeps_first_size:
-      return 0
-    return k
-
-  def model(self, k: int, strategy: str | None = None) -> EmbeddingModel:
-    """Version k's model of the run's family (`config.model`).
-
-    Args:
-      k: the version; its `config.dims[k]` and `config.layers[k]`.
-      strategy: fix-m0 and finetune-m0 keep version 0's (d, L).
-
-    Returns:
-      The (untrained) `EmbeddingModel`.
-    """
-    size = self._size_version(k, strategy)
-    return families.build(self.family, self.config.dims[size],
-                          self.config.layers[size], self.vocab_sizes)
-
-  def embeddings(self, model: EmbeddingModel, variables, k: int) -> jax.Array:
-    """Embeddings of `model` on version k's graph, in evaluation mode.
-
-    Args:
-      model: an embedding model of the run.
-      variables: its variables.
-      k: the version whose graph it is applied to.
-
-    Returns:
-      `[num_users_pad + num_items_pad, d]`, users first.
-    """
-    return embed(model, variables, self.data(k).inputs)
-
-  def batches(self, k: int, num_layers: int | None = None):
-    """Version k's BPR batches, as `training.fit` reads them.
-
-    Args:
-      k: the version.
-      num_layers: depth of the sampled trees (default version k's L); used
-        only with `config.fanout` > 0.
-
-    Returns:
-      A function epoch key -> one epoch: `(user, pos, neg, mask)`, each
-      `[num_batches, batch_size]`, padded to the run's batch count; with
-      `config.fanout` > 0, an iterator of stacked `SampledBatch` chunks of
-      `config.chunk_batches` batches with their neighbourhood trees.
-    """
-    sampler, config = self.data(k).sampler, self.config
-    fanout = int(config.get("fanout", 0))
-    if not fanout:
-      return lambda key: epoch_batches(sampler, key, config.batch_size,
-                                       self.num_users_pad, self.num_batches)
-    chunk = int(config.chunk_batches)
-    num_batches = -(-self.num_batches // chunk) * chunk
-    trees = self.neighbour_sampler(k)
-    num_layers = num_layers or config.layers[k]
-
-    def epoch(key):
-      batches = epoch_batches(sampler, key, config.batch_size,
-                              self.num_users_pad, num_batches)
-      return sampled_bpr_chunks(trees, batches, fanout, num_layers, chunk,
-                                numpy_rng(jax.random.fold_in(key, 1)))
-    return epoch
-
-  def neighbour_sampler(self, k: int) -> NeighbourSampler:
-    """Version k's neighbour sampler over its training graph (cached).
-
-    Args:
-      k: the version.
-
-    Returns:
-      The `NeighbourSampler`, node ids padded as the model's inputs.
-    """
-    if k not in self._neighbours:
-      split = self.splits[k]
-      self._neighbours[k] = NeighbourSampler(
-          split.train_user, split.train_item, self.num_users_pad,
-          self.num_items_pad)
-    return self._neighbours[k]
-
-  def real_rows(self, z, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Version k's real users and items of padded node embeddings.
-
-    Args:
-      z: `[num_users_pad + num_items_pad, d]`, users first.
-      k: the version.
-
-    Returns:
-      (users `[U1, d]`, items `[I1, d]`) as numpy arrays.
-    """
-    split = self.splits[k]
-    z = np.asarray(z)
-    return (z[:split.num_users],
-            z[self.num_users_pad:self.num_users_pad + split.num_items])
-
-  def recall(self, z: jax.Array, k: int) -> dict[str, float]:
-    """Recall@K of node embeddings on version k's validation interactions.
-
-    Args:
-      z: `[num_users_pad + num_items_pad, d]`, users first.
-      k: the version.
-
-    Returns:
-      `{"recall@K": value}` for every K of `metrics.RECALL_KS`.
-    """
-    result = metrics.recall_at_k(z[:self.num_users_pad],
-                                 z[self.num_users_pad:], self.data(k).recall)
-    return {f"recall@{K}": v for K, v in result.items()}
 
   # Run directory.
 
@@ -335,17 +161,6 @@ class Experiment:
     return Checkpointing(self.run_dir.path(strategy, k, CHECKPOINT), every)
 
   # Training.
-
-  def key(self, k: int) -> jax.Array:
-    """Version k's key; shared by strategies so they see the same triples.
-
-    Args:
-      k: the version.
-
-    Returns:
-      `fold_in(key(config.seed), k)`.
-    """
-    return jax.random.fold_in(self.root_key, k)
 
   def run(self, strategy: str, versions=None) -> None:
     """Trains the given versions (default all) of a strategy, skipping those

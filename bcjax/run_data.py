@@ -1,0 +1,231 @@
+"""The versions of one run: splits, padded inputs, batches, models, Recall@K.
+
+`RunData` builds what every version's training and evaluation read, once per
+run and lazily per version: the splits of the dataset at `config.times`, one
+padded budget shared by every version (one compiled program), the model
+inputs, the BPR batches (full-graph, or neighbour-sampled with
+`config.fanout`), the model of each version and the Recall@K evaluation.
+`bcjax.experiment.Experiment` adds the strategies and the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from bcjax import metrics
+from bcjax.data import (DynamicGraph, TripleSampler, VersionSplit, make_splits,
+                        numpy_rng)
+from bcjax.data.neighbours import NeighbourSampler, sampled_bpr_chunks
+from bcjax.models import families
+from bcjax.models.interface import EmbeddingModel
+from bcjax.strategies import get as get_strategy
+from bcjax.tasks import BPRTask, epoch_batches
+from bcjax.training import embed
+
+
+@dataclasses.dataclass
+class VersionData:
+  """Everything version k's training reads, built once per run."""
+  split: VersionSplit
+  inputs: Any
+  sampler: TripleSampler
+  recall: metrics.RecallInputs
+
+
+
+
+class RunData:
+  """The versions of a dataset under a run config (see the module docstring).
+
+  Args:
+    graph: the dataset's canonical graph.
+    config: the run config (`bcjax.configs`; fields `times`, `dims`,
+      `layers`, `batch_size`, `seed`, `model`, `fanout`, ...).
+
+  Raises:
+    ValueError: `dims` or `layers` do not have one entry per version, or an
+      unknown model family.
+    DataError: bad `config.times`, or a version without validation
+      interactions.
+  """
+
+  def __init__(self, graph: DynamicGraph, config):
+    self.graph, self.config = graph, config
+    # Every version needs validation interactions: fail before any work.
+    self.splits = make_splits(graph, config.times, require_validation=True)
+    if len(config.dims) != len(self.splits) or len(config.layers) != len(self.splits):
+      raise ValueError(f"config: {len(self.splits)} versions but dims "
+                       f"{tuple(config.dims)} and layers {tuple(config.layers)}")
+    self.vocab_sizes = tuple(a.num_values for a in graph.attributes.values())
+    self.budget = families.Budget.covering(self.splits)
+    self.num_users_pad = self.budget.num_users_pad
+    self.num_items_pad = self.budget.num_items_pad
+    self.num_batches = -(-max(s.num_train for s in self.splits)
+                         // config.batch_size)
+    self.root_key = jax.random.key(config.seed)
+    self.family = families.check(config.get("model", "pinsage"))
+    self.task = BPRTask(reg=config.weight_decay)
+    self._data: dict[int, VersionData] = {}
+    self._neighbours: dict[int, NeighbourSampler] = {}
+
+  @property
+  def num_versions(self) -> int:
+    """K + 1, the number of versions of the run."""
+    return len(self.splits)
+
+  def data(self, k: int) -> VersionData:
+    """Version k's padded model inputs, triple sampler and Recall@K inputs.
+
+    Built on first use and cached.
+
+    Args:
+      k: the version.
+
+    Returns:
+      The `VersionData`.
+
+    Raises:
+      ValueError: version k has no validation interactions.
+    """
+    if k not in self._data:
+      split = self.splits[k]
+      if split.num_val == 0:
+        raise ValueError(f"version {k}: no validation interactions in "
+                         f"({split.time_train}, {split.time_val}]")
+      inputs = families.make_inputs(self.family, split, self.budget,
+                                    layout=self.config.layout or None)
+      self._data[k] = VersionData(
+          split, inputs,
+          TripleSampler(split.train_user, split.train_item, split.num_users,
+                        split.num_items),
+          metrics.prepare_recall_inputs(
+              split.train_user, split.train_item, split.val_user,
+              split.val_item, split.num_items,
+              batch_users=self.config.recall_batch_users))
+    return self._data[k]
+
+  @staticmethod
+  def _size_version(k: int, strategy: str | None) -> int:
+    """The version whose (d, L) version k's model has: version 0's for
+    strategies that keep it (`Strategy.keeps_first_size`)."""
+    if strategy and get_strategy(strategy).keeps_first_size:
+      return 0
+    return k
+
+  def model(self, k: int, strategy: str | None = None) -> EmbeddingModel:
+    """Version k's model of the run's family (`config.model`).
+
+    Args:
+      k: the version; its `config.dims[k]` and `config.layers[k]`.
+      strategy: fix-m0 and finetune-m0 keep version 0's (d, L).
+
+    Returns:
+      The (untrained) `EmbeddingModel`.
+    """
+    size = self._size_version(k, strategy)
+    return families.build(self.family, self.config.dims[size],
+                          self.config.layers[size], self.vocab_sizes)
+
+  def embeddings(self, model: EmbeddingModel, variables, k: int) -> jax.Array:
+    """Embeddings of `model` on version k's graph, in evaluation mode.
+
+    Args:
+      model: an embedding model of the run.
+      variables: its variables.
+      k: the version whose graph it is applied to.
+
+    Returns:
+      `[num_users_pad + num_items_pad, d]`, users first.
+    """
+    return embed(model, variables, self.data(k).inputs)
+
+  def batches(self, k: int, num_layers: int | None = None):
+    """Version k's BPR batches, as `training.fit` reads them.
+
+    Args:
+      k: the version.
+      num_layers: depth of the sampled trees (default version k's L); used
+        only with `config.fanout` > 0.
+
+    Returns:
+      A function epoch key -> one epoch: `(user, pos, neg, mask)`, each
+      `[num_batches, batch_size]`, padded to the run's batch count; with
+      `config.fanout` > 0, an iterator of stacked `SampledBatch` chunks of
+      `config.chunk_batches` batches with their neighbourhood trees.
+    """
+    sampler, config = self.data(k).sampler, self.config
+    fanout = int(config.get("fanout", 0))
+    if not fanout:
+      return lambda key: epoch_batches(sampler, key, config.batch_size,
+                                       self.num_users_pad, self.num_batches)
+    chunk = int(config.chunk_batches)
+    num_batches = -(-self.num_batches // chunk) * chunk
+    trees = self.neighbour_sampler(k)
+    num_layers = num_layers or config.layers[k]
+
+    def epoch(key):
+      batches = epoch_batches(sampler, key, config.batch_size,
+                              self.num_users_pad, num_batches)
+      return sampled_bpr_chunks(trees, batches, fanout, num_layers, chunk,
+                                numpy_rng(jax.random.fold_in(key, 1)))
+    return epoch
+
+  def neighbour_sampler(self, k: int) -> NeighbourSampler:
+    """Version k's neighbour sampler over its training graph (cached).
+
+    Args:
+      k: the version.
+
+    Returns:
+      The `NeighbourSampler`, node ids padded as the model's inputs.
+    """
+    if k not in self._neighbours:
+      split = self.splits[k]
+      self._neighbours[k] = NeighbourSampler(
+          split.train_user, split.train_item, self.num_users_pad,
+          self.num_items_pad)
+    return self._neighbours[k]
+
+  def real_rows(self, z, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Version k's real users and items of padded node embeddings.
+
+    Args:
+      z: `[num_users_pad + num_items_pad, d]`, users first.
+      k: the version.
+
+    Returns:
+      (users `[U1, d]`, items `[I1, d]`) as numpy arrays.
+    """
+    split = self.splits[k]
+    z = np.asarray(z)
+    return (z[:split.num_users],
+            z[self.num_users_pad:self.num_users_pad + split.num_items])
+
+  def recall(self, z: jax.Array, k: int) -> dict[str, float]:
+    """Recall@K of node embeddings on version k's validation interactions.
+
+    Args:
+      z: `[num_users_pad + num_items_pad, d]`, users first.
+      k: the version.
+
+    Returns:
+      `{"recall@K": value}` for every K of `metrics.RECALL_KS`.
+    """
+    result = metrics.recall_at_k(z[:self.num_users_pad],
+                                 z[self.num_users_pad:], self.data(k).recall)
+    return {f"recall@{K}": v for K, v in result.items()}
+
+  def key(self, k: int) -> jax.Array:
+    """Version k's key; shared by strategies so they see the same triples.
+
+    Args:
+      k: the version.
+
+    Returns:
+      `fold_in(key(config.seed), k)`.
+    """
+    return jax.random.fold_in(self.root_key, k)
