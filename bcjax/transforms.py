@@ -212,10 +212,12 @@ def blocked_product(table: np.ndarray, matrix: np.ndarray,
   """
   n, block = table.shape[0], PRODUCT_BLOCK_ROWS
   if rows is None:
-    if n == 0:
-      return table @ matrix
-    return np.concatenate([table[start:start + block] @ matrix
-                           for start in range(0, n, block)])
+    out = np.empty((n, matrix.shape[1]),
+                   np.result_type(table.dtype, matrix.dtype))
+    for start in range(0, n, block):  # Written in place: no second copy.
+      np.matmul(table[start:start + block], matrix,
+                out=out[start:start + block])
+    return out
   rows = np.asarray(rows, dtype=np.int64).reshape(-1)
   blocks, position = np.unique(rows // block, return_inverse=True)
   out = np.empty((rows.size, matrix.shape[1]),
