@@ -202,7 +202,8 @@ def blocked_product(table: np.ndarray, matrix: np.ndarray,
   exactly that row of the bulk read on any machine.
 
   Args:
-    table: `[n, d_in]` rows (a numpy array or memory map).
+    table: `[n, d_in]` rows (a numpy array or memory map), or one row
+      `[d_in]` (then the result is `[d_out]`).
     matrix: `[d_in, d_out]`.
     rows: `[r]` integer row indices into `table` (any order, repeats
       allowed); None for every row.
@@ -210,6 +211,8 @@ def blocked_product(table: np.ndarray, matrix: np.ndarray,
   Returns:
     `[r, d_out]` (or `[n, d_out]`), in the result dtype of `table @ matrix`.
   """
+  if np.ndim(table) == 1:  # One row.
+    return blocked_product(np.asarray(table)[None], matrix, rows)[0]
   n, block = table.shape[0], PRODUCT_BLOCK_ROWS
   if rows is None:
     out = np.empty((n, matrix.shape[1]),
