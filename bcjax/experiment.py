@@ -221,10 +221,13 @@ class Experiment(RunData):
       objective = dataclasses.replace(objective, lam=self.config.lam)
     chain = ()
     if objective.aligns:
-      lineage = self.lineage(strategy.name, k)
+      # A given target (post-hoc: nobc's) needs only the strategy's chain,
+      # not its previous model's variables.
       if previous is None:
-        previous = lineage.previous(self.data(k).inputs)
-      chain = lineage.chain()
+        lineage = self.lineage(strategy.name, k)
+        previous, chain = lineage.previous(self.data(k).inputs), lineage.chain()
+      else:
+        chain = tuple(self.run_dir.chain(strategy.name, k - 1))
     late = strategy.selects_late and k > 0
     layers = self.config.layers[self._size_version(k, strategy.name)]
     return fit(self.model(k, strategy.name), self.task, self.data(k).inputs,

@@ -99,12 +99,13 @@ class EmbeddingStore:
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
       raise StoreError(f"cannot create a store at {root}: it exists and is "
                        "not an empty directory")
-    users, items, user_ids, item_ids = layout.check_latest(users, items, user_ids,
-                                                     item_ids)
+    users, items, user_ids, item_ids = layout.check_latest(
+        users, items, user_ids, item_ids)
     root.mkdir(parents=True, exist_ok=True)
     arrays = dict(zip(layout.LATEST_ROLES, (users, items, user_ids, item_ids)))
     latest = {role: f"v0_{role}.npy" for role in layout.LATEST_ROLES}
-    files = {latest[r]: layout.write_npy(root, latest[r], arrays[r]) for r in arrays}
+    files = {latest[r]: layout.write_npy(root, latest[r], arrays[r])
+             for r in arrays}
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "dataset": dataset, "strategy": strategy, "latest_version": 0,
@@ -142,9 +143,11 @@ class EmbeddingStore:
                          f"{type(e).__name__}: {e}") from None
       layout.validate(manifest, root)
       pinned = layout.pin_latest(root, manifest)
-      if len(pinned) == len(layout.LATEST_ROLES) or layout.read_manifest(root) == raw:
+      if (len(pinned) == len(layout.LATEST_ROLES)
+          or layout.read_manifest(root) == raw):
         return cls(root, raw, pinned)
-      layout.close_all(pinned)  # An append replaced the latest files: read it anew.
+      # An append replaced the latest files: read it anew.
+      layout.close_all(pinned)
     raise StoreError(f"store {root} changed {_OPEN_ATTEMPTS} times while "
                      "being opened")
 
@@ -375,8 +378,8 @@ class EmbeddingStore:
     if transform.shape[1] != d_prev:
       raise StoreError(f"transform has shape {transform.shape}, expected "
                        f"[d_{k}, {d_prev}]: version {k - 1} has {d_prev} dims")
-    users, items, user_ids, item_ids = layout.check_latest(users, items, user_ids,
-                                                     item_ids)
+    users, items, user_ids, item_ids = layout.check_latest(
+        users, items, user_ids, item_ids)
     if users.shape[1] != transform.shape[0]:
       raise StoreError(f"transform has shape {transform.shape} but users have "
                        f"shape {users.shape}: W_{k} needs one row per column")
