@@ -23,8 +23,8 @@ Consumers: one grid point per task, the (h, dropout) the main consumers chose
 on validation (`consumers/<task>.json`) when present, else the first entry of
 the consumer grid; `config.compat`'s epochs and seeds, the consumer batch
 size and learning rate. Consumers of (task, j) start from the same key
-for every strategy (common random numbers): `fold_in(task_key(seed, task),
-j)` (`consumers.task_key`).
+for every strategy (common random numbers): `keys.derive(task_key(seed,
+task), "compat", j)` (`consumers.task_key`, `bcjax.keys`).
 
 In the run directory (`bcjax.rundir`), `compatibility/<strategy>/<task>.json`
 holds the settings and per-seed AUCs `auc[j][k]` (a list, or null) and
@@ -42,7 +42,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from bcjax import consumers, io, numbers, scoring, transforms
+from bcjax import consumers, io, keys, numbers, scoring, transforms
 from bcjax.data.splits import VersionSplit
 from bcjax.data.targets import VersionTargets, version_targets
 from bcjax.numbers import finite_mean, finite_or_none, fmt
@@ -165,13 +165,13 @@ def row_key(seed: int, task: str, train_version: int) -> jax.Array:
 
   Args:
     seed: the run's seed.
-    task: the task's name (its CRC32 is folded in).
+    task: the task's name.
     train_version: j.
 
   Returns:
-    `fold_in(consumers.task_key(seed, task), j)`.
+    `keys.derive(consumers.task_key(seed, task), "compat", j)`.
   """
-  return jax.random.fold_in(consumers.task_key(seed, task), train_version)
+  return keys.derive(consumers.task_key(seed, task), "compat", train_version)
 
 
 def task_matrix(name: str, splits: Sequence[VersionSplit],

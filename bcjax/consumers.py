@@ -1,9 +1,10 @@
 """Consumers of the unintended tasks: training the heads, saving and loading.
 
 Consumers are trained once on fix-m0's version-0 embeddings, for every hidden
-size h, every dropout rate and every seed at once: dropout rates and seeds
-are `jax.vmap`ped in one compiled epoch (a `lax.scan` over batches); only h
-changes shapes and is looped over. The grid point with the best mean
+size h, every dropout rate and every seed at once: the trainer's epoch core
+(`bcjax.epoch.epoch_core`, a `lax.scan` of optimizer steps) is `jax.vmap`ped
+over dropout rates and seeds in one compiled epoch; only h changes shapes
+and is looped over. The grid point with the best mean
 validation ROC-AUC is kept, with each seed's best-epoch head. The tasks are
 `bcjax.unintended`'s; the cross-version scoring is `bcjax.scoring`'s.
 
@@ -29,12 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bcjax import io, metrics, numbers
+from bcjax import io, keys, metrics, numbers, padding
+from bcjax.epoch import TrainState, adam, epoch_core
 from bcjax.models.consumer import ConsumerMLP
 from bcjax.rundir import RunDir, read_json
 from bcjax.unintended import (STD_THRESHOLD, TASKS, Examples, TaskData,
                               UnintendedTask, all_task_data,
-                              early_stop_version, pad_rows, single_class,
+                              early_stop_version, padded_examples, single_class,
                               task_data, task_key)
 
 __all__ = ["REFERENCE", "STD_THRESHOLD", "TASKS", "ConsumerConfig",
@@ -111,24 +113,47 @@ def init_heads(hidden: int, d_in: int, keys: jax.Array):
   return jax.vmap(lambda k: model.init(k, jnp.zeros((2, d_in)), train=False))(keys)
 
 
-@functools.partial(jax.jit, static_argnames=("hidden", "d_in", "seeds",
-                                             "num_rates", "lr"))
-def _start(key: jax.Array, *, hidden: int, d_in: int, seeds: int,
-           num_rates: int, lr: float):
-  """The initial grid state of one h: model m has seed m % seeds (the same
-  initialisation for every dropout rate), and its key."""
-  seed_keys = jax.vmap(lambda s: jax.random.fold_in(
-      jax.random.fold_in(key, hidden), s))(jnp.arange(seeds))
-  keys = seed_keys[jnp.tile(jnp.arange(seeds), num_rates)]
-  variables = init_heads(hidden, d_in, keys)
+@dataclasses.dataclass(frozen=True)
+class ConsumerLoss:
+  """The consumers' `bcjax.epoch.Loss`: binary cross-entropy of a head of
+  width `hidden` with dropout, masked to the batch's real rows.
+
+  `data` is `(tables, rows, labels, rate, dropout_key)` (the training
+  examples, the head's dropout rate and its epoch's dropout key); a batch is
+  `(index [B], real [B], i)`, batch i's examples and mask.
+  """
+  hidden: int
+
+  def __call__(self, params, state: TrainState, data, batch):
+    tables, rows, labels, rate, dropout_key = data
+    index, real, i = batch
+    logits, updates = ConsumerMLP(self.hidden).apply(
+        {"params": params["model"], **state.model_state},
+        features(tables, rows[index]), train=True, rate=rate, mask=real,
+        rngs={"dropout": jax.random.fold_in(dropout_key, i)},
+        mutable=["batch_stats"])
+    loss = optax.sigmoid_binary_cross_entropy(logits,
+                                              labels[index].astype(jnp.float32))
+    return (jnp.sum(loss * real) / jnp.sum(real),
+            {"batch_stats": updates["batch_stats"]})
+
+  def real(self, batch) -> jax.Array:
+    return jnp.any(batch[1])
+
+
+def _start(model_keys: jax.Array, hidden: int, d_in: int,
+           tx: optax.GradientTransformation) -> dict:
+  """The initial grid state of one h: a train state per model, and the best
+  validation AUC, epoch and variables so far."""
+  variables = init_heads(hidden, d_in, model_keys)
+  train = jax.vmap(lambda v: TrainState.create(
+      {"model": v["params"]}, tx, model_state={"batch_stats": v["batch_stats"]}
+  ))(variables)
   # best_auc strongly typed, as _grid_epoch returns it: else its second call
   # recompiles.
-  return {"params": variables["params"],
-          "batch_stats": variables["batch_stats"],
-          "opt_state": jax.vmap(optax.adam(lr).init)(variables["params"]),
-          "best": jax.tree.map(jnp.copy, variables),
-          "best_auc": jnp.full(len(keys), -jnp.inf, jnp.float32),
-          "best_epoch": jnp.zeros(len(keys), jnp.int32)}, keys
+  return {"train": train, "best": jax.tree.map(jnp.copy, variables),
+          "best_auc": jnp.full(len(model_keys), -jnp.inf, jnp.float32),
+          "best_epoch": jnp.zeros(len(model_keys), jnp.int32)}
 
 
 def _predict(model: ConsumerMLP, variables, tables, rows: jax.Array,
@@ -139,71 +164,49 @@ def _predict(model: ConsumerMLP, variables, tables, rows: jax.Array,
   return out.reshape(-1)
 
 
-@functools.partial(jax.jit, static_argnames=("hidden", "batch_size", "lr"),
+@functools.partial(jax.jit, static_argnames=("hidden", "batch_size"),
                    donate_argnames=("state",))
-def _grid_epoch(state, keys, rates, epoch, train_tables, train_rows,
+def _grid_epoch(state, model_keys, rates, epoch, train_tables, train_rows,
                 train_labels, val_tables, val_rows, val_labels, val_mask, *,
-                hidden: int, batch_size: int, lr: float):
-  """One epoch of M models (vmapped), then validation and best-keeping.
+                hidden: int, batch_size: int):
+  """One epoch of M models (`epoch_core` vmapped), then validation and
+  best-keeping.
 
   Args:
-    state: dict of params, batch_stats, opt_state, best (variables), best_auc
-      `[M]`, best_epoch `[M]`; every leaf stacked over the M models.
-    keys: `[M]` model keys; epoch e uses `fold_in(key, e)`.
+    state: from `_start`, every leaf stacked over the M models.
+    model_keys: `[M]` model keys; epoch e draws from
+      `keys.derive(key, "epoch", e)` its "order" and "dropout" streams.
     rates: `[M]` dropout rates.
     epoch: the (1-based) epoch number.
     train_tables, train_rows, train_labels: the training examples.
     val_tables, val_rows, val_labels, val_mask: the early-stopping examples,
       padded to a multiple of batch_size.
   """
-  model, tx = ConsumerMLP(hidden), optax.adam(lr)
-  n = train_rows.shape[0]
-  num_batches = -(-n // batch_size)
+  loss, n = ConsumerLoss(hidden), train_rows.shape[0]
+  size = padding.round_up(n, batch_size)
 
-  def one_model(params, stats, opt_state, key, rate):
-    key = jax.random.fold_in(key, epoch)
-    order_key, dropout_key = jax.random.split(key)
-    order = jnp.concatenate([jax.random.permutation(order_key, n),
-                             jnp.zeros(num_batches * batch_size - n, jnp.int32)])
-    mask = jnp.arange(num_batches * batch_size) < n
-    batches = (order.reshape(num_batches, batch_size),
-               mask.reshape(num_batches, batch_size), jnp.arange(num_batches))
-
-    def step(carry, batch):
-      params, stats, opt_state = carry
-      index, real, i = batch
-      x = features(train_tables, train_rows[index])
-      y = train_labels[index].astype(jnp.float32)
-
-      def loss_fn(p):
-        logits, updates = model.apply(
-            {"params": p, "batch_stats": stats}, x, train=True, rate=rate,
-            mask=real, rngs={"dropout": jax.random.fold_in(dropout_key, i)},
-            mutable=["batch_stats"])
-        loss = optax.sigmoid_binary_cross_entropy(logits, y)
-        return jnp.sum(loss * real) / jnp.sum(real), updates["batch_stats"]
-
-      (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), stats, opt_state), loss
-
-    (params, stats, opt_state), losses = jax.lax.scan(
-        step, (params, stats, opt_state), batches)
-    logits = _predict(model, {"params": params, "batch_stats": stats},
+  def one_model(train, key, rate):
+    key = keys.derive(key, "epoch", epoch)
+    (order,), real = padding.pad_rows(
+        (jax.random.permutation(keys.derive(key, "order"), n),), size)
+    batches = (order.reshape(-1, batch_size), real.reshape(-1, batch_size),
+               jnp.arange(size // batch_size))
+    train, mean_loss = epoch_core(
+        train, (train_tables, train_rows, train_labels, rate,
+                keys.derive(key, "dropout")), batches, loss=loss)
+    logits = _predict(ConsumerMLP(hidden), train.model_variables(),
                       val_tables, val_rows, batch_size)
-    auc = metrics.roc_auc(logits, val_labels, val_mask)
-    return params, stats, opt_state, jnp.mean(losses), auc
+    return train, mean_loss, metrics.roc_auc(logits, val_labels, val_mask)
 
-  params, stats, opt_state, loss, auc = jax.vmap(one_model)(
-      state["params"], state["batch_stats"], state["opt_state"], keys, rates)
+  train, mean_loss, auc = jax.vmap(one_model)(state["train"], model_keys, rates)
   improved = auc > state["best_auc"]  # NaN never improves.
   keep = lambda new, old: jnp.where(
       improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
-  best = jax.tree.map(keep, {"params": params, "batch_stats": stats},
-                      state["best"])
-  return {"params": params, "batch_stats": stats, "opt_state": opt_state,
-          "best": best, "best_auc": jnp.where(improved, auc, state["best_auc"]),
-          "best_epoch": jnp.where(improved, epoch, state["best_epoch"])}, loss
+  best = jax.tree.map(keep, train.model_variables(), state["best"])
+  return {"train": train, "best": best,
+          "best_auc": jnp.where(improved, auc, state["best_auc"]),
+          "best_epoch": jnp.where(improved, epoch, state["best_epoch"])
+          }, mean_loss
 
 
 def train_heads(train_tables: Sequence[np.ndarray], train: Examples,
@@ -219,8 +222,8 @@ def train_heads(train_tables: Sequence[np.ndarray], train: Examples,
     val_tables: the tables the early-stopping examples index.
     val: the early-stopping examples.
     config: schedule and grid.
-    key: PRNG key; seed s of size h starts from `fold_in(fold_in(key, h), s)`
-      whatever the dropout rate.
+    key: PRNG key; seed s of size h draws from `keys.derive(key, "heads", h,
+      s)` whatever the dropout rate (common random numbers across rates).
     label: the prefix of progress lines.
     log: where progress lines go (default stderr).
 
@@ -232,22 +235,24 @@ def train_heads(train_tables: Sequence[np.ndarray], train: Examples,
   train_tables = tuple(jnp.asarray(t, jnp.float32) for t in train_tables)
   val_tables = tuple(jnp.asarray(t, jnp.float32) for t in val_tables)
   train_rows, train_labels = jnp.asarray(train.rows), jnp.asarray(train.labels)
-  val_rows, val_labels, val_mask = map(jnp.asarray,
-                                       pad_rows(val, config.batch_size))
+  val_rows, val_labels, val_mask = map(
+      jnp.asarray, padded_examples(val, config.batch_size))
   d_in = sum(t.shape[1] for t in train_tables)
   num_rates, seeds = len(config.dropout), config.seeds
   rates = jnp.asarray(np.repeat(np.asarray(config.dropout, np.float32), seeds))
   report_every = max(1, config.epochs // 5)
   best_mean, chosen, grid = -np.inf, None, {}
   for hidden in config.hidden:
-    state, keys = _start(key, hidden=hidden, d_in=d_in, seeds=seeds,
-                         num_rates=num_rates, lr=config.lr)
+    # Model m is seed m % seeds: the same keys for every dropout rate.
+    seed_keys = [keys.derive(key, "heads", hidden, s) for s in range(seeds)]
+    model_keys = jnp.stack(seed_keys * num_rates)
+    state = _start(model_keys, hidden, d_in, adam(config.lr))
     start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
       state, loss = _grid_epoch(
-          state, keys, rates, np.int32(epoch), train_tables, train_rows,
+          state, model_keys, rates, np.int32(epoch), train_tables, train_rows,
           train_labels, val_tables, val_rows, val_labels, val_mask,
-          hidden=hidden, batch_size=config.batch_size, lr=config.lr)
+          hidden=hidden, batch_size=config.batch_size)
       if epoch % report_every == 0 or epoch == config.epochs:
         rate = epoch / (time.perf_counter() - start)
         log(f"[{label} h={hidden}] epoch {epoch}/{config.epochs} loss "

@@ -1,19 +1,22 @@
-"""One epoch of training: the objective, the train state, the batch loss and
-the jitted, scanned epoch.
+"""One epoch of training: the objective, the train state, the losses and the
+jitted, scanned epoch core.
 
 An `Objective` says what one version's training optimises: the intended-task
 loss on the model's embeddings and/or an alignment term through a backward
 transformation B_k towards the previous version's embeddings. `epoch_core`
-runs one epoch as a `lax.scan` of Adam steps; `train_epoch` is its jitted
-form (the state donated), and `bcjax.sweep` vmaps the core over seeds. The
-loop around it (selection, checkpoints, the NaN guard) is `bcjax.training`.
+runs one epoch of any `Loss` as a `lax.scan` of optimizer steps, the optax
+transformation held in the `TrainState`; `train_epoch` is its jitted form
+(the state donated). Every training of the library is a use of it: the
+embedding model's (`EmbeddingLoss`, through `bcjax.training`), the seed
+sweeps (`bcjax.sweep` vmaps the core over seeds) and the consumer grid
+(`bcjax.consumers` vmaps it over seeds and dropout rates).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Protocol
 
 import flax.struct
 import jax
@@ -21,7 +24,6 @@ import jax.numpy as jnp
 import optax
 
 from bcjax import losses, transforms
-from bcjax.data.neighbours import SampledBatch, SampledInputs
 from bcjax.models.interface import EmbeddingModel, Variables, state_of
 from bcjax.tasks import Task
 
@@ -56,14 +58,35 @@ class Objective:
 BC_ALIGNER = Objective(transform="linear", multi_step=True)
 
 
+@functools.cache
+def adam(lr: float) -> optax.GradientTransformation:
+  """`optax.adam(lr)`, one object per learning rate.
+
+  The optimizer is part of the train state's static structure, so jitted
+  epochs are compiled once per optimizer object: passing the same object
+  (as this cache does) keeps one compiled program per run.
+  """
+  return optax.adam(lr)
+
+
 @flax.struct.dataclass
 class TrainState:
-  """A plain pytree: everything an epoch updates."""
+  """A plain pytree: everything an epoch updates, and its optimizer."""
   step: jax.Array
   params: Params          # {"model": ..., "transform": ...}, trainable parts
   frozen: Params          # parts that enter the loss but are not trained
   model_state: Params     # the model's other collections (e.g. batch_stats)
   opt_state: optax.OptState
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, params: Params, tx: optax.GradientTransformation,
+             frozen: Params | None = None,
+             model_state: Params | None = None) -> "TrainState":
+    """The state at step 0 of training `params` with `tx`."""
+    return cls(step=jnp.zeros((), jnp.int32), params=params,
+               frozen=frozen or {}, model_state=model_state or {},
+               opt_state=tx.init(params), tx=tx)
 
   def model_variables(self) -> Variables:
     """The model's variables: `{"params": ..., **model_state}`."""
@@ -85,21 +108,18 @@ class AlignmentInputs:
   earlier: tuple[jax.Array, ...] = ()
   embeddings: jax.Array | None = None
 
-
-def make_optimizer(lr: float) -> optax.GradientTransformation:
-  """The optimizer of every training (Adam), shared by init and update.
-
-  Args:
-    lr: learning rate.
-
-  Returns:
-    The optax Adam transformation.
-  """
-  return optax.adam(lr)
+  def rows(self, nodes: jax.Array | None) -> "AlignmentInputs":
+    """The per-node arrays at `nodes` only (None: all of them)."""
+    if nodes is None:
+      return self
+    pick = lambda x: None if x is None else x[nodes]  # noqa: E731
+    return self.replace(target=pick(self.target),
+                        embeddings=pick(self.embeddings))
 
 
 def init_state(model: EmbeddingModel, inputs, objective: Objective,
-               key: jax.Array, d_prev: int | None, lr: float,
+               key: jax.Array, d_prev: int | None,
+               tx: optax.GradientTransformation,
                model_variables: Variables | None = None) -> TrainState:
   """A fresh train state; `model_variables` continues an earlier model.
 
@@ -110,7 +130,7 @@ def init_state(model: EmbeddingModel, inputs, objective: Objective,
     key: PRNG key of the model's and B_k's initialisation.
     d_prev: the previous version's dimension d_{k-1} (B_k's output size);
       None when the objective does not align.
-    lr: learning rate of the optimizer state.
+    tx: the optimizer (e.g. `adam(1e-3)`).
     model_variables: start from these variables instead of `model.init`.
 
   Returns:
@@ -128,90 +148,101 @@ def init_state(model: EmbeddingModel, inputs, objective: Objective,
   if objective.aligns:
     params["transform"] = transforms.get(objective.transform).init(
         transform_key, model.dim, d_prev)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    frozen=frozen, model_state=state_of(model_variables),
-                    opt_state=make_optimizer(lr).init(params))
+  return TrainState.create(params, tx, frozen, state_of(model_variables))
 
 
-def batch_loss(model: EmbeddingModel, task: Task, objective: Objective,
-                params, state: TrainState, inputs, align: AlignmentInputs,
-                batch):
-  """Loss of one batch; returns (loss, the model's new state)."""
-  if isinstance(batch, SampledBatch):  # The model embeds the trees' roots.
-    inputs = SampledInputs(inputs, batch.subgraph)
-    rows = lambda x: None if x is None else x[batch.nodes]  # noqa: E731
-    align = align.replace(target=rows(align.target),
-                          embeddings=rows(align.embeddings))
-    batch = batch.batch
-  if objective.train_model:
-    z, new_state = model.apply({"params": params["model"], **state.model_state},
-                               inputs, train=True)
-    loss = task.loss(z, batch)
-  else:
-    z, new_state, loss = align.embeddings, state.model_state, 0.0
-  if objective.aligns:
-    index, mask = task.nodes(batch)
-    transform = transforms.get(objective.transform)
-    d_prev = align.target.shape[1]
-    term = losses.batch_alignment(
-        align.target, z,
-        lambda x: transform.apply(params["transform"], x, d_prev), index,
-        align.earlier if objective.multi_step else (), mask=mask)
-    loss = loss + objective.lam * term
-  return loss, new_state
+class Loss(Protocol):
+  """What `epoch_core` trains: hashable (a static argument of jit)."""
+
+  def __call__(self, params: Params, state: TrainState, data: Any,
+               batch: Any) -> tuple[jax.Array, Params]:
+    """(the batch's scalar loss, the model's new state) at `params`; `data`
+    is what every batch of the epoch shares."""
+    ...
+
+  def real(self, batch: Any) -> jax.Array:
+    """Whether a batch holds real rows (False: padding, skipped)."""
+    ...
 
 
-def epoch_core(state: TrainState, inputs, align: AlignmentInputs, batches, *,
-               model: EmbeddingModel, task: Task, objective: Objective,
-               lr: float) -> tuple[TrainState, jax.Array]:
-  """One epoch: a `lax.scan` of Adam steps over the epoch's batches.
+@dataclasses.dataclass(frozen=True)
+class EmbeddingLoss:
+  """The embedding model's loss under an `Objective` (the `Loss` of
+  `bcjax.training`); `data` is `(inputs, AlignmentInputs)`.
 
-  Not jitted, so that callers can transform it (`bcjax.sweep` vmaps it over
-  seeds); `train_epoch` is its jitted form.
+  A task may narrow the model's inputs per batch (neighbour sampling,
+  `bcjax.data.neighbours.SampledTask`): its optional
+  `batch_inputs(inputs, batch) -> (inputs, nodes)` gives the batch's inputs
+  and the node ids the model's output rows are (None: every node).
+  """
+  model: EmbeddingModel
+  task: Task
+  objective: Objective
+
+  def __call__(self, params, state: TrainState, data, batch):
+    inputs, align = data
+    narrow = getattr(self.task, "batch_inputs", None)
+    if narrow is not None:
+      inputs, nodes = narrow(inputs, batch)
+      align = align.rows(nodes)
+    objective = self.objective
+    if objective.train_model:
+      z, new_state = self.model.apply(
+          {"params": params["model"], **state.model_state}, inputs, train=True)
+      loss = self.task.loss(z, batch)
+    else:
+      z, new_state, loss = align.embeddings, state.model_state, 0.0
+    if objective.aligns:
+      index, mask = self.task.nodes(batch)
+      transform = transforms.get(objective.transform)
+      d_prev = align.target.shape[1]
+      term = losses.batch_alignment(
+          align.target, z,
+          lambda x: transform.apply(params["transform"], x, d_prev), index,
+          align.earlier if objective.multi_step else (), mask=mask)
+      loss = loss + objective.lam * term
+    return loss, new_state
+
+  def real(self, batch) -> jax.Array:
+    return jnp.any(self.task.nodes(batch)[1])
+
+
+def epoch_core(state: TrainState, data, batches, *, loss: Loss
+               ) -> tuple[TrainState, jax.Array]:
+  """One epoch: a `lax.scan` of `state.tx` steps over the epoch's batches.
+
+  Not jitted, so that callers can transform it (`bcjax.sweep` and
+  `bcjax.consumers` vmap it); `train_epoch` is its jitted form.
 
   Args:
     state: the train state (donated by `train_epoch`).
-    inputs: the model's inputs (e.g. the version's padded graph).
-    align: fixed alignment inputs.
-    batches: the task's batches stacked on a leading `[num_batches]` axis;
-      batches whose mask is all False (padding) change nothing.
-    model, task, objective, lr: static configuration.
+    data: what every batch shares (the model's inputs, fixed arrays).
+    batches: batches stacked on a leading `[num_batches]` axis; a batch
+      that is not `loss.real` (padding) changes nothing.
+    loss: the `Loss` (static).
 
   Returns:
     The new state and the mean loss over the epoch's real batches.
   """
-  optimizer = make_optimizer(lr)
-
   def update(state, batch):
-    grad_fn = jax.value_and_grad(
-        lambda p: batch_loss(model, task, objective, p, state, inputs, align,
-                              batch), has_aux=True)
-    (loss, new_state), grads = grad_fn(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    (value, new_state), grads = jax.value_and_grad(
+        lambda p: loss(p, state, data, batch), has_aux=True)(state.params)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return state.replace(step=state.step + 1, params=params,
-                         model_state=new_state, opt_state=opt_state), loss
-
-  def real(batch):
-    return jnp.any(task.nodes(task_batch(batch))[1])
+                         model_state=new_state, opt_state=opt_state), value
 
   def step(state, batch):
-    return jax.lax.cond(real(batch), update,
+    return jax.lax.cond(loss.real(batch), update,
                         lambda state, _: (state, jnp.zeros(())), state, batch)
 
   state, batch_losses = jax.lax.scan(step, state, batches)
-  num_real = jnp.sum(jax.vmap(real)(batches))
+  num_real = jnp.sum(jax.vmap(loss.real)(batches))
   return state, jnp.sum(batch_losses) / jnp.maximum(num_real, 1)
 
 
-train_epoch = jax.jit(epoch_core,
-                      static_argnames=("model", "task", "objective", "lr"),
+train_epoch = jax.jit(epoch_core, static_argnames=("loss",),
                       donate_argnames=("state",))
-
-
-def task_batch(batch):
-  """The task's own batch (unwrapped from a `SampledBatch`)."""
-  return batch.batch if isinstance(batch, SampledBatch) else batch
 
 
 @functools.partial(jax.jit, static_argnames=("model",))

@@ -26,7 +26,7 @@ from bcjax.lineage import Lineage
 from bcjax.run_data import RunData
 from bcjax.rundir import CHECKPOINT, VARIABLES, RunDir
 from bcjax.strategies import Strategy, get as get_strategy
-from bcjax.training import Checkpointing, embed, fit
+from bcjax.training import Checkpointing, Schedule, adam, embed, fit
 
 NOBC = "nobc"
 
@@ -212,7 +212,9 @@ class Experiment(RunData):
     """E_k(M_{k-1}): the previous best model on the current graph."""
     return self.lineage(strategy, k).previous(self.data(k).inputs)
 
-  def _fit(self, strategy: Strategy, k: int, previous=None, **kwargs):
+  def _fit(self, strategy: Strategy, k: int, previous=None, *,
+           eval_every: int, select: str, lower_is_better: bool = False,
+           **kwargs):
     """`training.fit` of version k as `strategy` describes it: its objective
     (the run's lambda next to a task loss), epochs and selection; `previous`
     defaults to the strategy's own E_k(M_{k-1}) when the objective aligns."""
@@ -230,15 +232,17 @@ class Experiment(RunData):
         chain = tuple(self.run_dir.chain(strategy.name, k - 1))
     late = strategy.selects_late and k > 0
     layers = self.config.layers[self._size_version(k, strategy.name)]
-    return fit(self.model(k, strategy.name), self.task, self.data(k).inputs,
-               self.batches(k, layers), self.key(k), objective=objective,
-               previous=previous, chain=chain, lr=self.config.lr,
+    schedule = Schedule(
+        epochs=self.config[strategy.epochs if k else "epochs"],
+        eval_every=eval_every, select=select, lower_is_better=lower_is_better,
+        min_select_epoch=self.config.min_select_epoch if late else 0)
+    return fit(self.model(k, strategy.name), self.training_task,
+               self.data(k).inputs, self.batches(k, layers), self.key(k),
+               objective=objective, previous=previous, chain=chain,
+               schedule=schedule, tx=adam(self.config.lr),
                label=f"{strategy.name} v{k}",
                checkpointing=self.checkpointing(strategy.name, k),
-               mesh=self.mesh,
-               epochs=self.config[strategy.epochs if k else "epochs"],
-               min_select_epoch=self.config.min_select_epoch if late else 0,
-               **kwargs)
+               mesh=self.mesh, **kwargs)
 
   def _train_model(self, strategy: Strategy, k: int, init) -> None:
     """Trains M_k (from `init`, or fresh) on version k's intended task,
@@ -248,8 +252,7 @@ class Experiment(RunData):
         strategy, k, init_variables=init,
         evaluate=lambda variables, _: self.recall(
             embed(model, variables, inputs), k),
-        select_key="recall@50", eval_every=self.config.eval_every,
-        init_key=jax.random.fold_in(self.key(k), 1))
+        select="recall@50", eval_every=self.config.eval_every)
     z = self.embeddings(model, result.variables, k)
     transform = None
     if k:
@@ -291,8 +294,8 @@ class Experiment(RunData):
       result = self._fit(
           strategy, k, previous=target, init_variables=base.variables,
           evaluate=lambda _, w: {"mse": _mse(z, target, w, self, k)},
-          select_key="mse", lower_is_better=True, eval_every=1,
-          init_key=jax.random.fold_in(self.key(k), 2))
+          select="mse", lower_is_better=True,
+          eval_every=self.config.eval_every)
       return result.transform, {"alignment_mse": result.metrics["mse"],
                                 "alignment_epoch": result.epoch,
                                 "alignment_history": result.history}

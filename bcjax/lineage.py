@@ -9,7 +9,7 @@ versions are added, and publishes each version to an embedding store:
   lineage = bcjax.Lineage()
   for k in range(num_versions):
     result = lineage.fit(model_k, task, inputs_k, batches_k, key_k,
-                         epochs=30)            # version 0: the task alone
+                         schedule=bcjax.Schedule(epochs=30))
     users, items = ...                         # rows of lineage.embed(inputs_k)
     lineage.publish("store/", users, items, user_ids_k, item_ids_k)
 
@@ -76,8 +76,8 @@ class Lineage:
       model, task, inputs, batches, key: as `training.fit`.
       objective: default the task alone for version 0 and BC-Aligner after;
         any objective that aligns gets the lineage's target and chain.
-      **kwargs: the rest of `training.fit`'s arguments (epochs, evaluate,
-        select_key, lr, ...); not `previous` or `chain`, which are the
+      **kwargs: the rest of `training.fit`'s arguments (schedule, evaluate,
+        tx, ...); not `previous` or `chain`, which are the
         lineage's.
 
     Returns:

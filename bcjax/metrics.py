@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bcjax import padding
+
 RECALL_KS = (10, 20, 50, 100)
 
 
@@ -118,10 +120,9 @@ def prepare_recall_inputs(train_user: np.ndarray, train_item: np.ndarray,
       raise ValueError(f"recall inputs: a {name} item is outside "
                        f"[0, {num_items})")
   eval_users = np.unique(val_user)
-  num_batches = -(-len(eval_users) // batch_users)
-  users = np.zeros(num_batches * batch_users, np.int32)
-  users[:len(eval_users)] = eval_users
-  user_mask = np.arange(num_batches * batch_users) < len(eval_users)
+  num_batches = padding.num_blocks(len(eval_users), batch_users)
+  (users,), user_mask = padding.pad_rows((eval_users.astype(np.int32),),
+                                         num_batches * batch_users)
 
   at = np.minimum(np.searchsorted(eval_users, train_user), len(eval_users) - 1)
   evaluated = eval_users[at] == train_user

@@ -16,10 +16,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from bcjax import metrics
+from bcjax import keys, metrics
 from bcjax.data import (DynamicGraph, TripleSampler, VersionSplit, make_splits,
                         numpy_rng)
-from bcjax.data.neighbours import NeighbourSampler, sampled_bpr_chunks
+from bcjax.data.neighbours import (NeighbourSampler, SampledTask,
+                                   sampled_bpr_chunks)
 from bcjax.models import families
 from bcjax.models.interface import EmbeddingModel
 from bcjax.strategies import get as get_strategy
@@ -34,8 +35,6 @@ class VersionData:
   inputs: Any
   sampler: TripleSampler
   recall: metrics.RecallInputs
-
-
 
 
 class RunData:
@@ -66,9 +65,12 @@ class RunData:
     self.num_items_pad = self.budget.num_items_pad
     self.num_batches = -(-max(s.num_train for s in self.splits)
                          // config.batch_size)
-    self.root_key = jax.random.key(config.seed)
+    self.root_key = keys.root(config.seed)
     self.family = families.check(config.get("model", "pinsage"))
     self.task = BPRTask(reg=config.weight_decay)
+    # The task training reads: with neighbour sampling, over sampled trees.
+    self.training_task = (SampledTask(self.task) if config.get("fanout", 0)
+                          else self.task)
     self._data: dict[int, VersionData] = {}
     self._neighbours: dict[int, NeighbourSampler] = {}
 
@@ -160,18 +162,20 @@ class RunData:
     sampler, config = self.data(k).sampler, self.config
     fanout = int(config.get("fanout", 0))
     if not fanout:
-      return lambda key: epoch_batches(sampler, key, config.batch_size,
-                                       self.num_users_pad, self.num_batches)
+      return lambda key: epoch_batches(sampler, keys.derive(key, "triples"),
+                                       config.batch_size, self.num_users_pad,
+                                       self.num_batches)
     chunk = int(config.chunk_batches)
     num_batches = -(-self.num_batches // chunk) * chunk
     trees = self.neighbour_sampler(k)
     num_layers = num_layers or config.layers[k]
 
     def epoch(key):
-      batches = epoch_batches(sampler, key, config.batch_size,
-                              self.num_users_pad, num_batches)
+      batches = epoch_batches(sampler, keys.derive(key, "triples"),
+                              config.batch_size, self.num_users_pad,
+                              num_batches)
       return sampled_bpr_chunks(trees, batches, fanout, num_layers, chunk,
-                                numpy_rng(jax.random.fold_in(key, 1)))
+                                numpy_rng(keys.derive(key, "neighbours")))
     return epoch
 
   def neighbour_sampler(self, k: int) -> NeighbourSampler:
@@ -220,12 +224,13 @@ class RunData:
     return {f"recall@{K}": v for K, v in result.items()}
 
   def key(self, k: int) -> jax.Array:
-    """Version k's key; shared by strategies so they see the same triples.
+    """Version k's key; shared by strategies so they see the same triples
+    and start from the same initialisation (common random numbers).
 
     Args:
       k: the version.
 
     Returns:
-      `fold_in(key(config.seed), k)`.
+      `keys.derive(keys.root(config.seed), "version", k)`.
     """
-    return jax.random.fold_in(self.root_key, k)
+    return keys.derive(self.root_key, "version", k)

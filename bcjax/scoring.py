@@ -22,7 +22,7 @@ from bcjax.consumers import Heads, features, load_embeddings
 from bcjax.models.consumer import ConsumerMLP
 from bcjax.numbers import finite_or_none
 from bcjax.rundir import RunDir
-from bcjax.unintended import TaskData, UnintendedTask, pad_rows
+from bcjax.unintended import TaskData, UnintendedTask, padded_examples
 
 _EVAL_BUDGET_BYTES = 1 << 30
 
@@ -62,7 +62,7 @@ def prepare_evaluation(data: TaskData, embeddings: Mapping[str, Mapping[int, Any
   """
   task, versions = data.task, tuple(sorted(data.evaluation))
   n_pad = max(len(data.evaluation[k]) for k in versions)
-  padded = [pad_rows(data.evaluation[k], n_pad) for k in versions]
+  padded = [padded_examples(data.evaluation[k], n_pad) for k in versions]
   tables = []
   for j in range(len(task.inputs)):
     r_pad = max(_table(embeddings, task, s, k, j).shape[0]

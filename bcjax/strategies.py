@@ -35,8 +35,8 @@ class Strategy:
       (learned), "notrans" (the first d_{k-1} dims, `transforms.notrans`) or
       "identity".
     fit: for `closed`, "lstsq" or "procrustes".
-    selects_late: the model (or B_k) is selected only from
-      `config.min_select_epoch` on.
+    selects_late: the model (or B_k) is selected only among evaluations
+      strictly after `config.min_select_epoch`.
     epochs: the config field that sets the epochs of versions k >= 1.
     keeps_first_size: every version keeps version 0's (d, L) (the model is
       M_0, or M_0 trained further).

@@ -3,10 +3,11 @@
 `train_seeds` trains N copies of one version's model, seed i initialised from
 its own key and fed its own epoch batches, as one program: the N train
 states are stacked on a leading axis and the trainer's epoch
-(`bcjax.training.epoch_core`, un-jitted) is `jax.vmap`ped over them. Seed
+(`bcjax.epoch.epoch_core`, un-jitted) is `jax.vmap`ped over them. Seed
 i is the run `training.fit(model, task, inputs, batches, keys[i],
-objective=..., epochs=E, lr=...)` would make on its own (no evaluation: the
-last epoch is kept), up to float rounding of the batched computation.
+objective=..., schedule=Schedule(epochs=E), tx=...)` would make on its own
+(no evaluation: the last epoch is kept), up to float rounding of the batched
+computation.
 
 What it buys: one compiled program does every seed's step at once, so the
 per-operation overhead is paid once, the shared graph operators (`inputs`)
@@ -41,10 +42,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import optax
+
+from bcjax import keys as key_streams
 from bcjax import training
 from bcjax.models.interface import EmbeddingModel, Variables
 from bcjax.tasks import Task
-from bcjax.training import AlignmentInputs, Objective, TrainState
+from bcjax.training import (AlignmentInputs, EmbeddingLoss, Objective,
+                            TrainState)
+
 
 def stack(trees: Sequence[Any]) -> Any:
   """Pytrees of equal structure stacked leaf-wise on a new leading axis."""
@@ -57,10 +63,11 @@ def unstack(tree: Any, i: int) -> Any:
 
 
 def init_states(model: EmbeddingModel, inputs, objective: Objective,
-                keys: Sequence[jax.Array], d_prev: int | None, lr: float,
+                keys: Sequence[jax.Array], d_prev: int | None,
+                tx: optax.GradientTransformation,
                 model_variables: Variables | None = None) -> TrainState:
   """`training.init_state` of every key, stacked (exactly the per-seed states)."""
-  return stack([training.init_state(model, inputs, objective, key, d_prev, lr,
+  return stack([training.init_state(model, inputs, objective, key, d_prev, tx,
                                     model_variables=model_variables)
                 for key in keys])
 
@@ -89,18 +96,15 @@ def stack_batches(batches: Sequence[Any]) -> tuple[Any, tuple]:
   return treedef.unflatten(leaves), tuple(axes)
 
 
-def _vmapped_epoch(states: TrainState, inputs, align: AlignmentInputs, batches,
-                   *, model: EmbeddingModel, task: Task, objective: Objective,
-                   lr: float, batch_axes: tuple) -> tuple[TrainState, jax.Array]:
+def _vmapped_epoch(states: TrainState, data, batches, *, loss: EmbeddingLoss,
+                   batch_axes: tuple) -> tuple[TrainState, jax.Array]:
   in_axes = jax.tree.structure(batches).unflatten(batch_axes)
-  core = functools.partial(training.epoch_core, model=model, task=task,
-                           objective=objective, lr=lr)
-  return jax.vmap(core, in_axes=(0, None, None, in_axes))(
-      states, inputs, align, batches)
+  core = functools.partial(training.epoch_core, loss=loss)
+  return jax.vmap(core, in_axes=(0, None, in_axes))(states, data, batches)
 
 
-_STATIC = dict(static_argnames=("model", "task", "objective", "lr",
-                                "batch_axes"), donate_argnames=("states",))
+_STATIC = dict(static_argnames=("loss", "batch_axes"),
+               donate_argnames=("states",))
 # XLA CPU hands reductions to YNNPACK fusions, which reduce a seed-batched
 # [N, nodes, d] array over its middle axis (BatchNorm's statistics) several
 # times slower than XLA's own loops; the sweep's program compiles without
@@ -111,25 +115,23 @@ _jitted = {"cpu": jax.jit(_vmapped_epoch, compiler_options=CPU_COMPILER_OPTIONS,
            None: jax.jit(_vmapped_epoch, **_STATIC)}
 
 
-def vmapped_epoch(states: TrainState, inputs, align: AlignmentInputs, batches,
-                  *, model: EmbeddingModel, task: Task, objective: Objective,
-                  lr: float, batch_axes: tuple) -> tuple[TrainState, jax.Array]:
+def vmapped_epoch(states: TrainState, data, batches, *, loss: EmbeddingLoss,
+                  batch_axes: tuple) -> tuple[TrainState, jax.Array]:
   """One epoch of every seed: `train_epoch` vmapped over the seed axis (jitted).
 
   Args:
     states: the seeds' train states stacked on a leading `[N]` axis (donated).
-    inputs, align: shared by every seed.
+    data: `(inputs, AlignmentInputs)`, shared by every seed.
     batches: from `stack_batches`: leaves with axis 0 are `[N, num_batches,
       ...]`, the others (shared) `[num_batches, ...]`.
-    model, task, objective, lr: static, as in `train_epoch`.
+    loss: static, as in `train_epoch`.
     batch_axes: the per-leaf axes from `stack_batches`.
 
   Returns:
     The new states and each seed's mean epoch loss `[N]`.
   """
   jitted = _jitted.get(jax.default_backend(), _jitted[None])
-  return jitted(states, inputs, align, batches, model=model, task=task,
-                objective=objective, lr=lr, batch_axes=batch_axes)
+  return jitted(states, data, batches, loss=loss, batch_axes=batch_axes)
 
 
 @dataclasses.dataclass
@@ -153,31 +155,32 @@ class SweepResult:
 
 
 def seed_keys(key: jax.Array, num_seeds: int) -> list[jax.Array]:
-  """`num_seeds` independent run keys: `fold_in(key, i)`."""
-  return [jax.random.fold_in(key, i) for i in range(num_seeds)]
+  """`num_seeds` independent run keys: `keys.derive(key, "seed", i)`."""
+  return [key_streams.derive(key, "seed", i) for i in range(num_seeds)]
 
 
 def train_seeds(model: EmbeddingModel, task: Task, inputs,
                 batches: Callable[[jax.Array], Any],
                 keys: Sequence[jax.Array], *, epochs: int = 1,
-                objective: Objective = Objective(), lr: float = 1e-3,
+                objective: Objective = Objective(),
+                tx: optax.GradientTransformation | None = None,
                 align: AlignmentInputs = AlignmentInputs(),
                 d_prev: int | None = None,
                 init_variables: Variables | None = None,
                 label: str = "sweep") -> SweepResult:
   """Trains one model per key, all seeds in one vmapped program per epoch.
 
-  Seed i is initialised with `fold_in(keys[i], 0)` and its epoch e reads
-  `batches(fold_in(keys[i], e))`: the conventions of `training.fit`, so seed
-  i reproduces `fit(..., keys[i], objective=objective, epochs=epochs, lr=lr)`
-  without evaluation.
+  Seed i is initialised from `keys.derive(keys[i], "init")` and its epoch e
+  reads `batches(keys.derive(keys[i], "epoch", e))`: the streams of
+  `training.fit`, so seed i reproduces `fit(..., keys[i], objective=objective,
+  schedule=Schedule(epochs=epochs), tx=tx)` without evaluation.
 
   Args:
     model, task, inputs: what to train (inputs shared by every seed).
-    batches: epoch key -> one epoch's stacked batches (see `train_epoch`).
+    batches: epoch key -> one epoch's stacked batches (see `epoch_core`).
     keys: one PRNG key per seed (e.g. `seed_keys(key, N)`).
     epochs: epochs of every seed.
-    objective, lr: as in `training.fit`.
+    objective, tx: as in `training.fit` (default `adam(1e-3)`).
     align: alignment inputs, shared by every seed (the objective's target).
     d_prev: the previous version's dims when the objective aligns.
     init_variables: start every seed from these model variables (then only
@@ -194,29 +197,31 @@ def train_seeds(model: EmbeddingModel, task: Task, inputs,
   keys = list(keys)
   if not keys:
     raise ValueError(f"{label}: no seeds (empty `keys`)")
+  loss = EmbeddingLoss(model, task, objective)
   states = init_states(model, inputs, objective,
-                       [jax.random.fold_in(k, 0) for k in keys], d_prev, lr,
-                       model_variables=init_variables)
+                       [key_streams.derive(k, "init") for k in keys], d_prev,
+                       tx or training.adam(1e-3), model_variables=init_variables)
   history = []
   for epoch in range(1, epochs + 1):
     stacked, axes = stack_batches(
-        [batches(jax.random.fold_in(k, epoch)) for k in keys])
-    states, loss = vmapped_epoch(states, inputs, align, stacked, model=model,
-                                 task=task, objective=objective, lr=lr,
-                                 batch_axes=axes)
-    loss = np.asarray(loss)
-    bad = np.flatnonzero(~np.isfinite(loss))
+        [batches(key_streams.derive(k, "epoch", epoch)) for k in keys])
+    states, losses = vmapped_epoch(states, (inputs, align), stacked, loss=loss,
+                                   batch_axes=axes)
+    losses = np.asarray(losses)
+    bad = np.flatnonzero(~np.isfinite(losses))
     if bad.size:
       raise FloatingPointError(f"{label}: seed {int(bad[0])}'s loss "
-                               f"({loss[bad[0]]}) is not finite at epoch {epoch}")
-    history.append(loss)
+                               f"({losses[bad[0]]}) is not finite at epoch "
+                               f"{epoch}")
+    history.append(losses)
   return SweepResult(states, np.stack(history))
 
 
 def train_sequential(model: EmbeddingModel, task: Task, inputs,
                      batches: Callable[[jax.Array], Any],
                      keys: Sequence[jax.Array], *, epochs: int = 1,
-                     objective: Objective = Objective(), lr: float = 1e-3,
+                     objective: Objective = Objective(),
+                     tx: optax.GradientTransformation | None = None,
                      align: AlignmentInputs = AlignmentInputs(),
                      d_prev: int | None = None,
                      init_variables: Variables | None = None
@@ -227,16 +232,17 @@ def train_sequential(model: EmbeddingModel, task: Task, inputs,
   Returns:
     Per seed, (final state, `[epochs]` losses).
   """
-  out = []
+  loss, out = EmbeddingLoss(model, task, objective), []
   for k in keys:
     state = training.init_state(model, inputs, objective,
-                                jax.random.fold_in(k, 0), d_prev, lr,
+                                key_streams.derive(k, "init"), d_prev,
+                                tx or training.adam(1e-3),
                                 model_variables=init_variables)
     losses = []
     for epoch in range(1, epochs + 1):
-      state, loss = training.train_epoch(
-          state, inputs, align, batches(jax.random.fold_in(k, epoch)),
-          model=model, task=task, objective=objective, lr=lr)
-      losses.append(float(loss))
+      state, value = training.train_epoch(
+          state, (inputs, align), batches(key_streams.derive(k, "epoch", epoch)),
+          loss=loss)
+      losses.append(float(value))
     out.append((state, np.asarray(losses)))
   return out

@@ -8,6 +8,11 @@ batch whose mask is all False is padding and changes nothing). Batches are
 pytrees of arrays with a leading batch axis; an epoch stacks them on a
 leading `[num_batches]` axis. Tasks are static arguments of jitted
 functions, so they are frozen dataclasses.
+
+A task may also define `batch_inputs(inputs, batch) -> (inputs, nodes)`:
+the model's inputs for that batch and the node ids of the rows the model
+then returns (None: every node). Neighbour sampling is such a wrapper
+(`bcjax.data.neighbours.SampledTask`); the trainer has no branch for it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
-from bcjax import losses
+from bcjax import losses, padding
 from bcjax.data.sampling import TripleSampler, numpy_rng
 
 
@@ -109,13 +114,11 @@ def epoch_batches(sampler: TripleSampler, key: jax.Array, batch_size: int,
   """
   user, pos, neg = sampler.sample(numpy_rng(key))
   n = len(user)
-  needed = -(-n // batch_size)
+  needed = padding.num_blocks(n, batch_size)
   num_batches = needed if num_batches is None else num_batches
   if num_batches < needed:
     raise ValueError(f"{n} triples need {needed} batches of {batch_size}, "
                      f"more than the budget {num_batches}")
-  pad = num_batches * batch_size - n
-  mask = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)])
-  shaped = [np.concatenate([a, np.zeros(pad, a.dtype)]).reshape(num_batches, -1)
-            for a in (user, pos + item_offset, neg + item_offset)]
-  return (*shaped, mask.reshape(num_batches, -1))
+  arrays, mask = padding.pad_rows(
+      (user, pos + item_offset, neg + item_offset), num_batches * batch_size)
+  return tuple(a.reshape(num_batches, -1) for a in (*arrays, mask))

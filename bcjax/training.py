@@ -1,9 +1,9 @@
 """The model-agnostic trainer: the loop over epochs and `fit`.
 
 Any embedding model (`bcjax.models.interface.EmbeddingModel`) with any
-intended task (`bcjax.tasks.Task`) is trained here, with or without
-backward compatibility (`bcjax.epoch` holds the objective and the jitted
-epoch). `fit` is the public entry point (one version, returns the selected
+intended task (`bcjax.tasks.Task`) and any optax optimizer is trained here,
+with or without backward compatibility (`bcjax.epoch` holds the objective,
+the losses and the jitted epoch core). `fit` is the public entry point (one version, returns the selected
 model and W_k); `train_version` is the loop under it, written once for
 every strategy (see `bcjax.strategies`) and every model family: model
 selection, progress lines, checkpoints and the NaN guard.
@@ -23,17 +23,18 @@ import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from bcjax import io, sharding, transforms
-from bcjax.epoch import (BC_ALIGNER, AlignmentInputs, Objective, TrainState,
-                         embed, epoch_core, init_state, make_optimizer,
-                         task_batch, train_epoch)
+from bcjax import io, keys, sharding, transforms
+from bcjax.epoch import (BC_ALIGNER, AlignmentInputs, EmbeddingLoss, Objective,
+                         TrainState, adam, embed, epoch_core, init_state,
+                         train_epoch)
 from bcjax.models.interface import EmbeddingModel, Variables
 from bcjax.tasks import Task
 
-__all__ = ["BC_ALIGNER", "AlignmentInputs", "Checkpointing", "Objective",
-           "Progress", "Result", "Selection", "TrainState", "embed",
-           "epoch_core", "fit", "init_state", "make_optimizer",
+__all__ = ["BC_ALIGNER", "AlignmentInputs", "Checkpointing", "EmbeddingLoss",
+           "Objective", "Progress", "Result", "Schedule", "Selection",
+           "TrainState", "adam", "embed", "epoch_core", "fit", "init_state",
            "train_epoch", "train_version"]
 
 
@@ -49,6 +50,36 @@ def _first_non_finite(tree) -> jax.Array:
 def _host_copy(tree):
   """A numpy copy (never a view of a buffer that a later step donates)."""
   return jax.tree.map(np.array, tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """How long a version trains and which epoch it keeps.
+
+  Attributes:
+    epochs: epochs to train.
+    eval_every: evaluate every this many epochs (and after the last).
+    select: the metric that selects the kept epoch (strict improvement);
+      None keeps the last epoch.
+    lower_is_better: select on the lowest value instead of the highest.
+    min_select_epoch: only evaluations strictly after this epoch select
+      (method §6: the alignment term has had time to shrink).
+
+  Raises:
+    ValueError: `epochs` or `eval_every` below 1.
+  """
+  epochs: int = 1
+  eval_every: int = 1
+  select: str | None = None
+  lower_is_better: bool = False
+  min_select_epoch: int = 0
+
+  def __post_init__(self):
+    for name in ("epochs", "eval_every"):
+      if int(getattr(self, name)) < 1:
+        raise ValueError(f"Schedule: {name}={getattr(self, name)} must be >= 1")
+
+
 @dataclasses.dataclass
 class Selection:
   """The best evaluation so far (higher score is better)."""
@@ -105,8 +136,8 @@ class Checkpointing:
   """Where and how often `train_version` saves its progress.
 
   The file holds the train state (parameters, optimizer and model state),
-  the epoch, the selection and the history, written atomically. Per-epoch
-  randomness is `fold_in(key, epoch)`, so the epoch is the whole PRNG
+  the epoch, the selection and the history, written atomically. Epoch e's
+  randomness is `keys.derive(key, "epoch", e)`, so the epoch is the whole PRNG
   position: a run resumed from the file is bitwise the run never stopped.
 
   Attributes:
@@ -171,35 +202,28 @@ class Checkpointing:
     return int(record["epoch"]), restored, selection, record["history"]
 
 
-def train_version(model: EmbeddingModel, task: Task, inputs,
-                  batches: Callable[[jax.Array], Any], objective: Objective,
-                  state: TrainState, align: AlignmentInputs,
-                  evaluate: Callable[[TrainState], dict],
-                  select_key: str | None,
-                  key: jax.Array, *, epochs: int, eval_every: int,
-                  min_select_epoch: int, lr: float, label: str = "train",
-                  lower_is_better: bool = False,
+def train_version(loss: EmbeddingLoss, data, batches: Callable[[jax.Array], Any],
+                  state: TrainState, evaluate: Callable[[TrainState], dict],
+                  key: jax.Array, schedule: Schedule, *, label: str = "train",
                   checkpointing: Checkpointing | None = None
                   ) -> tuple[Selection, list]:
   """Trains one version and keeps the best evaluated state.
 
   Args:
-    model, task, inputs, objective, state, align: what to train.
-    batches: epoch key -> the epoch's batches, stacked (see `train_epoch`),
+    loss: the model's loss under its objective (`EmbeddingLoss`).
+    data: `(inputs, AlignmentInputs)`, shared by every batch.
+    batches: epoch key -> the epoch's batches, stacked (see `epoch_core`),
       or an iterator of equally shaped stacked chunks.
-    evaluate: state -> metrics dict, run every `eval_every` epochs.
-    select_key: the metric that selects (strict improvement); None keeps
-      the last epoch.
-    key: PRNG key; epoch e's batches come from `fold_in(key, e)`.
-    epochs, eval_every, lr: schedule.
-    min_select_epoch: evaluations before this epoch never select.
+    state: the initial train state (its optimizer trains).
+    evaluate: state -> metrics dict, at the schedule's cadence.
+    key: PRNG key; epoch e's batches come from `keys.derive(key, "epoch", e)`.
+    schedule: epochs, evaluation cadence and selection.
     label: names the training in progress lines and errors ("nobc v2").
-    lower_is_better: select on the lowest value instead of the highest.
     checkpointing: save progress and resume from it (None: never).
 
   Returns:
     The best `Selection` (its state copied to host) and the history
-    `[{"epoch", "loss", select_key, ...}]`.
+    `[{"epoch", "loss", metric, ...}]`.
 
   Raises:
     FloatingPointError: the loss, the parameters or a metric is NaN or Inf;
@@ -217,8 +241,9 @@ def train_version(model: EmbeddingModel, task: Task, inputs,
       start = done + 1
       print(f"[{label}] resumed after epoch {done} from {checkpointing.path}",
             file=sys.stderr, flush=True)
+  epochs, select_key = schedule.epochs, schedule.select
   progress = Progress(label, epochs, first_epoch=start)
-  sign = -1.0 if lower_is_better else 1.0
+  sign = -1.0 if schedule.lower_is_better else 1.0
 
   def fault(epoch: int, quantity: str):
     kept = (f"; the last checkpoint is kept in {checkpointing.path}"
@@ -227,25 +252,23 @@ def train_version(model: EmbeddingModel, task: Task, inputs,
                               f"{epoch}{kept}")
 
   for epoch in range(start, epochs + 1):
-    state, loss = _run_epoch(state, inputs, align,
-                             batches(jax.random.fold_in(key, epoch)),
-                             model=model, task=task, objective=objective,
-                             lr=lr)
-    if not np.isfinite(loss):
-      raise fault(epoch, f"the loss ({loss})")
+    state, mean_loss = _run_epoch(
+        state, data, batches(keys.derive(key, "epoch", epoch)), loss)
+    if not np.isfinite(mean_loss):
+      raise fault(epoch, f"the loss ({mean_loss})")
     leaf = int(_first_non_finite(state.params))
     if leaf >= 0:
       path = jax.tree_util.tree_flatten_with_path(state.params)[0][leaf][0]
       raise fault(epoch, "parameter " + jax.tree_util.keystr(path))
-    if not (epoch % eval_every and epoch != epochs):
+    if not (epoch % schedule.eval_every and epoch != epochs):
       metrics = {k: float(v) for k, v in evaluate(state).items()}
       bad = [k for k, v in metrics.items() if not np.isfinite(v)]
       if bad:
         raise fault(epoch, f"metric {bad[0]} (embeddings with NaN/Inf?)")
-      history.append({"epoch": epoch, "loss": loss, **metrics})
-      progress.update(epoch, loss, select_key, metrics.get(select_key))
+      history.append({"epoch": epoch, "loss": mean_loss, **metrics})
+      progress.update(epoch, mean_loss, select_key, metrics.get(select_key))
       score = sign * metrics[select_key] if select_key else -np.inf
-      if epoch >= min_select_epoch and score > best.score:
+      if epoch > schedule.min_select_epoch and score > best.score:
         best = Selection(score, epoch, _host_copy(state), metrics)
     if checkpointing is not None and epoch % checkpointing.every == 0:
       checkpointing.save(label, epoch, state, best, history)
@@ -256,20 +279,18 @@ def train_version(model: EmbeddingModel, task: Task, inputs,
   return best, history
 
 
-def _run_epoch(state, inputs, align, epoch, *, model, task, objective, lr):
+def _run_epoch(state, data, epoch, loss: EmbeddingLoss):
   """One epoch given as one stacked pytree of batches, or as an iterator of
   equally shaped chunks (neighbour sampling: an epoch of sampled trees may
   not fit in memory at once); returns the state and the mean loss."""
   if not isinstance(epoch, collections.abc.Iterator):
-    state, loss = train_epoch(state, inputs, align, epoch, model=model,
-                              task=task, objective=objective, lr=lr)
-    return state, float(loss)
+    state, value = train_epoch(state, data, epoch, loss=loss)
+    return state, float(value)
   total, count = 0.0, 0
   for chunk in epoch:
-    real = int(np.any(task.nodes(task_batch(chunk))[1], axis=1).sum())
-    state, loss = train_epoch(state, inputs, align, chunk, model=model,
-                              task=task, objective=objective, lr=lr)
-    total, count = total + float(loss) * real, count + real
+    real = int(np.sum(jax.vmap(loss.real)(chunk)))
+    state, value = train_epoch(state, data, chunk, loss=loss)
+    total, count = total + float(value) * real, count + real
   return state, total / max(count, 1)
 
 
@@ -298,9 +319,8 @@ def fit(model: EmbeddingModel, task: Task, inputs,
         previous: jax.Array | Callable[[Any], jax.Array] | None = None,
         chain: Sequence[Any] = (), init_variables: Variables | None = None,
         evaluate: Callable[[Variables, np.ndarray | None], dict] | None = None,
-        select_key: str | None = None, lower_is_better: bool = False,
-        epochs: int = 1, eval_every: int = 1, min_select_epoch: int = 0,
-        lr: float = 1e-3, init_key: jax.Array | None = None,
+        schedule: Schedule = Schedule(),
+        tx: optax.GradientTransformation | None = None,
         label: str = "train",
         checkpointing: Checkpointing | None = None,
         mesh: jax.sharding.Mesh | None = None) -> Result:
@@ -318,7 +338,9 @@ def fit(model: EmbeddingModel, task: Task, inputs,
     task: the intended task (`bcjax.tasks`).
     inputs: the model's inputs for this version's data.
     batches: epoch key -> one epoch's batches, stacked on a leading axis.
-    key: PRNG key; epoch e's batches use `fold_in(key, e)`.
+    key: the version's PRNG key: the model and B_k are initialised from
+      `keys.derive(key, "init")`, epoch e's batches read
+      `keys.derive(key, "epoch", e)` (`bcjax.keys`).
     objective: what to optimise (default BC-Aligner).
     previous: E_k(M_{k-1}) `[num_nodes, d_{k-1}]`, the previous version's
       model applied to this version's inputs, or a function `inputs ->` it.
@@ -327,13 +349,11 @@ def fit(model: EmbeddingModel, task: Task, inputs,
       (used by the multi-step loss).
     init_variables: start from these model variables (finetuning; the fixed
       model of post-hoc training); default a fresh `model.init`.
-    evaluate: (variables, W_k or None) -> metrics, every `eval_every` epochs;
-      default no metrics and the last epoch is kept.
-    select_key: the metric that selects the best epoch.
-    lower_is_better: select on the lowest value.
-    epochs, eval_every, min_select_epoch, lr: schedule.
-    init_key: key of the model's and B_k's initialisation
-      (default `fold_in(key, 0)`).
+    evaluate: (variables, W_k or None) -> metrics, at the schedule's
+      cadence; default no metrics and the last epoch is kept.
+    schedule: epochs, evaluation cadence and selection (`Schedule`).
+    tx: the optax optimizer (default `adam(1e-3)`); reuse one object across
+      calls to reuse the compiled epoch.
     label: names this training in progress lines and errors.
     checkpointing: save every N epochs and resume (see `Checkpointing`).
     mesh: train across its devices (`bcjax.sharding`): batches data-parallel,
@@ -366,8 +386,8 @@ def fit(model: EmbeddingModel, task: Task, inputs,
     earlier = tuple(jnp.asarray(w) for w in reversed(tuple(chain)))
     align = AlignmentInputs(target=target, embeddings=fixed,
                             earlier=earlier if objective.multi_step else ())
-  init_key = jax.random.fold_in(key, 0) if init_key is None else init_key
-  state = init_state(model, inputs, objective, init_key, d_prev, lr,
+  state = init_state(model, inputs, objective, keys.derive(key, "init"),
+                     d_prev, adam(1e-3) if tx is None else tx,
                      model_variables=init_variables)
   if mesh is not None:
     state, inputs = sharding.replicate((state, inputs), mesh)
@@ -388,12 +408,11 @@ def fit(model: EmbeddingModel, task: Task, inputs,
     return {} if evaluate is None else evaluate(state.model_variables(),
                                                 matrix(state))
 
+  if evaluate is None:
+    schedule = dataclasses.replace(schedule, select=None)
   best, history = train_version(
-      model, task, inputs, batches, objective, state, align, run_evaluate,
-      select_key if evaluate is not None else None, key, epochs=epochs,
-      eval_every=eval_every, min_select_epoch=min_select_epoch, lr=lr,
-      label=label, lower_is_better=lower_is_better,
-      checkpointing=checkpointing)
+      EmbeddingLoss(model, task, objective), (inputs, align), batches, state,
+      run_evaluate, key, schedule, label=label, checkpointing=checkpointing)
   return Result(_host_copy(best.state.model_variables()), matrix(best.state),
                 best.epoch, best.metrics, history)
 

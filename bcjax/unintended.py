@@ -10,12 +10,12 @@ them and are scored on them (`bcjax.scoring`).
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from typing import Sequence
 
 import jax
 import numpy as np
 
+from bcjax import keys, padding
 from bcjax.data.splits import VersionSplit
 from bcjax.data.targets import VersionTargets, version_targets
 
@@ -89,10 +89,10 @@ def _examples(name: str, split: VersionSplit, targets: VersionTargets,
 
 
 def task_key(seed: int, task: str) -> jax.Array:
-  """The key of a task's consumers: `fold_in(key(seed), crc32(task))`, the
-  same for every strategy (common random numbers)."""
-  return jax.random.fold_in(jax.random.key(seed),
-                            zlib.crc32(task.encode()) & 0x7FFFFFFF)
+  """The key of a task's consumers, `keys.derive(keys.root(seed),
+  "consumers:<task>")`: the same for every strategy (common random
+  numbers)."""
+  return keys.derive(keys.root(seed), f"consumers:{task}")
 
 
 def early_stop_version(task: UnintendedTask, train_version: int,
@@ -151,13 +151,10 @@ def single_class(examples: Examples) -> bool:
   return len(examples) == 0 or examples.labels.all() or not examples.labels.any()
 
 
-def pad_rows(examples: Examples, multiple: int):
+def padded_examples(examples: Examples, multiple: int):
   """`(rows, labels, mask)` padded to a positive multiple of `multiple`
   rows; `mask` is True on the real ones."""
-  n = len(examples)
-  size = max(multiple, -(-n // multiple) * multiple)
-  rows = np.zeros((size, examples.rows.shape[1]), np.int32)
-  rows[:n] = examples.rows
-  labels = np.zeros(size, bool)
-  labels[:n] = examples.labels
-  return rows, labels, np.arange(size) < n
+  (rows, labels), mask = padding.pad_rows(
+      (examples.rows.astype(np.int32), examples.labels.astype(bool)),
+      padding.round_up(len(examples), multiple))
+  return rows, labels, mask

@@ -113,7 +113,8 @@ def run(workdir: str, size: str = "test", seed: int = 0) -> dict:
   splits = data.make_splits(graph, TIMES)
   num_users, num_items = splits[-1].num_users, splits[-1].num_items
   num_batches = -(-max(s.num_train for s in splits) // cfg["batch_size"])
-  task, key = bcjax.BPRTask(reg=0.01), jax.random.key(seed)
+  task, key = bcjax.BPRTask(reg=0.01), bcjax.keys.root(seed)
+  tx = optax.adam(cfg["lr"])  # One optimizer object: one compiled epoch.
   lineage, result = bcjax.Lineage(), {}
   for k, (split, d) in enumerate(zip(splits, cfg["dims"])):
     inputs = make_inputs(split, num_users, num_items)
@@ -133,9 +134,11 @@ def run(workdir: str, size: str = "test", seed: int = 0) -> dict:
         model, task, inputs,
         lambda key, s=sampler: bcjax.epoch_batches(
             s, key, cfg["batch_size"], num_users, num_batches),
-        jax.random.fold_in(key, k), evaluate=evaluate, select_key="recall@20",
-        epochs=cfg["epochs"], eval_every=cfg["eval_every"], lr=cfg["lr"],
-        label=f"v{k}")
+        bcjax.keys.derive(key, "version", k), evaluate=evaluate,
+        schedule=bcjax.Schedule(epochs=cfg["epochs"],
+                                eval_every=cfg["eval_every"],
+                                select="recall@20"),
+        tx=tx, label=f"v{k}")
     z = np.asarray(lineage.embed(inputs))
     items = z[num_users:num_users + split.num_items]
     lineage.publish(f"{workdir}/store", z[:split.num_users], items,

@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import bcjax
@@ -40,7 +41,7 @@ def _batches(key):
 
 
 INPUTS = jnp.zeros((NUM_NODES,))
-FIT = dict(epochs=3, lr=0.05)
+FIT = dict(schedule=bcjax.Schedule(epochs=3), tx=optax.adam(0.05))
 
 
 def _three_versions(tmp_path=None):

@@ -160,7 +160,7 @@ def experiment_state(experiment):
   """A fresh train state of version 0 (the checkpoint's template)."""
   model, data = experiment.model(0), experiment.data(0)
   return training.init_state(model, data.inputs, training.Objective(),
-                             jax.random.key(0), None, 1e-3)
+                             jax.random.key(0), None, training.adam(1e-3))
 
 
 def test_reproduce_killed_in_the_consumer_stage_ends_with_the_same_report(

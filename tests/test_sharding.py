@@ -44,7 +44,6 @@ for devices in (1, 4):
   out[devices] = record
 
 # One step's loss and gradients, BC-Aligner at version 1, sharded or not.
-from bcjax import epoch as epoch_lib
 from bcjax import sharding, training
 experiment = Experiment(graph, config, sys.argv[1] + "/d1")
 data, model = experiment.data(1), experiment.model(1)
@@ -52,12 +51,13 @@ objective = training.Objective(transform="linear", multi_step=True)
 target = experiment.embeddings(experiment.model(0),
                                experiment.load("nobc", 0).variables, 1)
 state = training.init_state(model, data.inputs, objective, jax.random.key(0),
-                            8, 1e-3)
+                            8, training.adam(1e-3))
 align = training.AlignmentInputs(target=target)
 batch = jax.tree.map(lambda x: x[0], experiment.batches(1)(jax.random.key(3)))
+loss = training.EmbeddingLoss(model, experiment.task, objective)
 step = jax.jit(jax.value_and_grad(
-    lambda p, state, inputs, align, batch: epoch_lib.batch_loss(
-        model, experiment.task, objective, p, state, inputs, align, batch),
+    lambda p, state, inputs, align, batch: loss(p, state, (inputs, align),
+                                                batch),
     has_aux=True))
 (loss1, _), grads1 = step(state.params, state, data.inputs, align, batch)
 mesh = sharding.make_mesh(4)

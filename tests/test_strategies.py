@@ -41,6 +41,11 @@ def _config():
   config.posthoc_epochs = 6
   config.eval_every = 2
   config.min_select_epoch = 2
+  # Six epochs at the default 1e-3 leave the prefix alignment of
+  # joint-notrans-sloss barely trained (its alignment error within 2% of
+  # nobc's, either side, by seed); at 1e-2 every BC strategy beats nobc
+  # clearly on seeds 0, 1 and 2 (checked when this was set).
+  config.lr = 1e-2
   return config
 
 
@@ -189,7 +194,7 @@ def test_procrustes_square_recovers_rotation_of_any_rows():
 
 
 # 50 nodes: batches of 32 rows map every node then gather, batches of 8 rows
-# gather first (epoch.batch_loss picks by size); both must learn W.
+# gather first (losses.batch_alignment picks by size); both must learn W.
 @pytest.mark.parametrize("num_batches,batch_size", [(10, 32), (40, 8)])
 def test_gradient_training_recovers_a_planted_linear_map(num_batches,
                                                          batch_size):
@@ -209,9 +214,9 @@ def test_gradient_training_recovers_a_planted_linear_map(num_batches,
   w = rng.uniform(-1, 1, size=(d_in, d_out)).astype(np.float32)
   align = training.AlignmentInputs(embeddings=jnp.asarray(z),
                                    target=jnp.asarray(z @ w))
-  lr = 0.02
   state = training.init_state(model, graph, objective, jax.random.key(0),
-                              d_out, lr)
+                              d_out, training.adam(0.02))
+  loss_fn = training.EmbeddingLoss(model, BPRTask(), objective)
   initial_error = np.abs(np.asarray(state.params["transform"]["kernel"]) - w)
   for epoch in range(40):
     batch_rng = np.random.default_rng(epoch)
@@ -220,9 +225,8 @@ def test_gradient_training_recovers_a_planted_linear_map(num_batches,
                num_users + batch_rng.integers(num_items, size=shape).astype(np.int32),
                num_users + batch_rng.integers(num_items, size=shape).astype(np.int32),
                np.ones(shape, bool))
-    state, loss = training.train_epoch(state, graph, align, batches,
-                                       model=model, task=BPRTask(),
-                                       objective=objective, lr=lr)
+    state, loss = training.train_epoch(state, (graph, align), batches,
+                                       loss=loss_fn)
   kernel = np.asarray(state.params["transform"]["kernel"])
   assert np.abs(kernel - w).max() < 0.02 < initial_error.max()
   assert float(loss) < 1e-3

@@ -46,13 +46,15 @@ def test_vmapped_seeds_equal_sequential_fits(pinsage):
   batches = pinsage.batches(k)
   assert not np.all(batches(jax.random.key(0))[3])  # Some padding.
   keys = sweep.seed_keys(jax.random.key(5), 3)
+  tx = training.adam(1e-2)
   result = sweep.train_seeds(model, task, data.inputs, batches, keys,
-                             epochs=2, objective=training.Objective(), lr=1e-2)
+                             epochs=2, objective=training.Objective(), tx=tx)
   assert result.num_seeds == 3 and result.losses.shape == (2, 3)
   zs = []
   for i, key in enumerate(keys):
     fitted = training.fit(model, task, data.inputs, batches, key,
-                          objective=training.Objective(), epochs=2, lr=1e-2)
+                          objective=training.Objective(),
+                          schedule=training.Schedule(epochs=2), tx=tx)
     np.testing.assert_allclose(result.losses[:, i],
                                [h["loss"] for h in fitted.history], rtol=1e-5)
     # Train-mode embeddings: BatchNorm makes the pre-norm biases' gradient

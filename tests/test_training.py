@@ -33,13 +33,13 @@ def experiment(tmp_path_factory):
 def trace_counter(monkeypatch):
   """Counts traces of train_epoch's step (the loss is traced once per trace)."""
   count = [0]
-  original = epoch_lib.batch_loss
+  original = epoch_lib.EmbeddingLoss.__call__
 
   def counting(*args, **kwargs):
     count[0] += 1
     return original(*args, **kwargs)
 
-  monkeypatch.setattr(epoch_lib, "batch_loss", counting)
+  monkeypatch.setattr(epoch_lib.EmbeddingLoss, "__call__", counting)
   return count
 
 
@@ -48,18 +48,19 @@ def _epochs(experiment, versions, batch_size, epochs_per_version=3,
   """Runs a few real epochs of nobc training on each version."""
   model = experiment.model(0)
   objective = training.Objective()
+  loss_fn = training.EmbeddingLoss(model, experiment.task, objective)
   losses = []
   for k in versions:
     data = experiment.data(k)
     state = training.init_state(model, data.inputs, objective,
-                                jax.random.key(k), None, 1e-3)
+                                jax.random.key(k), None, training.adam(1e-3))
     for epoch in range(epochs_per_version):
       batches = tasks.epoch_batches(
           data.sampler, jax.random.key(100 * k + epoch), batch_size,
           experiment.num_users_pad, num_batches)
       state, loss = training.train_epoch(
-          state, data.inputs, training.AlignmentInputs(), batches,
-          model=model, task=experiment.task, objective=objective, lr=1e-3)
+          state, (data.inputs, training.AlignmentInputs()), batches,
+          loss=loss_fn)
       losses.append(float(loss))
       yield batches
   assert np.all(np.isfinite(losses))
@@ -101,16 +102,17 @@ def test_padding_batches_change_nothing(experiment):
   """Empty (all-masked) batches leave the state and the mean loss as is."""
   data, model = experiment.data(1), experiment.model(1)
   objective = training.Objective()
+  loss_fn = training.EmbeddingLoss(model, experiment.task, objective)
   results = []
   for extra in (0, 2):
     state = training.init_state(model, data.inputs, objective,
-                                jax.random.key(0), None, 1e-3)
+                                jax.random.key(0), None, training.adam(1e-3))
     needed = -(-data.split.num_train // 256)
     batches = tasks.epoch_batches(data.sampler, jax.random.key(1), 256,
                                   experiment.num_users_pad, needed + extra)
     results.append(training.train_epoch(
-        state, data.inputs, training.AlignmentInputs(), batches, model=model,
-        task=experiment.task, objective=objective, lr=1e-3))
+        state, (data.inputs, training.AlignmentInputs()), batches,
+        loss=loss_fn))
   (a, loss_a), (b, loss_b) = results
   np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
   assert int(a.step) == int(b.step) == needed
@@ -171,7 +173,7 @@ def test_nobc_beats_random_recall(tmp_path):
 
 def _fake_state(epoch, param=0.0):
   return training.TrainState(step=np.array(epoch), params={"w": np.float32(param)},
-                             frozen={}, model_state={}, opt_state=())
+                             frozen={}, model_state={}, opt_state=(), tx=None)
 
 
 def _scripted_train_version(monkeypatch, scores, losses=None, params=None,
@@ -179,7 +181,7 @@ def _scripted_train_version(monkeypatch, scores, losses=None, params=None,
   """Runs train_version with fake epochs; state.step = epochs run."""
   losses, params = losses or {}, params or {}
 
-  def fake_epoch(state, inputs, align, batches, *, model, task, objective, lr):
+  def fake_epoch(state, data, batches, *, loss):
     epoch = int(state.step) + 1
     return (_fake_state(epoch, params.get(epoch, 0.0)),
             np.float32(losses.get(epoch, 1.0)))
@@ -191,20 +193,19 @@ def _scripted_train_version(monkeypatch, scores, losses=None, params=None,
     evaluated.append(int(state.step))
     return {"score": scores[int(state.step)], "other": 0.5}
 
-  options = dict(epochs=10, eval_every=2, min_select_epoch=4, lr=1e-3,
-                 label="fake v3")
+  options = dict(epochs=10, eval_every=2, min_select_epoch=4, select="score")
   options.update(kwargs)
   best, history = training.train_version(
-      None, None, None, lambda key: None, training.Objective(), _fake_state(0),
-      training.AlignmentInputs(), evaluate, "score", jax.random.key(0),
-      **options)
+      None, None, lambda key: None, _fake_state(0), evaluate,
+      jax.random.key(0), training.Schedule(**options), label="fake v3")
   return best, history, evaluated
 
 
 def test_train_version_selects_strict_improvement_after_min_epoch(monkeypatch):
-  # Epoch 2 is the highest but comes before min_select_epoch; epoch 8 ties
-  # epoch 6 and must not replace it.
-  scores = {2: 0.9, 4: 0.3, 6: 0.5, 8: 0.5, 10: 0.4}
+  # Epoch 2 is the highest but comes before min_select_epoch, epoch 4 the
+  # next but it is min_select_epoch itself (strictly after only); epoch 8
+  # ties epoch 6 and must not replace it.
+  scores = {2: 0.9, 4: 0.8, 6: 0.5, 8: 0.5, 10: 0.4}
   best, history, evaluated = _scripted_train_version(monkeypatch, scores)
   assert evaluated == [2, 4, 6, 8, 10]
   assert best.epoch == 6

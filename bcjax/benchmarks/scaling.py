@@ -20,12 +20,14 @@ import numpy as np
 from bcjax.benchmarks.measure import (available_gb, device_peak_gb,
                                       peak_rss_gb, spread)
 from bcjax.data import make_splits
-from bcjax.data.neighbours import NeighbourSampler, sampled_bpr_chunks
+from bcjax.data.neighbours import (NeighbourSampler, SampledTask,
+                                   sampled_bpr_chunks)
 from bcjax.data.sampling import TripleSampler
 from bcjax.data.synthetic import make_synthetic
 from bcjax.models import families
 from bcjax.tasks import BPRTask, epoch_batches
-from bcjax.training import AlignmentInputs, Objective, init_state, train_epoch
+from bcjax.training import (AlignmentInputs, EmbeddingLoss, Objective, adam,
+                            init_state, train_epoch)
 
 
 def scaling_point(num_interactions: int, dim: int = 256, layers: int = 2,
@@ -77,8 +79,8 @@ def scaling_point(num_interactions: int, dim: int = 256, layers: int = 2,
   steps = batches[0].shape[0]
   timed_steps = min(steps, max_steps)
   part = tuple(a[:timed_steps] for a in batches)
-  objective, align, task = Objective(), AlignmentInputs(), BPRTask()
-  state = init_state(model, inputs, objective, key, None, lr)
+  objective, shared = Objective(), (inputs, AlignmentInputs())
+  state = init_state(model, inputs, objective, key, None, adam(lr))
   if mode == "sampled":
     trees = NeighbourSampler(split.train_user, split.train_item,
                              num_users_pad, num_items_pad)
@@ -88,12 +90,12 @@ def scaling_point(num_interactions: int, dim: int = 256, layers: int = 2,
     def run(state):  # One chunk: sample its trees, then train on them.
       batches = next(sampled_bpr_chunks(trees, part, fanout, layers, chunk,
                                         rng))
-      return train_epoch(state, inputs, align, batches, model=model,
-                         task=task, objective=objective, lr=lr)
+      return train_epoch(state, shared, batches, loss=EmbeddingLoss(
+          model, SampledTask(BPRTask()), objective))
     part = tuple(a[:chunk] for a in batches)
   elif mode == "full":
-    run = lambda state: train_epoch(state, inputs, align, part, model=model,
-                                    task=task, objective=objective, lr=lr)
+    run = lambda state: train_epoch(state, shared, part, loss=EmbeddingLoss(  # noqa: E731
+        model, BPRTask(), objective))
   else:
     raise ValueError(f"unknown mode {mode!r}; use 'full' or 'sampled'")
   del batches

@@ -15,8 +15,8 @@ from bcjax.benchmarks.measure import spread, timed
 from bcjax.data import DynamicGraph
 from bcjax.experiment import Experiment
 from bcjax.models import aggregate as agg
-from bcjax.training import (AlignmentInputs, Objective, embed, init_state,
-                            train_epoch)
+from bcjax.training import (AlignmentInputs, EmbeddingLoss, Objective, adam,
+                            embed, init_state, train_epoch)
 
 
 def replicated_graph(user: np.ndarray, item: np.ndarray, copies: int,
@@ -90,11 +90,10 @@ def training_epoch(graph: DynamicGraph, config, workdir: str, version: int,
   data, model = experiment.data(version), experiment.model(version)
   objective = Objective()
   state = init_state(model, data.inputs, objective, jax.random.key(0), None,
-                     config.lr)
-  align = AlignmentInputs()
-  run = lambda state, batches: train_epoch(state, data.inputs, align, batches,
-                                           model=model, task=experiment.task,
-                                           objective=objective, lr=config.lr)
+                     adam(config.lr))
+  loss = EmbeddingLoss(model, experiment.task, objective)
+  run = lambda state, batches: train_epoch(  # noqa: E731
+      state, (data.inputs, AlignmentInputs()), batches, loss=loss)
   one = experiment.batches(version)(jax.random.key(0))
   one_step = tuple(a[:1] for a in one)
   start = time.perf_counter()
@@ -156,13 +155,13 @@ def strategy_overheads(graph: DynamicGraph, config, workdir: str,
   def epoch_time(objective, align):
     variables = model.init(jax.random.key(0), data.inputs)
     state = init_state(model, data.inputs, objective, jax.random.key(1),
-                       d_prev, config.lr, model_variables=variables)
+                       d_prev, adam(config.lr), model_variables=variables)
+    loss = EmbeddingLoss(model, experiment.task, objective)
     def run():
       nonlocal state
-      state, loss = train_epoch(state, data.inputs, align, batches,
-                                model=model, task=experiment.task,
-                                objective=objective, lr=config.lr)
-      return loss
+      state, value = train_epoch(state, (data.inputs, align), batches,
+                                 loss=loss)
+      return value
     t = timed(run, repeats=repeats)
     spreads[objective] = [t["min_s"], t["max_s"]]
     return t["median_s"]
@@ -220,30 +219,30 @@ def seed_sweep(graph: DynamicGraph, config, workdir: str, version: int = 0,
   """
   experiment = Experiment(graph, config, workdir)
   data, model = experiment.data(version), experiment.model(version)
-  objective, align = Objective(), AlignmentInputs()
+  objective, shared = Objective(), (data.inputs, AlignmentInputs())
   keys = sweep.seed_keys(jax.random.key(seed), num_seeds)
   sample = experiment.batches(version)
-  static = dict(model=model, task=experiment.task, objective=objective,
-                lr=config.lr)
+  loss = EmbeddingLoss(model, experiment.task, objective)
 
   def fresh():
     return [init_state(model, data.inputs, objective, jax.random.fold_in(k, 0),
-                       None, config.lr) for k in keys]
+                       None, adam(config.lr)) for k in keys]
 
   def vmapped(states, epoch):
     stacked, axes = sweep.stack_batches(
         [sample(jax.random.fold_in(k, epoch)) for k in keys])
-    states, loss = sweep.vmapped_epoch(states, data.inputs, align, stacked,
-                                       batch_axes=axes, **static)
-    return states, np.asarray(loss)
+    states, losses = sweep.vmapped_epoch(states, shared, stacked, loss=loss,
+                                         batch_axes=axes)
+    return states, np.asarray(losses)
 
   def sequential(states, epoch):
     out, losses = [], []
     for state, k in zip(states, keys):
-      state, loss = train_epoch(state, data.inputs, align,
-                                sample(jax.random.fold_in(k, epoch)), **static)
+      state, value = train_epoch(state, shared,
+                                 sample(jax.random.fold_in(k, epoch)),
+                                 loss=loss)
       out.append(state)
-      losses.append(loss)
+      losses.append(value)
     return out, np.asarray(jax.device_get(losses))
 
   stacked_states, states = sweep.stack(fresh()), fresh()

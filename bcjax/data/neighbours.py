@@ -16,6 +16,7 @@ drawn uniformly with replacement (an unbiased estimate of the mean).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterator
 
 import flax.struct
@@ -61,6 +62,33 @@ class SampledBatch:
   subgraph: Subgraph
   nodes: jax.Array
   batch: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class SampledTask:
+  """A task whose batches are `SampledBatch`es: the model embeds each
+  batch's trees' roots instead of every node.
+
+  The trainer sees an ordinary task (`bcjax.tasks.Task`) plus the
+  `batch_inputs` hook, so sampling is a wrapper of the task and its
+  batches, not a branch of the trainer.
+
+  Attributes:
+    task: the task of the unwrapped batches (node ids index the roots).
+  """
+  task: Any
+
+  def loss(self, z: jax.Array, batch: SampledBatch) -> jax.Array:
+    """The task's loss over the roots' embeddings `z [n_0, d]`."""
+    return self.task.loss(z, batch.batch)
+
+  def nodes(self, batch: SampledBatch):
+    """The task's (root ids, mask) of the batch."""
+    return self.task.nodes(batch.batch)
+
+  def batch_inputs(self, inputs, batch: SampledBatch):
+    """(the model's inputs for this batch, the roots' node ids)."""
+    return SampledInputs(inputs, batch.subgraph), batch.nodes
 
 
 class NeighbourSampler:

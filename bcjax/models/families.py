@@ -11,17 +11,13 @@ import dataclasses
 from typing import Sequence
 
 from bcjax.data.splits import VersionSplit
+from bcjax.padding import round_up
 from bcjax.models.interface import FlaxModel
 from bcjax.models.lightgcn import LightGCN, make_lightgcn_inputs
 from bcjax.models.pinsage import PinSage, make_graph_inputs
 
 FAMILIES = ("pinsage", "lightgcn")
 NODE_MULTIPLE, EDGE_MULTIPLE = 64, 1024
-
-
-def round_up(n: int, multiple: int = NODE_MULTIPLE) -> int:
-  """The least positive multiple of `multiple` that is >= n."""
-  return max(multiple, -(-n // multiple) * multiple)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,10 +41,10 @@ class Budget:
     the last version's attribute entries (items only grow)."""
     last = splits[-1]
     return cls(
-        round_up(max(s.num_users for s in splits)),
-        round_up(max(s.num_items for s in splits)),
+        round_up(max(s.num_users for s in splits), NODE_MULTIPLE),
+        round_up(max(s.num_items for s in splits), NODE_MULTIPLE),
         round_up(2 * max(s.num_train for s in splits), EDGE_MULTIPLE),
-        {name: round_up(int(kind.offsets[last.num_items]))
+        {name: round_up(int(kind.offsets[last.num_items]), NODE_MULTIPLE)
          for name, kind in last.attributes.items()})
 
 

@@ -297,7 +297,9 @@ class PinSage(nn.Module):
   @nn.compact
   def __call__(self, graph: GraphInputs, train: bool):
     normal = nn.initializers.normal(1.0)
-    user = self.param("user_embedding", normal, (self.dim,))
+    # The paper's code: the shared user vector ~ N(0, 0.1^2).
+    user = self.param("user_embedding", nn.initializers.normal(0.1),
+                      (self.dim,))
     tables = [self.param(f"attribute_{k}", normal, (size, self.dim))
               for k, size in enumerate(self.vocab_sizes)]
     convs = [SAGEConv(self.dim, name=f"conv_{l}")
