@@ -22,6 +22,8 @@ setuptools.setup(
         "absl-py>=2.0",
         "ml_collections>=1.1",
         "matplotlib>=3.8",  # the report's plots (PNG)
+        "scipy>=1.11",  # Student-t quantiles of the intervals over seeds
+        "tensorboardX>=2.6",  # training curves as TensorBoard event files
     ],
     extras_require={"test": [
         "pytest>=8", "hypothesis>=6.100",

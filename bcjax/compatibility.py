@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -46,6 +45,7 @@ from bcjax import consumers, io, keys, numbers, scoring, transforms
 from bcjax.data.splits import VersionSplit
 from bcjax.data.targets import VersionTargets, version_targets
 from bcjax.numbers import finite_mean, finite_or_none, fmt
+from bcjax.progress import to_stderr
 from bcjax.rundir import RunDir, read_json
 from bcjax.strategies import STRATEGIES
 
@@ -275,7 +275,7 @@ def run_compatibility(workdir: RunDir | str | os.PathLike,
   Returns:
     strategy -> task -> the saved record (see the module docstring).
   """
-  log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+  log = log or to_stderr
   tasks = list(tasks or consumers.TASKS)
   targets = [version_targets(s) for s in splits]
   run_dir = RunDir.of(workdir)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -33,6 +32,7 @@ import optax
 from bcjax import io, keys, metrics, numbers, padding
 from bcjax.epoch import TrainState, adam, epoch_core
 from bcjax.models.consumer import ConsumerMLP
+from bcjax.progress import Progress, to_stderr
 from bcjax.rundir import RunDir, read_json
 from bcjax.unintended import (STD_THRESHOLD, TASKS, Examples, TaskData,
                               UnintendedTask, all_task_data,
@@ -130,7 +130,7 @@ class ConsumerLoss:
     logits, updates = ConsumerMLP(self.hidden).apply(
         {"params": params["model"], **state.model_state},
         features(tables, rows[index]), train=True, rate=rate, mask=real,
-        rngs={"dropout": jax.random.fold_in(dropout_key, i)},
+        rngs={"dropout": keys.derive(dropout_key, "batch", i)},
         mutable=["batch_stats"])
     loss = optax.sigmoid_binary_cross_entropy(logits,
                                               labels[index].astype(jnp.float32))
@@ -231,7 +231,7 @@ def train_heads(train_tables: Sequence[np.ndarray], train: Examples,
     The chosen `Heads`: the (h, dropout) with the highest mean over seeds of
     the best validation AUC (ties: the first in grid order).
   """
-  log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+  log = log or to_stderr
   train_tables = tuple(jnp.asarray(t, jnp.float32) for t in train_tables)
   val_tables = tuple(jnp.asarray(t, jnp.float32) for t in val_tables)
   train_rows, train_labels = jnp.asarray(train.rows), jnp.asarray(train.labels)
@@ -240,24 +240,20 @@ def train_heads(train_tables: Sequence[np.ndarray], train: Examples,
   d_in = sum(t.shape[1] for t in train_tables)
   num_rates, seeds = len(config.dropout), config.seeds
   rates = jnp.asarray(np.repeat(np.asarray(config.dropout, np.float32), seeds))
-  report_every = max(1, config.epochs // 5)
   best_mean, chosen, grid = -np.inf, None, {}
   for hidden in config.hidden:
     # Model m is seed m % seeds: the same keys for every dropout rate.
     seed_keys = [keys.derive(key, "heads", hidden, s) for s in range(seeds)]
     model_keys = jnp.stack(seed_keys * num_rates)
     state = _start(model_keys, hidden, d_in, adam(config.lr))
-    start = time.perf_counter()
+    progress = Progress(f"{label} h={hidden}", config.epochs, log=log)
     for epoch in range(1, config.epochs + 1):
       state, loss = _grid_epoch(
           state, model_keys, rates, np.int32(epoch), train_tables, train_rows,
           train_labels, val_tables, val_rows, val_labels, val_mask,
           hidden=hidden, batch_size=config.batch_size)
-      if epoch % report_every == 0 or epoch == config.epochs:
-        rate = epoch / (time.perf_counter() - start)
-        log(f"[{label} h={hidden}] epoch {epoch}/{config.epochs} loss "
-            f"{np.mean(loss):.4f} best val AUC "
-            f"{np.mean(state['best_auc']):.4f} | {rate:.2f} epochs/s")
+      progress.update(epoch, float(np.mean(loss)), "best val AUC",
+                      float(np.mean(state["best_auc"])))
     best_auc = np.asarray(state["best_auc"]).reshape(num_rates, seeds)
     for r, p in enumerate(config.dropout):
       grid[f"h={hidden},dropout={p}"] = best_auc[r].tolist()
@@ -317,7 +313,7 @@ def train_consumers(workdir: RunDir | str | os.PathLike, data: Mapping[str, Task
   training or early-stopping labels have a single class are skipped (absent
   from the result), with a log line.
   """
-  log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+  log = log or to_stderr
   run_dir = RunDir.of(workdir)
   run_dir.consumers_dir.mkdir(parents=True, exist_ok=True)
   versions = sorted({0} | {d.task.val_version for d in data.values()})

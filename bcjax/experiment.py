@@ -212,24 +212,17 @@ class Experiment(RunData):
     """E_k(M_{k-1}): the previous best model on the current graph."""
     return self.lineage(strategy, k).previous(self.data(k).inputs)
 
-  def _fit(self, strategy: Strategy, k: int, previous=None, *,
-           eval_every: int, select: str, lower_is_better: bool = False,
-           **kwargs):
+  def _fit(self, strategy: Strategy, k: int, previous, *, eval_every: int,
+           select: str, lower_is_better: bool = False, **kwargs):
     """`training.fit` of version k as `strategy` describes it: its objective
-    (the run's lambda next to a task loss), epochs and selection; `previous`
-    defaults to the strategy's own E_k(M_{k-1}) when the objective aligns."""
+    (the run's lambda next to a task loss), epochs and selection, aligned
+    (when the objective aligns) with `previous`, E_k(M_{k-1}), through the
+    strategy's own chain W_1..W_{k-1}."""
     objective = strategy.objective
     if objective.train_model:
       objective = dataclasses.replace(objective, lam=self.config.lam)
-    chain = ()
-    if objective.aligns:
-      # A given target (post-hoc: nobc's) needs only the strategy's chain,
-      # not its previous model's variables.
-      if previous is None:
-        lineage = self.lineage(strategy.name, k)
-        previous, chain = lineage.previous(self.data(k).inputs), lineage.chain()
-      else:
-        chain = tuple(self.run_dir.chain(strategy.name, k - 1))
+    chain = (tuple(self.run_dir.chain(strategy.name, k - 1))
+             if objective.aligns else ())
     late = strategy.selects_late and k > 0
     layers = self.config.layers[self._size_version(k, strategy.name)]
     schedule = Schedule(
@@ -248,11 +241,19 @@ class Experiment(RunData):
     """Trains M_k (from `init`, or fresh) on version k's intended task,
     selected on Recall@50."""
     model, inputs = self.model(k, strategy.name), self.data(k).inputs
-    result = self._fit(
-        strategy, k, init_variables=init,
-        evaluate=lambda variables, _: self.recall(
-            embed(model, variables, inputs), k),
-        select="recall@50", eval_every=self.config.eval_every)
+    target = (self._alignment_target(strategy.name, k)
+              if strategy.objective.aligns else None)
+
+    def evaluate(variables, w):
+      z = embed(model, variables, inputs)
+      out = self.recall(z, k)
+      if w is not None:  # The alignment term's progress, for the curves.
+        out["alignment_mse"] = _mse(z, target, w, self, k)
+      return out
+
+    result = self._fit(strategy, k, previous=target, init_variables=init,
+                       evaluate=evaluate, select="recall@50",
+                       eval_every=self.config.eval_every)
     z = self.embeddings(model, result.variables, k)
     transform = None
     if k:

@@ -4,6 +4,10 @@
 version, the consumers of the unintended tasks on fix-m0's version-0
 embeddings, scores them on every strategy and version, computes the
 compatibility matrices of `config.compat.strategies`, and writes the report.
+With `config.seeds` = S > 1 it does so for the training seeds config.seed ..
+config.seed + S - 1, each in its own run directory `seed<s>/`, and writes
+the report over seeds (`bcjax.multiseed`: intervals and paired differences)
+at the top.
 It is resumable: complete versions, saved consumers and saved compatibility
 matrices are reused; the cross-version evaluation and the report (seconds)
 are always redone. `launch/reproduce.py` is its command line; the notebooks
@@ -20,10 +24,11 @@ from typing import Callable, NamedTuple, Sequence
 
 import ml_collections
 
-from bcjax import (compatibility, configs, consumers, report, scoring,
-                   strategies)
+from bcjax import (compatibility, configs, consumers, multiseed, report,
+                   scoring, strategies)
 from bcjax.data import DynamicGraph
 from bcjax.experiment import Experiment
+from bcjax.rundir import RunDir
 
 
 class Report(NamedTuple):
@@ -67,24 +72,43 @@ def reproduce(graph: DynamicGraph, config: ml_collections.ConfigDict,
     FloatingPointError: a training that diverges (its checkpoint is kept).
   """
   log = log or (lambda line: print(line, flush=True))
-  start = time.perf_counter()
-  stage = lambda message: log(
-      f"== {message} ({time.perf_counter() - start:.1f}s elapsed)")
   names = [strategies.get(s).name
            for s in (strategy_names or strategies.STRATEGIES)]
   settings = configs.validate(config)
   if len(settings.versions) != len(config.times) - 1:
     raise ValueError(f"config.versions={config.versions!r}: the report needs "
                      "every version; use 'all'")
-  config.dataset = graph.name  # What config.json and the report name.
-  workdir = Path(workdir or default_workdir(graph, config))
-  experiment = Experiment(graph, config, workdir)
-  tasks = consumers.all_task_data(experiment.splits)
   if consumers.REFERENCE not in names:
     names.insert(0, consumers.REFERENCE)
-  log(f"== run {workdir}: {graph.name}, model {config.model}, preset "
-      f"{config.preset}, {len(settings.versions)} versions, strategies "
-      f"{', '.join(names)}")
+  config.dataset = graph.name  # What config.json and the report name.
+  workdir = Path(workdir or default_workdir(graph, config))
+  if len(settings.seeds) == 1:
+    return _reproduce_seed(graph, config, RunDir(workdir), names, settings,
+                           log)
+  run_dir, seed_dirs = RunDir(workdir), []
+  for i, seed in enumerate(settings.seeds, 1):
+    log(f"== seed {seed} ({i}/{len(settings.seeds)})")
+    seed_config = config.copy_and_resolve_references()
+    seed_config.seed, seed_config.seeds = seed, 1
+    seed_dirs.append(run_dir.seed_dir(seed))
+    _reproduce_seed(graph, seed_config, seed_dirs[-1], names, settings, log)
+  log(f"== report over seeds {', '.join(map(str, settings.seeds))}")
+  content, table, plots = multiseed.write_seeds_report(run_dir, seed_dirs)
+  return Report(run_dir.root, content, table, plots)
+
+
+def _reproduce_seed(graph: DynamicGraph, config, run_dir: RunDir,
+                    names: list[str], settings: configs.Settings,
+                    log: Callable[[str], None]) -> Report:
+  """The whole pipeline of one training seed (`config.seed`) in `run_dir`."""
+  start = time.perf_counter()
+  stage = lambda message: log(
+      f"== {message} ({time.perf_counter() - start:.1f}s elapsed)")
+  experiment = Experiment(graph, config, run_dir.root)
+  tasks = consumers.all_task_data(experiment.splits)
+  log(f"== run {run_dir.root}: {graph.name}, model {config.model}, preset "
+      f"{config.preset}, seed {config.seed}, {len(settings.versions)} "
+      f"versions, strategies {', '.join(names)}")
 
   for i, name in enumerate(names, 1):
     stage(f"strategy {i}/{len(names)}: {name}")
@@ -108,7 +132,7 @@ def reproduce(graph: DynamicGraph, config: ml_collections.ConfigDict,
                                     seed=config.seed)
   stage("report")
   content, table, plots = report.write_report(experiment.run_dir, names)
-  return Report(workdir, content, table, plots)
+  return Report(run_dir.root, content, table, plots)
 
 
 def print_report(result: Report, stream=None) -> None:

@@ -5,7 +5,7 @@ and BC embedding, the consumers' AUCs and the compatibility matrices where
 present) and writes `report.json`, `report.csv` and PNG plots into it, every
 file atomically.
 The arithmetic (`summarize`, `compatibility.summarize`) is a pure function of
-per-version numbers, tested on its own.
+per-version numbers, tested on its own; the plots are `bcjax.plots`'.
 """
 
 from __future__ import annotations
@@ -16,28 +16,12 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
-
-from bcjax import compatibility, io, metrics
+from bcjax import compatibility, curves, io, metrics
 from bcjax.numbers import finite_mean, fmt, percent_change
+from bcjax.plots import FIX_M0, NOBC, PLOTS, plot, plot_compatibility
 from bcjax.rundir import RunDir, read_json
-from bcjax.strategies import BC_ALIGNER_NAME, STRATEGIES
+from bcjax.strategies import BC_ALIGNER_NAME, PAPER_NAMES, STRATEGIES
 
-NOBC, FIX_M0 = "nobc", "fix-m0"
-PAPER_NAMES = {
-    "fix-m0": "Fix-M0",
-    "finetune-m0": "Finetune-M0",
-    "nobc": "No-BC",
-    "posthoc-lin-sloss": "Post-hoc-Lin-SLoss",
-    "posthoc-lin-mloss": "Post-hoc-Lin-MLoss",
-    "joint-notrans-sloss": "Joint-NoTrans-SLoss",
-    "joint-lin-sloss": "Joint-Lin-SLoss",
-    "joint-lin-mloss": "Joint-Lin-MLoss (BC-Aligner)",
-    "posthoc-lstsq": "Post-hoc-Lstsq (ours)",
-    "posthoc-procrustes": "Post-hoc-Procrustes (ours)",
-}
-PLOTS = ("recall50_vs_nobc.png", "auc_vs_fixm0.png", "alignment_error.png",
-         "bc_aligner_auc.png")
 
 
 def task_version_means(auc: Mapping[str, Mapping[str, Sequence]]
@@ -69,8 +53,9 @@ def summarize(recall50: Mapping[str, Sequence[float]],
 
   Returns:
     strategy -> {"recall50", "intended_pct", "unintended_pct", "total_pct",
-    "alignment_error", "auc": task -> per-version mean over seeds}; a
-    percentage is None when its reference strategy is missing.
+    "alignment_error" (the mean over versions, version 0 included),
+    "alignment" (per version), "auc": task -> per-version mean over seeds};
+    a percentage is None when its reference strategy is missing.
   """
   mean_recall = {s: finite_mean(r) for s, r in recall50.items()}
   fix_score = unintended_score(auc, FIX_M0)
@@ -85,6 +70,7 @@ def summarize(recall50: Mapping[str, Sequence[float]],
               "intended_pct": intended, "unintended_pct": unintended,
               "total_pct": total,
               "alignment_error": finite_mean(alignment.get(s, [])),
+              "alignment": [float(a) for a in alignment.get(s, [])],
               "auc": {task: by_strategy[s] for task, by_strategy in means.items()
                       if s in by_strategy}}
   return out
@@ -105,6 +91,19 @@ def read_recall50(workdir: RunDir | str | os.PathLike,
   run_dir = RunDir.of(workdir)
   return {s: [run_dir.metrics(s, k)["best"]["recall@50"]
               for k in range(num_versions)] for s in strategies}
+
+
+def selected_epochs(workdir: RunDir | str | os.PathLike,
+                    strategies: Sequence[str],
+                    num_versions: int) -> dict[str, list[int]]:
+  """strategy -> per version: the epoch whose model (post-hoc: whose B_k)
+  was kept (0: not trained by gradient there)."""
+  run_dir = RunDir.of(workdir)
+  out = {}
+  for s in strategies:
+    records = [run_dir.metrics(s, k) for k in range(num_versions)]
+    out[s] = [int(r.get("alignment_epoch", r["best_epoch"])) for r in records]
+  return out
 
 
 def alignment_errors(workdir: RunDir | str | os.PathLike,
@@ -172,121 +171,6 @@ def csv_text(strategies: Mapping[str, dict], num_versions: int) -> str:
                      value(r["total_pct"]), value(r["alignment_error"]),
                      *[value(v) for v in r["recall50"]]])
   return out.getvalue()
-
-
-def _save_figure(figure, path: Path) -> None:
-  buffer = _stdio.BytesIO()
-  figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-  io.save_bytes(path, buffer.getvalue())
-
-
-def plot(strategies: Mapping[str, dict], alignment: Mapping[str, Sequence[float]],
-         out_dir: str | os.PathLike, title: str = "") -> list[Path]:
-  """The four PNG plots of the report; returns their paths."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  out_dir = Path(out_dir)
-  num_versions = len(next(iter(strategies.values()))["recall50"])
-  versions = np.arange(num_versions)
-  label = lambda s: PAPER_NAMES.get(s, s)
-  paths = []
-
-  def series(ylabel: str, name: str, curves: dict[str, list]):
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for s, ys in curves.items():
-      ys = np.asarray([np.nan if y is None else y for y in ys], np.float64)
-      axes.plot(versions, ys, "o-", label=label(s),
-                linewidth=2.5 if s == BC_ALIGNER_NAME else 1.2)
-    axes.set_xlabel("version")
-    axes.set_xticks(versions)
-    axes.set_ylabel(ylabel)
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    if curves:  # A run without the strategies of this plot has no legend.
-      axes.legend(fontsize=7)
-    _save_figure(figure, out_dir / name)
-    plt.close(figure)
-    paths.append(out_dir / name)
-
-  nobc = strategies.get(NOBC, {}).get("recall50")
-  series("Recall@50 vs No-BC (%)", PLOTS[0], {
-      s: ([percent_change(r, b) for r, b in zip(v["recall50"], nobc)]
-          if nobc else [None] * num_versions)
-      for s, v in strategies.items()})
-
-  def task_mean(s: str) -> list:
-    aucs = strategies[s]["auc"].values()
-    return [finite_mean([a[k] for a in aucs]) for k in versions]
-
-  fix = task_mean(FIX_M0) if FIX_M0 in strategies else [None] * num_versions
-  series("ROC-AUC vs Fix-M0, mean over tasks (%)", PLOTS[1],
-         {s: [percent_change(a, b) for a, b in zip(task_mean(s), fix)]
-          for s in strategies})
-  series("alignment error (mean L2 to Fix-M0)", PLOTS[2],
-         {s: list(alignment[s]) for s in strategies if s in alignment})
-  if BC_ALIGNER_NAME in strategies:
-    series(f"ROC-AUC of {label(BC_ALIGNER_NAME)}", PLOTS[3],
-           dict(strategies[BC_ALIGNER_NAME]["auc"]))
-  return paths
-
-
-def _matrix(rows) -> np.ndarray:
-  return np.asarray([[np.nan if v is None else v for v in row] for row in rows],
-                    np.float64)
-
-
-def plot_compatibility(summary: Mapping[str, dict], out_dir: str | os.PathLike,
-                       title: str = "") -> list[Path]:
-  """`compatibility_<strategy>.png`: one heat-map per task and their
-  entry-wise mean (over the tasks defining the entry), trained-at version j
-  down, scored-at version k across; one colour scale for every strategy."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  out_dir, paths = Path(out_dir), []
-  matrices = {s: {t: _matrix(r["matrix"]) for t, r in v["tasks"].items()}
-              for s, v in summary.items()}
-  finite = np.concatenate([m[np.isfinite(m)] for by_task in matrices.values()
-                           for m in by_task.values()] or [np.zeros(0)])
-  if not finite.size:
-    return paths
-  low, high = float(finite.min()), float(finite.max())
-  if high - low < 1e-6:
-    low, high = low - 0.01, high + 0.01
-  for s, by_task in matrices.items():
-    if not by_task:
-      continue
-    stacked = np.stack(list(by_task.values()))
-    defined = np.isfinite(stacked)
-    mean = np.where(defined.any(0), np.where(defined, stacked, 0).sum(0)
-                    / np.maximum(defined.sum(0), 1), np.nan)
-    panels = {**by_task, "mean over tasks": mean}
-    figure, axes = plt.subplots(1, len(panels),
-                                figsize=(2.6 * len(panels) + 1, 3.0),
-                                squeeze=False)
-    for ax, (task, m) in zip(axes[0], panels.items()):
-      image = ax.imshow(np.ma.masked_invalid(m), vmin=low, vmax=high,
-                        cmap="viridis")
-      for (j, k), v in np.ndenumerate(m):
-        if np.isfinite(v):
-          ax.text(k, j, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                  color="white" if v < (low + high) / 2 else "black")
-      ax.set_title(task, fontsize=7)
-      ax.set_xticks(range(m.shape[1]))
-      ax.set_yticks(range(m.shape[0]))
-      ax.set_xlabel("scored at version k", fontsize=7)
-    axes[0][0].set_ylabel("trained at version j", fontsize=7)
-    figure.colorbar(image, ax=list(axes[0]), shrink=0.8, label="ROC-AUC")
-    figure.suptitle(f"{title}: compatibility of {PAPER_NAMES.get(s, s)} "
-                    f"(mean {fmt(summary[s]['mean'], 4)})", fontsize=8)
-    path = out_dir / f"compatibility_{s}.png"
-    _save_figure(figure, path)
-    plt.close(figure)
-    paths.append(path)
-  return paths
 
 
 def read_report(workdir: RunDir | str | os.PathLike
@@ -374,6 +258,8 @@ def write_report(workdir: RunDir | str | os.PathLike,
                if FIX_M0 in strategies else {})
   summary = summarize(read_recall50(run_dir, strategies, num_versions), auc,
                       alignment)
+  for s, epochs in selected_epochs(run_dir, strategies, num_versions).items():
+    summary[s]["selected_epoch"] = epochs
   compat = compatibility.summarize(
       compatibility.load_results(run_dir, strategies))
   report = {"dataset": config.get("dataset"), "preset": config.get("preset"),
@@ -382,6 +268,7 @@ def write_report(workdir: RunDir | str | os.PathLike,
   io.save_json(run_dir.report_path("report.json"), report)
   io.save_bytes(run_dir.report_path("report.csv"),
                 csv_text(summary, num_versions).encode())
+  curves.write_curves(run_dir, strategies, num_versions)
   title = f"{report['dataset']} ({report['preset']})"
   paths = plot(summary, alignment, run_dir.root, title) if summary else []
   paths += plot_compatibility(compat, run_dir.root, title)

@@ -13,6 +13,12 @@
   consumers/auc.json                          their cross-version ROC-AUC
   compatibility/<strategy>/<task>.json        a compatibility matrix
   report.json, report.csv, *.png              the report
+  tensorboard/<strategy>/v<k>/                training curves (`bcjax.curves`)
+  seed<s>/...                                 with several training seeds:
+                                              one run directory (all of the
+                                              above) per seed; report.json
+                                              and the plots at the top are
+                                              over seeds (`bcjax.multiseed`)
 
 Every module that reads or writes a run (training, export to a store,
 consumers, compatibility, report) goes through `RunDir`, so paths, the
@@ -77,6 +83,10 @@ class RunDir:
 
   def __repr__(self) -> str:
     return f"RunDir({str(self.root)!r})"
+
+  def seed_dir(self, seed: int) -> RunDir:
+    """The run directory of training seed `seed` in a multi-seed run."""
+    return RunDir(self.root / f"seed{int(seed)}")
 
   # The run's settings and ids.
 

@@ -89,6 +89,21 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
 # The paper's method; `training.BC_ALIGNER` is its objective.
 BC_ALIGNER_NAME = "joint-lin-mloss"
 
+# How tables and plots name the strategies (the paper's names).
+PAPER_NAMES = {
+    "fix-m0": "Fix-M0",
+    "finetune-m0": "Finetune-M0",
+    "nobc": "No-BC",
+    "posthoc-lin-sloss": "Post-hoc-Lin-SLoss",
+    "posthoc-lin-mloss": "Post-hoc-Lin-MLoss",
+    "joint-notrans-sloss": "Joint-NoTrans-SLoss",
+    "joint-lin-sloss": "Joint-Lin-SLoss",
+    "joint-lin-mloss": "Joint-Lin-MLoss (BC-Aligner)",
+    "posthoc-lstsq": "Post-hoc-Lstsq (ours)",
+    "posthoc-procrustes": "Post-hoc-Procrustes (ours)",
+}
+
+
 
 def get(name: str) -> Strategy:
   """Looks a strategy up by its method §6 name.

@@ -15,7 +15,6 @@ import collections.abc
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,6 +25,7 @@ import numpy as np
 import optax
 
 from bcjax import io, keys, sharding, transforms
+from bcjax.progress import Progress
 from bcjax.epoch import (BC_ALIGNER, AlignmentInputs, EmbeddingLoss, Objective,
                          TrainState, adam, embed, epoch_core, init_state,
                          train_epoch)
@@ -87,48 +87,6 @@ class Selection:
   epoch: int = -1
   state: Any = None
   metrics: dict | None = None
-
-
-class Progress:
-  """Progress lines (epoch, loss, metric, rate, ETA), at most one per
-  `interval` seconds besides the first and the last epoch.
-
-  Args:
-    label: prefix of each line ("nobc v2").
-    total_epochs: the last epoch (for the ETA).
-    stream: where lines go (default stderr).
-    first_epoch: the first epoch of this run (> 1 when resumed).
-    interval: minimum seconds between lines.
-  """
-
-  def __init__(self, label: str, total_epochs: int, stream=None,
-               first_epoch: int = 1, interval: float = 1.0):
-    self.label, self.total, self.first = label, total_epochs, first_epoch
-    self.stream = stream or sys.stderr
-    self.start = time.perf_counter()
-    self.interval, self.last_line = interval, -np.inf
-
-  def update(self, epoch: int, loss: float, metric_name: str | None,
-             metric: float | None):
-    """Prints the line of a finished epoch, unless one was printed lately.
-
-    Args:
-      epoch: the finished epoch.
-      loss: its mean loss.
-      metric_name: the metric shown, or None.
-      metric: its value, or None to show no metric.
-    """
-    now = time.perf_counter()
-    if (now - self.last_line < self.interval and epoch != self.first
-        and epoch != self.total):
-      return
-    self.last_line = now
-    done = epoch - self.first + 1
-    rate = done / (now - self.start) if now > self.start else float("nan")
-    eta = (self.total - epoch) / rate if rate > 0 else float("nan")
-    shown = f" {metric_name} {metric:.4f}" if metric is not None else ""
-    print(f"[{self.label}] epoch {epoch}/{self.total} loss {loss:.4f}{shown} "
-          f"| {rate:.2f} epochs/s ETA {eta:.0f}s", file=self.stream, flush=True)
 
 
 @dataclasses.dataclass(frozen=True)

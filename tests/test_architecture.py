@@ -58,3 +58,19 @@ def test_nothing_in_the_library_imports_the_benchmarks_or_jit_internals():
                   for module, _, _ in _imports(ast.parse(source))
                   if module.startswith("bcjax.benchmarks")]
   assert not offenders, offenders
+
+
+def test_random_streams_are_derived_in_one_module():
+  """Every key of a run comes from `bcjax.keys.derive` (named streams): no
+  other library module folds indices into keys by hand."""
+  offenders = [_module_name(p) for p in MODULES
+               if "fold_in" in p.read_text()
+               and _module_name(p) not in ("bcjax.keys",)
+               and not _module_name(p).startswith("bcjax.benchmarks")]
+  assert not offenders, offenders
+
+
+def test_modules_stay_small():
+  """One concept per module: none grows past about 400 lines."""
+  sizes = {_module_name(p): len(p.read_text().splitlines()) for p in MODULES}
+  assert not {m: n for m, n in sizes.items() if n > 420}, sizes

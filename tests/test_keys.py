@@ -2,7 +2,6 @@
 
 import jax
 import numpy as np
-import pytest
 
 from bcjax import keys, pipeline
 from bcjax.configs import test as test_config

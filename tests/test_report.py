@@ -73,7 +73,8 @@ def _fake_run(root: Path) -> None:
         users[:] = [3.0, 4.0]   # distance 5 on 2 of 4 rows: 2.5
       io.save_npy(path / "bc_users.npy", users)
       io.save_npy(path / "bc_items.npy", np.zeros((2, 2), np.float32))
-      io.save_json(path / "metrics.json", {"best": {"recall@50": r}})
+      io.save_json(path / "metrics.json", {"best": {"recall@50": r},
+                                           "best_epoch": 2 * k})
   (root / "consumers").mkdir()
   io.save_json(root / "consumers" / "auc.json", AUC)
 
@@ -89,9 +90,11 @@ def test_write_report(tmp_path):
   assert list(content["strategies"]) == ["fix-m0", "nobc", BC]  # STRATEGIES order
   for r in content["strategies"].values():
     assert set(r) == {"recall50", "intended_pct", "unintended_pct", "total_pct",
-                      "alignment_error", "auc"}
+                      "alignment_error", "alignment", "auc", "selected_epoch"}
+    assert r["selected_epoch"] == [0, 2]
   nobc = content["strategies"]["nobc"]
   assert nobc["alignment_error"] == pytest.approx(1.25)  # (0 + 2.5) / 2
+  assert nobc["alignment"] == pytest.approx([0.0, 2.5])
   assert nobc["unintended_pct"] == pytest.approx(-25.0)
   assert content["strategies"][BC]["intended_pct"] == pytest.approx(-10.0)
 
@@ -195,3 +198,40 @@ def test_reproduce_end_to_end(tmp_path):
   assert "| strategy | mean compatibility AUC |" in out
   assert f"plot: {tmp_path / 'run' / f'compatibility_{BC}.png'}" in out
   print(f"reproduce end to end: {elapsed:.1f}s")
+
+
+def _scalars(events_dir: Path) -> dict[str, list]:
+  """tag -> [(step, value)] of the event files in `events_dir` (TFRecord
+  framing: length, its CRC, the Event proto, its CRC)."""
+  import struct
+
+  from tensorboardX.proto.event_pb2 import Event
+  out = {}
+  for path in sorted(events_dir.glob("events.out.tfevents*")):
+    data, at = path.read_bytes(), 0
+    while at < len(data):
+      (length,) = struct.unpack("<Q", data[at:at + 8])
+      event = Event.FromString(data[at + 12:at + 12 + length])
+      at += 12 + length + 4
+      for value in event.summary.value:
+        out.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return out
+
+
+def test_report_writes_the_histories_as_tensorboard_curves(tmp_path):
+  _fake_run(tmp_path)
+  path = tmp_path / BC / "v1" / "metrics.json"
+  record = json.loads(path.read_text())
+  record["history"] = [{"epoch": 2, "loss": 1.5, "recall@50": 0.2},
+                       {"epoch": 4, "loss": 0.5, "recall@50": 0.24,
+                        "alignment_mse": float("nan")}]
+  path.write_text(json.dumps(record))
+  report.write_report(tmp_path)
+  scalars = _scalars(tmp_path / "tensorboard" / BC / "v1")
+  assert scalars == {"loss": [(2, 1.5), (4, 0.5)],
+                     "recall_at_50": [(2, pytest.approx(0.2)),
+                                   (4, pytest.approx(0.24))]}  # NaN left out
+  assert _scalars(tmp_path / "tensorboard" / "nobc" / "v0") == {}
+  report.write_report(tmp_path)  # Rebuilt, not appended to.
+  assert len(_scalars(tmp_path / "tensorboard" / BC / "v1")["loss"]) == 2
+  assert not list(tmp_path.glob(".tensorboard*"))

@@ -25,6 +25,7 @@ from bcjax.data.neighbours import (NeighbourSampler, SampledTask,
 from bcjax.data.sampling import TripleSampler
 from bcjax.data.synthetic import make_synthetic
 from bcjax.models import families
+from bcjax.progress import to_stderr
 from bcjax.tasks import BPRTask, epoch_batches
 from bcjax.training import (AlignmentInputs, EmbeddingLoss, Objective, adam,
                             init_state, train_epoch)
@@ -152,7 +153,7 @@ def scaling(sizes: Sequence[int], *, timeout_s: float = 3600,
     log: where one line per size goes (default stderr).
     **kwargs: passed to `scaling_point` (dim, layers, max_steps, ...).
   """
-  log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+  log = log or to_stderr
   if memory_limit_gb is None:
     available = available_gb()
     memory_limit_gb = 0.9 * available if available else float("inf")

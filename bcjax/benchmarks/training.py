@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bcjax import keys as key_streams
 from bcjax import sweep, transforms
 from bcjax.benchmarks.measure import spread, timed
 from bcjax.data import DynamicGraph
@@ -91,9 +92,9 @@ def training_epoch(graph: DynamicGraph, config, workdir: str, version: int,
   objective = Objective()
   state = init_state(model, data.inputs, objective, jax.random.key(0), None,
                      adam(config.lr))
-  loss = EmbeddingLoss(model, experiment.task, objective)
+  loss_fn = EmbeddingLoss(model, experiment.task, objective)
   run = lambda state, batches: train_epoch(  # noqa: E731
-      state, (data.inputs, AlignmentInputs()), batches, loss=loss)
+      state, (data.inputs, AlignmentInputs()), batches, loss=loss_fn)
   one = experiment.batches(version)(jax.random.key(0))
   one_step = tuple(a[:1] for a in one)
   start = time.perf_counter()
@@ -156,11 +157,11 @@ def strategy_overheads(graph: DynamicGraph, config, workdir: str,
     variables = model.init(jax.random.key(0), data.inputs)
     state = init_state(model, data.inputs, objective, jax.random.key(1),
                        d_prev, adam(config.lr), model_variables=variables)
-    loss = EmbeddingLoss(model, experiment.task, objective)
+    loss_fn = EmbeddingLoss(model, experiment.task, objective)
     def run():
       nonlocal state
       state, value = train_epoch(state, (data.inputs, align), batches,
-                                 loss=loss)
+                                 loss=loss_fn)
       return value
     t = timed(run, repeats=repeats)
     spreads[objective] = [t["min_s"], t["max_s"]]
@@ -222,25 +223,25 @@ def seed_sweep(graph: DynamicGraph, config, workdir: str, version: int = 0,
   objective, shared = Objective(), (data.inputs, AlignmentInputs())
   keys = sweep.seed_keys(jax.random.key(seed), num_seeds)
   sample = experiment.batches(version)
-  loss = EmbeddingLoss(model, experiment.task, objective)
+  loss_fn = EmbeddingLoss(model, experiment.task, objective)
 
   def fresh():
-    return [init_state(model, data.inputs, objective, jax.random.fold_in(k, 0),
+    return [init_state(model, data.inputs, objective, key_streams.derive(k, "init"),
                        None, adam(config.lr)) for k in keys]
 
   def vmapped(states, epoch):
     stacked, axes = sweep.stack_batches(
-        [sample(jax.random.fold_in(k, epoch)) for k in keys])
-    states, losses = sweep.vmapped_epoch(states, shared, stacked, loss=loss,
-                                         batch_axes=axes)
+        [sample(key_streams.derive(k, "epoch", epoch)) for k in keys])
+    states, losses = sweep.vmapped_epoch(states, shared, stacked,
+                                         loss=loss_fn, batch_axes=axes)
     return states, np.asarray(losses)
 
   def sequential(states, epoch):
     out, losses = [], []
     for state, k in zip(states, keys):
       state, value = train_epoch(state, shared,
-                                 sample(jax.random.fold_in(k, epoch)),
-                                 loss=loss)
+                                 sample(key_streams.derive(k, "epoch", epoch)),
+                                 loss=loss_fn)
       out.append(state)
       losses.append(value)
     return out, np.asarray(jax.device_get(losses))

@@ -38,10 +38,11 @@ def get(preset: str) -> ml_collections.ConfigDict:
 
 class Settings(NamedTuple):
   """What a validated config means: the versions to train, the consumer and
-  compatibility settings."""
+  compatibility settings, the training seeds."""
   versions: list[int]
   consumer: ConsumerConfig
   compat: CompatConfig
+  seeds: list[int]
 
 
 def validate(config: ml_collections.ConfigDict) -> Settings:
@@ -52,7 +53,8 @@ def validate(config: ml_collections.ConfigDict) -> Settings:
 
   Returns:
     The `Settings`: `versions` is `config.versions` resolved ("all", or
-    comma-separated integers such as "0,2", sorted).
+    comma-separated integers such as "0,2", sorted); `seeds` the training
+    seeds `config.seed, ..., config.seed + config.seeds - 1`.
 
   Raises:
     ValueError: naming the first bad field (non-finite numbers included).
@@ -67,7 +69,9 @@ def validate(config: ml_collections.ConfigDict) -> Settings:
   for field in ("batch_size", "epochs", "eval_every", "finetune_epochs",
                 "posthoc_epochs", "recall_batch_users", "chunk_batches"):
     numbers.positive_int(f"config.{field}", config[field])
-  for field in ("min_select_epoch", "checkpoint_every", "devices", "fanout"):
+  numbers.positive_int("config.seeds", config.get("seeds", 1))
+  for field in ("seed", "min_select_epoch", "checkpoint_every", "devices",
+                "fanout"):
     if numbers.finite_float(f"config.{field}", config[field], 0) % 1:
       raise ValueError(f"config.{field} must be an integer >= 0, got "
                        f"{config[field]!r}")
@@ -81,8 +85,9 @@ def validate(config: ml_collections.ConfigDict) -> Settings:
   compat = CompatConfig(**config.compat)
   compat = dataclasses.replace(compat, strategies=tuple(
       strategies.get(s).name for s in compat.strategies))
+  seeds = [int(config.seed) + i for i in range(int(config.get("seeds", 1)))]
   return Settings(_versions(config.versions, num_versions),
-                  ConsumerConfig(**config.consumer), compat)
+                  ConsumerConfig(**config.consumer), compat, seeds)
 
 
 def _versions(versions, num_versions: int) -> list[int]:

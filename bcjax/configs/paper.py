@@ -24,6 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_decay = 0.01     # the BPR regularisation coefficient
   config.lam = 16.0              # weight of the alignment term
   config.seed = 0
+  config.seeds = 1               # training seeds: seed, seed + 1, ... (a run
+                                 # directory each, the report over them)
   config.versions = "all"        # or e.g. "0" / "0,1,2"
   config.layout = ""             # aggregation layout; "" chooses by size
   config.fanout = 0              # neighbour sampling: neighbours per node and
