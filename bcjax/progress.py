@@ -4,6 +4,8 @@ Every training of the library reports through `Progress` (the embedding
 trainer, the consumer grid), so every line has one format. JAX dispatches
 work asynchronously: a caller passes values it has already read back to the
 host (a Python float), so the rate counts finished work, not queued work.
+The first line's time includes compiling; the rate and the ETA are measured
+from it on.
 """
 
 from __future__ import annotations
@@ -28,17 +30,17 @@ class Progress:
     label: prefix of each line ("nobc v2").
     total_epochs: the last epoch (for the ETA).
     log: where lines go (default stderr).
-    first_epoch: the first epoch of this run (> 1 when resumed).
     interval: minimum seconds between lines.
   """
 
   def __init__(self, label: str, total_epochs: int,
                log: Callable[[str], None] | None = None,
-               first_epoch: int = 1, interval: float = 1.0):
-    self.label, self.total, self.first = label, total_epochs, first_epoch
+               interval: float = 1.0):
+    self.label, self.total = label, total_epochs
     self.log = log or to_stderr
     self.start = time.perf_counter()
     self.interval, self.last_line = interval, -np.inf
+    self.reference: tuple[int, float] | None = None  # The first line's.
 
   def update(self, epoch: int, loss: float, metric_name: str | None = None,
              metric: float | None = None):
@@ -51,13 +53,17 @@ class Progress:
       metric: its value, or None to show no metric.
     """
     now = time.perf_counter()
-    if (now - self.last_line < self.interval and epoch != self.first
-        and epoch != self.total):
+    shown = f" {metric_name} {metric:.4f}" if metric is not None else ""
+    head = f"[{self.label}] epoch {epoch}/{self.total} loss {loss:.4f}{shown}"
+    if self.reference is None:  # Compiling happened in these epochs.
+      self.reference, self.last_line = (epoch, now), now
+      self.log(f"{head} | {now - self.start:.1f}s so far, compiling included")
+      return
+    if (now - self.last_line < self.interval and epoch != self.total):
       return
     self.last_line = now
-    done = epoch - self.first + 1
-    rate = done / (now - self.start) if now > self.start else float("nan")
+    first_epoch, first_time = self.reference
+    rate = ((epoch - first_epoch) / (now - first_time) if now > first_time
+            else float("nan"))
     eta = (self.total - epoch) / rate if rate > 0 else float("nan")
-    shown = f" {metric_name} {metric:.4f}" if metric is not None else ""
-    self.log(f"[{self.label}] epoch {epoch}/{self.total} loss {loss:.4f}"
-             f"{shown} | {rate:.2f} epochs/s ETA {eta:.0f}s")
+    self.log(f"{head} | {rate:.2f} epochs/s ETA {eta:.0f}s")

@@ -3,33 +3,32 @@
 Any embedding model (`bcjax.models.interface.EmbeddingModel`) with any
 intended task (`bcjax.tasks.Task`) and any optax optimizer is trained here,
 with or without backward compatibility (`bcjax.epoch` holds the objective,
-the losses and the jitted epoch core). `fit` is the public entry point (one version, returns the selected
-model and W_k); `train_version` is the loop under it, written once for
-every strategy (see `bcjax.strategies`) and every model family: model
-selection, progress lines, checkpoints and the NaN guard.
+the losses and the jitted epoch core). `fit` is the public entry point (one
+version; it checks its inputs before anything is traced and returns the
+selected model and W_k); `train_version` is the loop under it, written once
+for every strategy (see `bcjax.strategies`) and every model family: model
+selection, progress lines, checkpoints (`bcjax.checkpointing`) and the NaN
+guard.
 """
 
 from __future__ import annotations
 
 import collections.abc
 import dataclasses
-import json
-import sys
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bcjax import io, keys, sharding, transforms
-from bcjax.progress import Progress
+from bcjax import keys, sharding, transforms
+from bcjax.checkpointing import Checkpointing, Selection, host_copy
 from bcjax.epoch import (BC_ALIGNER, AlignmentInputs, EmbeddingLoss, Objective,
                          TrainState, adam, embed, epoch_core, init_state,
                          train_epoch)
 from bcjax.models.interface import EmbeddingModel, Variables
+from bcjax.progress import Progress, to_stderr
 from bcjax.tasks import Task
 
 __all__ = ["BC_ALIGNER", "AlignmentInputs", "Checkpointing", "EmbeddingLoss",
@@ -45,11 +44,6 @@ def _first_non_finite(tree) -> jax.Array:
                   + [True])
   index = jnp.argmax(bad)
   return jnp.where(index == len(bad) - 1, -1, index)
-
-
-def _host_copy(tree):
-  """A numpy copy (never a view of a buffer that a later step donates)."""
-  return jax.tree.map(np.array, tree)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,90 +74,11 @@ class Schedule:
         raise ValueError(f"Schedule: {name}={getattr(self, name)} must be >= 1")
 
 
-@dataclasses.dataclass
-class Selection:
-  """The best evaluation so far (higher score is better)."""
-  score: float = -np.inf
-  epoch: int = -1
-  state: Any = None
-  metrics: dict | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Checkpointing:
-  """Where and how often `train_version` saves its progress.
-
-  The file holds the train state (parameters, optimizer and model state),
-  the epoch, the selection and the history, written atomically. Epoch e's
-  randomness is `keys.derive(key, "epoch", e)`, so the epoch is the whole PRNG
-  position: a run resumed from the file is bitwise the run never stopped.
-
-  Attributes:
-    path: the checkpoint file (msgpack).
-    every: save after every `every` epochs.
-  """
-  path: Path
-  every: int = 1
-
-  def save(self, label: str, epoch: int, state: TrainState, best: Selection,
-           history: list) -> None:
-    """Writes the progress after `epoch` to `path`, atomically.
-
-    Args:
-      label: names the training; `restore` checks it.
-      epoch: the last finished epoch.
-      state: the current train state (copied to host).
-      best: the selection so far.
-      history: the evaluations so far.
-    """
-    # Arrays as msgpack; the rest as JSON (exact floats, key order kept).
-    record = {"label": label, "epoch": epoch, "history": history,
-              "best": {"score": best.score, "epoch": best.epoch,
-                       "metrics": best.metrics}}
-    payload = {"record": json.dumps(record), "state": _host_copy(state),
-               "best_state": best.state if best.state is not None else {}}
-    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-    io.save_bytes(self.path, flax.serialization.msgpack_serialize(
-        flax.serialization.to_state_dict(payload)))
-
-  def restore(self, label: str, state: TrainState
-              ) -> tuple[int, TrainState, Selection, list] | None:
-    """(epoch, state, selection, history) from the file, or None if absent.
-
-    Args:
-      label: the training's label; must match the saved one.
-      state: a train state of the same structure (the restore template).
-
-    Returns:
-      `(epoch, state, selection, history)` as saved by `save` (arrays on
-      host), or None when the file does not exist.
-
-    Raises:
-      ValueError: the file is not a checkpoint of this training.
-    """
-    if not Path(self.path).exists():
-      return None
-    try:
-      raw = flax.serialization.msgpack_restore(Path(self.path).read_bytes())
-      record = json.loads(raw["record"])
-      if record["label"] != label:
-        raise ValueError(f"it belongs to {record['label']!r}")
-      restored = flax.serialization.from_state_dict(state, raw["state"])
-      best_state = (flax.serialization.from_state_dict(state, raw["best_state"])
-                    if raw["best_state"] else None)
-    except (KeyError, TypeError, ValueError) as error:
-      raise ValueError(f"{self.path}: not a checkpoint of {label!r} ({error}); "
-                       "delete it to restart this version") from None
-    best = record["best"]
-    selection = Selection(float(best["score"]), int(best["epoch"]), best_state,
-                          best["metrics"])
-    return int(record["epoch"]), restored, selection, record["history"]
-
-
 def train_version(loss: EmbeddingLoss, data, batches: Callable[[jax.Array], Any],
                   state: TrainState, evaluate: Callable[[TrainState], dict],
                   key: jax.Array, schedule: Schedule, *, label: str = "train",
-                  checkpointing: Checkpointing | None = None
+                  checkpointing: Checkpointing | None = None,
+                  log: Callable[[str], None] | None = None
                   ) -> tuple[Selection, list]:
   """Trains one version and keeps the best evaluated state.
 
@@ -178,6 +93,7 @@ def train_version(loss: EmbeddingLoss, data, batches: Callable[[jax.Array], Any]
     schedule: epochs, evaluation cadence and selection.
     label: names the training in progress lines and errors ("nobc v2").
     checkpointing: save progress and resume from it (None: never).
+    log: where progress lines go (default stderr; `lambda _: None` silences).
 
   Returns:
     The best `Selection` (its state copied to host) and the history
@@ -197,10 +113,10 @@ def train_version(loss: EmbeddingLoss, data, batches: Callable[[jax.Array], Any]
       state = jax.device_put(restored_state,
                              jax.tree.map(lambda x: x.sharding, state))
       start = done + 1
-      print(f"[{label}] resumed after epoch {done} from {checkpointing.path}",
-            file=sys.stderr, flush=True)
+      (log or to_stderr)(f"[{label}] resumed after epoch {done} from "
+                         f"{checkpointing.path}")
   epochs, select_key = schedule.epochs, schedule.select
-  progress = Progress(label, epochs, first_epoch=start)
+  progress = Progress(label, epochs, log=log)
   sign = -1.0 if schedule.lower_is_better else 1.0
 
   def fault(epoch: int, quantity: str):
@@ -227,13 +143,13 @@ def train_version(loss: EmbeddingLoss, data, batches: Callable[[jax.Array], Any]
       progress.update(epoch, mean_loss, select_key, metrics.get(select_key))
       score = sign * metrics[select_key] if select_key else -np.inf
       if epoch > schedule.min_select_epoch and score > best.score:
-        best = Selection(score, epoch, _host_copy(state), metrics)
+        best = Selection(score, epoch, host_copy(state), metrics)
     if checkpointing is not None and epoch % checkpointing.every == 0:
       checkpointing.save(label, epoch, state, best, history)
   if best.state is None:  # Nothing selectable: keep the last epoch.
     last = history[-1]
     best = Selection(sign * last.get(select_key, np.nan), last["epoch"],
-                     _host_copy(state), last)
+                     host_copy(state), last)
   return best, history
 
 
@@ -275,13 +191,15 @@ def fit(model: EmbeddingModel, task: Task, inputs,
         batches: Callable[[jax.Array], Any], key: jax.Array, *,
         objective: Objective = BC_ALIGNER,
         previous: jax.Array | Callable[[Any], jax.Array] | None = None,
-        chain: Sequence[Any] = (), init_variables: Variables | None = None,
+        chain: Sequence[Any] | None = None,
+        init_variables: Variables | None = None,
         evaluate: Callable[[Variables, np.ndarray | None], dict] | None = None,
         schedule: Schedule = Schedule(),
         tx: optax.GradientTransformation | None = None,
         label: str = "train",
         checkpointing: Checkpointing | None = None,
-        mesh: jax.sharding.Mesh | None = None) -> Result:
+        mesh: jax.sharding.Mesh | None = None,
+        log: Callable[[str], None] | None = None) -> Result:
   """Trains version k of any embedding model, backward compatibly.
 
   With the default objective this is BC-Aligner: the task loss plus lambda
@@ -303,8 +221,9 @@ def fit(model: EmbeddingModel, task: Task, inputs,
     previous: E_k(M_{k-1}) `[num_nodes, d_{k-1}]`, the previous version's
       model applied to this version's inputs, or a function `inputs ->` it.
       Required when the objective aligns.
-    chain: (W_1, ..., W_{k-1}), the earlier versions' backward matrices
-      (used by the multi-step loss).
+    chain: (W_1, ..., W_{k-1}), the earlier versions' backward matrices;
+      required by a multi-step objective (`()` at version 1), so that a
+      forgotten chain never turns the multi-step loss into the single-step.
     init_variables: start from these model variables (finetuning; the fixed
       model of post-hoc training); default a fresh `model.init`.
     evaluate: (variables, W_k or None) -> metrics, at the schedule's
@@ -316,6 +235,7 @@ def fit(model: EmbeddingModel, task: Task, inputs,
     checkpointing: save every N epochs and resume (see `Checkpointing`).
     mesh: train across its devices (`bcjax.sharding`): batches data-parallel,
       per-node alignment arrays split by rows, the rest replicated.
+    log: where progress lines go (default stderr; `lambda _: None` silences).
 
   Returns:
     The `Result`.
@@ -327,23 +247,33 @@ def fit(model: EmbeddingModel, task: Task, inputs,
   if objective.aligns and previous is None:
     raise ValueError(f"{label}: objective {objective} aligns, so `previous` "
                      "(the previous version's embeddings) is required")
+  if objective.aligns and objective.multi_step and chain is None:
+    raise ValueError(f"{label}: the multi-step objective needs `chain`, "
+                     "(W_1, ..., W_{k-1}) of the earlier versions; pass "
+                     "chain=() at version 1")
   if not objective.train_model and init_variables is None:
     raise ValueError(f"{label}: post-hoc training needs `init_variables`, "
                      "the fixed model")
+  chain = () if chain is None else tuple(chain)
+  num_nodes = _embedding_rows(label, model, inputs, init_variables)
   align, d_prev = AlignmentInputs(), None
   if objective.aligns:
     target = jnp.asarray(previous(inputs) if callable(previous) else previous)
+    if target.ndim != 2 or target.shape[0] != num_nodes:
+      raise ValueError(
+          f"{label}: `previous` is {list(target.shape)} but the model embeds "
+          f"{num_nodes} nodes here: pass the previous version's model applied "
+          "to this version's inputs ([num_nodes, d_{k-1}]), not its own "
+          "embeddings")
     d_prev = target.shape[1]
     _check_chain(label, [np.shape(w) for w in chain], d_prev)
     fixed = None
     if not objective.train_model:
       fixed = embed(model, init_variables, inputs)
-      if fixed.shape[0] != target.shape[0]:
-        raise ValueError(f"{label}: `previous` has {target.shape[0]} rows but "
-                         f"the model embeds {fixed.shape[0]} nodes")
-    earlier = tuple(jnp.asarray(w) for w in reversed(tuple(chain)))
+    earlier = tuple(jnp.asarray(w) for w in reversed(chain))
     align = AlignmentInputs(target=target, embeddings=fixed,
                             earlier=earlier if objective.multi_step else ())
+  batches = _checked_ids(label, task, batches, num_nodes)
   state = init_state(model, inputs, objective, keys.derive(key, "init"),
                      d_prev, adam(1e-3) if tx is None else tx,
                      model_variables=init_variables)
@@ -370,9 +300,48 @@ def fit(model: EmbeddingModel, task: Task, inputs,
     schedule = dataclasses.replace(schedule, select=None)
   best, history = train_version(
       EmbeddingLoss(model, task, objective), (inputs, align), batches, state,
-      run_evaluate, key, schedule, label=label, checkpointing=checkpointing)
-  return Result(_host_copy(best.state.model_variables()), matrix(best.state),
+      run_evaluate, key, schedule, label=label, checkpointing=checkpointing,
+      log=log)
+  return Result(host_copy(best.state.model_variables()), matrix(best.state),
                 best.epoch, best.metrics, history)
+
+
+def _embedding_rows(label: str, model: EmbeddingModel, inputs,
+                    variables: Variables | None) -> int:
+  """The model's node count on `inputs`, its output shape checked against
+  its declared `dim` (traced abstractly: nothing is computed)."""
+  if variables is None:
+    variables = jax.eval_shape(model.init, jax.random.key(0), inputs)
+  shape = jax.eval_shape(lambda v: model.apply(v, inputs, train=False)[0],
+                         variables).shape
+  if len(shape) != 2 or shape[1] != model.dim:
+    raise ValueError(f"{label}: the model declares dim={model.dim} but embeds "
+                     f"{list(shape)}; expected [num_nodes, {model.dim}]")
+  return shape[0]
+
+
+def _checked_ids(label: str, task: Task, batches, num_nodes: int):
+  """`batches` whose first epoch's node ids are checked against the model's
+  node count (on the host, once: ids beyond it would be clamped silently
+  inside the jitted step)."""
+  unchecked = [True]
+
+  def epoch(key):
+    out = batches(key)
+    if unchecked[0] and not isinstance(out, collections.abc.Iterator):
+      unchecked[0] = False
+      index, mask = task.nodes(out)
+      mask = np.asarray(mask, bool)
+      for field, ids in enumerate(index):
+        real = np.asarray(ids)[mask]
+        if real.size and (real.min() < 0 or real.max() >= num_nodes):
+          bad = real.max() if real.max() >= num_nodes else real.min()
+          raise ValueError(
+              f"{label}: the batches' node ids (field {field} of "
+              f"task.nodes(batch)) include {int(bad)}, but the model embeds "
+              f"{num_nodes} nodes (ids 0..{num_nodes - 1})")
+    return out
+  return epoch
 
 
 def _check_chain(label: str, shapes: list[tuple[int, ...]], d_prev: int):

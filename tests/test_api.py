@@ -71,7 +71,7 @@ def test_bc_aligner_recovers_the_planted_map(planted):
   objective = dataclasses.replace(training.BC_ALIGNER, lam=1.0)
   tx = optax.adam(optax.cosine_decay_schedule(0.03, 400 * NUM_NODES // 10))
   result = training.fit(TABLE, RegressionTask(), inputs, _batches(z_star),
-                        jax.random.key(0), previous=previous,
+                        jax.random.key(0), previous=previous, chain=(),
                         objective=objective,
                         schedule=training.Schedule(epochs=400), tx=tx)
   assert result.transform.shape == (D_NEW, D_PREV)
@@ -163,6 +163,45 @@ def test_fit_names_bad_arguments(planted):
     training.fit(TABLE, task, inputs, batches, key, previous=previous,
                  objective=training.Objective(train_model=False,
                                               transform="linear"))
+  # A forgotten chain would make the multi-step loss single-step.
+  with pytest.raises(ValueError, match="multi-step objective needs `chain`"):
+    training.fit(TABLE, task, inputs, batches, key, previous=previous)
+  # The likeliest first mistake: the previous version's own embeddings
+  # (fewer nodes) instead of its model applied to this version's inputs.
+  with pytest.raises(ValueError, match=r"`previous` is \[30, 4\] but the "
+                     r"model embeds 40 nodes"):
+    training.fit(TABLE, task, inputs, batches, key, previous=previous[:30],
+                 chain=())
+
+
+def test_fit_checks_the_model_and_the_batches_before_training(planted):
+  z_star, _, _ = planted
+  inputs, task = jnp.zeros((NUM_NODES,)), RegressionTask()
+  liar = FunctionalModel(_table_init, _table_apply, D_NEW + 1)
+  with pytest.raises(ValueError, match=r"declares dim=7 but embeds \[40, 6\]"):
+    training.fit(liar, task, inputs, _batches(z_star), jax.random.key(0),
+                 objective=training.Objective())
+
+  def beyond(key):  # Node ids up to 2 * NUM_NODES - 1: clamped if unchecked.
+    ids, targets, mask = _batches(z_star)(key)
+    return ids * 2 + 1, targets, mask
+  with pytest.raises(ValueError, match=r"include 79, but the model embeds 40 "
+                     r"nodes \(ids 0..39\)"):
+    training.fit(TABLE, task, inputs, beyond, jax.random.key(0),
+                 objective=training.Objective())
+
+
+def test_progress_lines_can_be_silenced(planted, capsys):
+  z_star, _, _ = planted
+  lines = []
+  training.fit(TABLE, RegressionTask(), jnp.zeros((NUM_NODES,)),
+               _batches(z_star), jax.random.key(0),
+               objective=training.Objective(),
+               evaluate=lambda v, w: {"score": 1.0},
+               schedule=training.Schedule(epochs=2, select="score"),
+               log=lines.append)
+  assert lines and all(line.startswith("[train] epoch") for line in lines)
+  assert capsys.readouterr().err == ""
 
 
 def test_a_nan_stops_training_naming_the_quantity(planted):
@@ -174,7 +213,8 @@ def test_a_nan_stops_training_naming_the_quantity(planted):
                      match=r"mine v2: the loss \(nan\) is not finite at epoch 1"):
     training.fit(TABLE, RegressionTask(), jnp.zeros((NUM_NODES,)),
                  _batches(z_star), jax.random.key(0), previous=poisoned,
-                 schedule=training.Schedule(epochs=3), label="mine v2")
+                 chain=(), schedule=training.Schedule(epochs=3),
+                 label="mine v2")
 
 
 def test_flax_models_fit_the_same_protocol():
