@@ -143,7 +143,7 @@ class Lineage:
 
   def publish(self, path: str | os.PathLike, users: Any, items: Any,
               user_ids: Any, item_ids: Any, dataset: str = "",
-              strategy: str = "") -> EmbeddingStore:
+              strategy: str = "", replace: bool = False) -> EmbeddingStore:
     """Publishes the newest version: creates the store at `path` for version
     0, appends with W_k after (`EmbeddingStore`).
 
@@ -152,6 +152,7 @@ class Lineage:
       users, items: the newest version's `[num_users, d]`, `[num_items, d]`.
       user_ids, item_ids: their raw ids (the stored ids must be a prefix).
       dataset, strategy: recorded in the manifest at version 0.
+      replace: at version 0, replace a store already at `path`.
 
     Returns:
       The open store.
@@ -164,7 +165,7 @@ class Lineage:
     if k == 0:
       self.store = EmbeddingStore.create(path, users, items, user_ids,
                                          item_ids, dataset=dataset,
-                                         strategy=strategy)
+                                         strategy=strategy, replace=replace)
       return self.store
     if self.store is None:
       self.store = EmbeddingStore.open(path)

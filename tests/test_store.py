@@ -565,3 +565,29 @@ def test_export_store_cli_bad_requests(tmp_path, make_run, message):
                 "--strategy=bc", f"--out={tmp_path / 'out'}")
   _assert_bad_request(result, message)
   assert not (tmp_path / "out").exists()
+
+
+def test_create_replaces_a_store_only_when_asked(tmp_path):
+  """replace=True swaps a new version-0 store in for an existing store (built
+  beside it, nothing left over); a directory that is not a store is never
+  deleted, even when asked."""
+  old, _ = _build(tmp_path / "s")
+  old.close()
+  users = np.ones((9, 4), np.float32)
+  items = np.full((6, 4), 2.0, np.float32)
+  with pytest.raises(StoreError, match=r"replace=True\?"):
+    EmbeddingStore.create(tmp_path / "s", users, items, USER_IDS, ITEM_IDS,
+                          "d", "s")
+  new = EmbeddingStore.create(tmp_path / "s", users, items, USER_IDS,
+                              ITEM_IDS, "d", "new", replace=True)
+  assert new.versions == [0] and new.strategy == "new"
+  np.testing.assert_array_equal(EmbeddingStore.open(tmp_path / "s").embeddings()[1],
+                                items)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+  other = tmp_path / "notes"
+  other.mkdir()
+  (other / "keep.txt").write_text("mine")
+  with pytest.raises(StoreError, match="holding a store"):
+    EmbeddingStore.create(other, users, items, USER_IDS, ITEM_IDS, "d", "s",
+                          replace=True)
+  assert (other / "keep.txt").read_text() == "mine"

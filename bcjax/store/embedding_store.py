@@ -71,36 +71,43 @@ class EmbeddingStore:
   @classmethod
   def create(cls, path: str | os.PathLike[str], users: Any, items: Any,
              user_ids: Any, item_ids: Any, dataset: str,
-             strategy: str) -> EmbeddingStore:
+             strategy: str, replace: bool = False) -> EmbeddingStore:
     """Creates a store holding version 0.
 
     Args:
-      path: a directory that does not exist or is empty.
+      path: a directory that does not exist or is empty (or, with
+        `replace`, holds a store).
       users: `[num_users, d_0]` version-0 user embeddings.
       items: `[num_items, d_0]` version-0 item embeddings.
       user_ids: `[num_users]` raw user ids (strings, unique).
       item_ids: `[num_items]` raw item ids (strings, unique).
       dataset: the dataset's name, recorded in the manifest.
       strategy: the strategy's name, recorded in the manifest.
+      replace: replace the store at `path`, built beside it and swapped in
+        once complete (a crash midway keeps the old one).
 
     Returns:
       The open store, at version 0.
 
     Raises:
-      StoreError: if `path` is a file or a non-empty directory, or for bad
-        shapes, non-finite values, duplicate ids or non-string names. A
-        crash midway leaves a directory without manifest, which `open`
-        rejects and `create` refuses to reuse until it is emptied.
+      StoreError: `path` is a file or a non-empty directory (not a store,
+        with `replace`); bad shapes, non-finite values, duplicate ids or
+        non-string names. A crash midway leaves a directory without
+        manifest, which `open` rejects and `create` will not reuse.
     """
     root = Path(path)
     if not isinstance(dataset, str) or not isinstance(strategy, str):
       raise StoreError(f"dataset {dataset!r} and strategy {strategy!r} must "
                        "be strings")
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+    replacing = replace and (root / MANIFEST).is_file()
+    if not replacing and root.exists() and (not root.is_dir() or any(
+        root.iterdir())):
       raise StoreError(f"cannot create a store at {root}: it exists and is "
-                       "not an empty directory")
+                       "not an empty directory" + (" holding a store" if replace
+                                                   else " (replace=True?)"))
     users, items, user_ids, item_ids = layout.check_latest(
         users, items, user_ids, item_ids)
+    final, root = root, layout.staging(root) if replacing else root
     root.mkdir(parents=True, exist_ok=True)
     arrays = dict(zip(layout.LATEST_ROLES, (users, items, user_ids, item_ids)))
     latest = {role: f"v0_{role}.npy" for role in layout.LATEST_ROLES}
@@ -112,7 +119,10 @@ class EmbeddingStore:
         "versions": [{"version": 0, "dim": users.shape[1], "transform": None}],
         "latest": latest, "files": files,
     }
-    return cls(root, cls._commit(root, manifest))
+    raw = cls._commit(root, manifest)
+    if replacing:
+      layout.swap_in(root, final)
+    return cls.open(final) if replacing else cls(root, raw)
 
   @classmethod
   def open(cls, path: str | os.PathLike[str]) -> EmbeddingStore:
