@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Sequence
 
+from bcjax import io
 from bcjax.rundir import RunDir
 
 # History keys written under another tag: the post-hoc B_k training.
@@ -42,13 +42,12 @@ def write_curves(workdir: RunDir | str | os.PathLike,
   from tensorboardX import SummaryWriter  # Only the report needs it.
 
   run_dir = RunDir.of(workdir)
-  target = run_dir.root / "tensorboard"
-  staging = run_dir.root / ".tensorboard.partial"
-  shutil.rmtree(staging, ignore_errors=True)
+  target = run_dir.tensorboard_dir
+  staging = io.staging_dir(target)
   for s in strategies:
     for k in range(num_versions):
       record = run_dir.metrics(s, k)
-      writer = SummaryWriter(str(staging / s / f"v{k}"))
+      writer = SummaryWriter(str(RunDir.curves_dir(staging, s, k)))
       for key, prefix in PREFIXES.items():
         for entry in record.get(key, []):
           for name, value in entry.items():
@@ -59,10 +58,5 @@ def write_curves(workdir: RunDir | str | os.PathLike,
                                 entry["epoch"])
       writer.close()
   staging.mkdir(parents=True, exist_ok=True)
-  old = run_dir.root / ".tensorboard.old"
-  shutil.rmtree(old, ignore_errors=True)
-  if target.exists():
-    os.replace(target, old)
-  os.replace(staging, target)
-  shutil.rmtree(old, ignore_errors=True)
+  io.replace_dir(staging, target)
   return target

@@ -20,7 +20,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from bcjax import sharding, transforms
+from bcjax import io, sharding, transforms
 from bcjax.data import DynamicGraph
 from bcjax.lineage import Lineage
 from bcjax.run_data import RunData
@@ -195,11 +195,9 @@ class Experiment(RunData):
     self.run(NOBC, [0])
     # Copied whole, then renamed: a crash never leaves a partial v0.
     target = self.run_dir.version_dir(strategy.name, 0)
-    staging = target.with_name(".v0.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(target, ignore_errors=True)
+    staging = io.staging_dir(target)
     shutil.copytree(self.run_dir.version_dir(NOBC, 0), staging)
-    os.replace(staging, target)
+    io.replace_dir(staging, target)
 
   def lineage(self, strategy: str, k: int) -> Lineage:
     """Versions 0..k-1 of a strategy as the `Lineage` version k trains

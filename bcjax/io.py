@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import stat
 import uuid
 from pathlib import Path
@@ -195,3 +196,25 @@ def save_bytes(path: str | os.PathLike, data: bytes) -> None:
     data: its whole content.
   """
   atomic_write(path, lambda f: f.write(data))
+
+
+def staging_dir(root: str | os.PathLike) -> Path:
+  """Where a replacement of the directory `root` is built: beside it,
+  absent (anything left there by a crash is removed)."""
+  root = Path(root)
+  path = root.with_name(f".{root.name}.partial")
+  shutil.rmtree(path, ignore_errors=True)
+  return path
+
+
+def replace_dir(built: str | os.PathLike, root: str | os.PathLike) -> None:
+  """Puts the complete directory `built` at `root`. An existing `root` is
+  moved aside first and removed only once the new one is in place, so a
+  crash leaves the old directory or the new one, never a mix."""
+  root = Path(root)
+  old = root.with_name(f".{root.name}.old")
+  shutil.rmtree(old, ignore_errors=True)
+  if root.exists():
+    os.replace(root, old)
+  os.replace(built, root)
+  shutil.rmtree(old, ignore_errors=True)

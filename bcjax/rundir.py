@@ -84,6 +84,17 @@ class RunDir:
   def __repr__(self) -> str:
     return f"RunDir({str(self.root)!r})"
 
+  @property
+  def tensorboard_dir(self) -> Path:
+    """`tensorboard/`: the training curves (`bcjax.curves`)."""
+    return self.root / "tensorboard"
+
+  @staticmethod
+  def curves_dir(base: Path, strategy: str, k: int) -> Path:
+    """One version's event files under `base` (`tensorboard_dir`, or the
+    staging directory it is rebuilt in)."""
+    return Path(base) / strategy / f"v{k}"
+
   def seed_dir(self, seed: int) -> RunDir:
     """The run directory of training seed `seed` in a multi-seed run."""
     return RunDir(self.root / f"seed{int(seed)}")

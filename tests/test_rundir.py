@@ -109,3 +109,24 @@ def test_only_rundir_builds_run_directory_paths():
                for n, line in enumerate(path.read_text().splitlines(), 1)
                if layout.search(line)]
   assert not offenders, offenders
+
+
+def test_replace_dir_swaps_a_complete_directory_in(tmp_path):
+  """io.replace_dir: the new directory takes the old one's place; the old
+  is gone only afterwards, and nothing is left beside them."""
+  from bcjax import io
+  root = tmp_path / "curves"
+  root.mkdir()
+  (root / "old.txt").write_text("old")
+  staging = io.staging_dir(root)
+  assert staging.name == ".curves.partial" and not staging.exists()
+  staging.mkdir()
+  (staging / "new.txt").write_text("new")
+  io.replace_dir(staging, root)
+  assert [p.name for p in root.iterdir()] == ["new.txt"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["curves"]
+  fresh = tmp_path / "absent"
+  built = io.staging_dir(fresh)
+  built.mkdir()
+  io.replace_dir(built, fresh)  # No old directory: just renamed.
+  assert fresh.is_dir() and not built.exists()

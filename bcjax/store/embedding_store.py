@@ -107,7 +107,7 @@ class EmbeddingStore:
                                                    else " (replace=True?)"))
     users, items, user_ids, item_ids = layout.check_latest(
         users, items, user_ids, item_ids)
-    final, root = root, layout.staging(root) if replacing else root
+    final, root = root, io.staging_dir(root) if replacing else root
     root.mkdir(parents=True, exist_ok=True)
     arrays = dict(zip(layout.LATEST_ROLES, (users, items, user_ids, item_ids)))
     latest = {role: f"v0_{role}.npy" for role in layout.LATEST_ROLES}
@@ -121,7 +121,7 @@ class EmbeddingStore:
     }
     raw = cls._commit(root, manifest)
     if replacing:
-      layout.swap_in(root, final)
+      io.replace_dir(root, final)
     return cls.open(final) if replacing else cls(root, raw)
 
   @classmethod

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 import re
 from typing import Any, BinaryIO
@@ -253,20 +252,3 @@ def validate(manifest: Any, root: Path) -> None:
       fail(f"file {name!r} needs a sha256 hex digest and an int size")
   if set(files) != set(expected):
     fail(f"files lists unused entries {sorted(set(files) - set(expected))}")
-
-
-def staging(root: Path) -> Path:
-  """An empty directory beside `root` where its replacement is built."""
-  path = root.with_name(f".{root.name}.partial")
-  shutil.rmtree(path, ignore_errors=True)
-  return path
-
-
-def swap_in(built: Path, root: Path) -> None:
-  """Replaces the directory `root` by the complete directory `built`; the
-  old one is removed only once the new one is in place."""
-  old = root.with_name(f".{root.name}.old")
-  shutil.rmtree(old, ignore_errors=True)
-  os.replace(root, old)
-  os.replace(built, root)
-  shutil.rmtree(old)
