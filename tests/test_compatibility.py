@@ -218,7 +218,8 @@ def test_report_has_the_compatibility_summary(tmp_path):
       path.mkdir(parents=True)
       for kind in ("users", "items"):
         io.save_npy(path / f"bc_{kind}.npy", np.zeros((2, 2), np.float32))
-      io.save_json(path / "metrics.json", {"best": {"recall@50": 0.1}})
+      io.save_json(path / "metrics.json", {"best": {"recall@50": 0.1},
+                                           "best_epoch": 0})
   n = None
   record = lambda m: {"matrix": m, "mean": None}
   out = tmp_path / "compatibility" / "joint-lin-mloss"
