@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.finetune_epochs = 250   # finetune-m0, versions >= 1
   config.posthoc_epochs = 200    # post-hoc B_k training
   config.eval_every = 10
-  config.min_select_epoch = 50   # joint and post-hoc selection starts here
+  config.min_select_epoch = 50   # joint and post-hoc select strictly after
   config.batch_size = 2048
   config.lr = 1e-3
   config.weight_decay = 0.01     # the BPR regularisation coefficient

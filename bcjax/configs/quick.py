@@ -1,7 +1,7 @@
 """CPU-sized settings: the full pipeline on MovieLens-100k on 2 cores.
 
 Paper layers and batch size; dims a quarter of the paper's; 60 epochs with
-evaluation every 5 and joint/post-hoc selection from epoch 20 (80 epochs
+evaluation every 5 and joint/post-hoc selection after epoch 20 (80 epochs
 gave the same picture at 1.3x the time; see the closing notes). Consumers: one
 hidden size, two dropout rates, 5 seeds, 40 epochs. Compatibility matrix:
 No-BC and the two joint linear strategies (single- vs multi-step loss), 8
