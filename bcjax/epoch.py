@@ -119,7 +119,7 @@ class AlignmentInputs:
 
 def init_state(model: EmbeddingModel, inputs, objective: Objective,
                key: jax.Array, d_prev: int | None,
-               tx: optax.GradientTransformation,
+               tx: optax.GradientTransformation | None = None,
                model_variables: Variables | None = None) -> TrainState:
   """A fresh train state; `model_variables` continues an earlier model.
 
@@ -130,7 +130,7 @@ def init_state(model: EmbeddingModel, inputs, objective: Objective,
     key: PRNG key of the model's and B_k's initialisation.
     d_prev: the previous version's dimension d_{k-1} (B_k's output size);
       None when the objective does not align.
-    tx: the optimizer (e.g. `adam(1e-3)`).
+    tx: the optimizer; None: `adam(1e-3)`, every training's default.
     model_variables: start from these variables instead of `model.init`.
 
   Returns:
@@ -148,7 +148,8 @@ def init_state(model: EmbeddingModel, inputs, objective: Objective,
   if objective.aligns:
     params["transform"] = transforms.get(objective.transform).init(
         transform_key, model.dim, d_prev)
-  return TrainState.create(params, tx, frozen, state_of(model_variables))
+  return TrainState.create(params, adam(1e-3) if tx is None else tx, frozen,
+                           state_of(model_variables))
 
 
 class Loss(Protocol):

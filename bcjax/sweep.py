@@ -64,7 +64,7 @@ def unstack(tree: Any, i: int) -> Any:
 
 def init_states(model: EmbeddingModel, inputs, objective: Objective,
                 keys: Sequence[jax.Array], d_prev: int | None,
-                tx: optax.GradientTransformation,
+                tx: optax.GradientTransformation | None,
                 model_variables: Variables | None = None) -> TrainState:
   """`training.init_state` of every key, stacked (exactly the per-seed states)."""
   return stack([training.init_state(model, inputs, objective, key, d_prev, tx,
@@ -200,7 +200,7 @@ def train_seeds(model: EmbeddingModel, task: Task, inputs,
   loss = EmbeddingLoss(model, task, objective)
   states = init_states(model, inputs, objective,
                        [key_streams.derive(k, "init") for k in keys], d_prev,
-                       tx or training.adam(1e-3), model_variables=init_variables)
+                       tx, model_variables=init_variables)
   history = []
   for epoch in range(1, epochs + 1):
     stacked, axes = stack_batches(
@@ -236,8 +236,7 @@ def train_sequential(model: EmbeddingModel, task: Task, inputs,
   for k in keys:
     state = training.init_state(model, inputs, objective,
                                 key_streams.derive(k, "init"), d_prev,
-                                tx or training.adam(1e-3),
-                                model_variables=init_variables)
+                                tx, model_variables=init_variables)
     losses = []
     for epoch in range(1, epochs + 1):
       state, value = training.train_epoch(

@@ -277,7 +277,7 @@ def fit(model: EmbeddingModel, task: Task, inputs,
                             earlier=earlier if objective.multi_step else ())
   batches = _checked_ids(label, task, batches, num_nodes)
   state = init_state(model, inputs, objective, keys.derive(key, "init"),
-                     d_prev, adam(1e-3) if tx is None else tx,
+                     d_prev, tx,
                      model_variables=init_variables)
   if mesh is not None:
     state, inputs = sharding.replicate((state, inputs), mesh)
