@@ -4,9 +4,9 @@ The model-agnostic surface (see the README's "Bring your own model"):
 
   EmbeddingModel, FlaxModel, FunctionalModel   what a model provides
   Task, BPRTask, TripleSampler, epoch_batches  what a model is trained for
-  Lineage                                      a sequence of versions: the
+  Lineage, fill_from_neighbours                a sequence of versions: the
                                                previous model, the chain,
-                                               publishing to the store
+                                               new nodes, publishing
   fit, Objective, BC_ALIGNER, Result, Schedule train one version compatibly
   keys                                         named PRNG key streams
   transforms, losses                           backward maps and alignment
@@ -16,7 +16,7 @@ The model-agnostic surface (see the README's "Bring your own model"):
 
 from bcjax import data, keys, losses, metrics, transforms
 from bcjax.data import TripleSampler
-from bcjax.lineage import Lineage
+from bcjax.lineage import Lineage, fill_from_neighbours
 from bcjax.models.interface import EmbeddingModel, FlaxModel, FunctionalModel
 from bcjax.store import EmbeddingStore, StoreError
 from bcjax.tasks import BPRTask, Task, epoch_batches
@@ -29,6 +29,6 @@ __all__ = [
     "BC_ALIGNER", "BPRTask", "Checkpointing", "EmbeddingModel",
     "EmbeddingStore", "FlaxModel", "FunctionalModel", "Lineage", "Objective",
     "Result", "Schedule", "StoreError", "Task", "TripleSampler", "data",
-    "embed", "epoch_batches", "fit", "keys", "losses", "metrics",
-    "transforms",
+    "embed", "epoch_batches", "fill_from_neighbours", "fit", "keys", "losses",
+    "metrics", "transforms",
 ]

@@ -135,7 +135,11 @@ class ConsumerLoss:
     loss = optax.sigmoid_binary_cross_entropy(logits,
                                               labels[index].astype(jnp.float32))
     return (jnp.sum(loss * real) / jnp.sum(real),
-            {"batch_stats": updates["batch_stats"]})
+            ({"batch_stats": updates["batch_stats"]}, {}))
+
+  @property
+  def terms(self) -> tuple[str, ...]:
+    return ()
 
   def real(self, batch) -> jax.Array:
     return jnp.any(batch[1])
@@ -191,12 +195,12 @@ def _grid_epoch(state, model_keys, rates, epoch, train_tables, train_rows,
         (jax.random.permutation(keys.derive(key, "order"), n),), size)
     batches = (order.reshape(-1, batch_size), real.reshape(-1, batch_size),
                jnp.arange(size // batch_size))
-    train, mean_loss = epoch_core(
+    train, means = epoch_core(
         train, (train_tables, train_rows, train_labels, rate,
                 keys.derive(key, "dropout")), batches, loss=loss)
     logits = _predict(ConsumerMLP(hidden), train.model_variables(),
                       val_tables, val_rows, batch_size)
-    return train, mean_loss, metrics.roc_auc(logits, val_labels, val_mask)
+    return train, means["loss"], metrics.roc_auc(logits, val_labels, val_mask)
 
   train, mean_loss, auc = jax.vmap(one_model)(state["train"], model_keys, rates)
   improved = auc > state["best_auc"]  # NaN never improves.

@@ -1,6 +1,7 @@
 """Training curves as TensorBoard event files.
 
-Every trained version's history (`metrics.json`: the mean loss, Recall@K and,
+Every trained version's history (`metrics.json`: the mean loss and its
+terms, the task loss and the alignment term, Recall@K and,
 for the strategies with a backward transformation, the alignment MSE at
 every evaluation; post-hoc strategies also their B_k training's MSE) is
 written as scalars by the epoch, one event file per strategy and version:

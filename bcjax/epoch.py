@@ -103,10 +103,13 @@ class AlignmentInputs:
       best model on the current data.
     earlier: (W_{k-1}, ..., W_1) frozen matrices for the multi-step loss.
     embeddings: `[num_nodes, d_k]` fixed E_k(M_k) for post-hoc training.
+    known: `[num_nodes]` bool, the nodes the previous version knew (the
+      alignment term covers only those); None: every node.
   """
   target: jax.Array | None = None
   earlier: tuple[jax.Array, ...] = ()
   embeddings: jax.Array | None = None
+  known: jax.Array | None = None
 
   def rows(self, nodes: jax.Array | None) -> "AlignmentInputs":
     """The per-node arrays at `nodes` only (None: all of them)."""
@@ -114,7 +117,8 @@ class AlignmentInputs:
       return self
     pick = lambda x: None if x is None else x[nodes]  # noqa: E731
     return self.replace(target=pick(self.target),
-                        embeddings=pick(self.embeddings))
+                        embeddings=pick(self.embeddings),
+                        known=pick(self.known))
 
 
 def init_state(model: EmbeddingModel, inputs, objective: Objective,
@@ -156,9 +160,15 @@ class Loss(Protocol):
   """What `epoch_core` trains: hashable (a static argument of jit)."""
 
   def __call__(self, params: Params, state: TrainState, data: Any,
-               batch: Any) -> tuple[jax.Array, Params]:
-    """(the batch's scalar loss, the model's new state) at `params`; `data`
-    is what every batch of the epoch shares."""
+               batch: Any) -> tuple[jax.Array, tuple[Params, dict]]:
+    """`(loss, (model_state, terms))` at `params`: the batch's scalar loss,
+    the model's new state and a dict of the scalar terms named by `terms`;
+    `data` is what every batch of the epoch shares."""
+    ...
+
+  @property
+  def terms(self) -> tuple[str, ...]:
+    """The names of the float32 scalar terms `__call__` reports."""
     ...
 
   def real(self, batch: Any) -> jax.Array:
@@ -175,6 +185,9 @@ class EmbeddingLoss:
   `bcjax.data.neighbours.SampledTask`): its optional
   `batch_inputs(inputs, batch) -> (inputs, nodes)` gives the batch's inputs
   and the node ids the model's output rows are (None: every node).
+
+  Its terms: `task_loss` (when the model trains) and `alignment`, the
+  alignment term before its weight lambda (when the objective aligns).
   """
   model: EmbeddingModel
   task: Task
@@ -186,11 +199,11 @@ class EmbeddingLoss:
     if narrow is not None:
       inputs, nodes = narrow(inputs, batch)
       align = align.rows(nodes)
-    objective = self.objective
+    objective, terms = self.objective, {}
     if objective.train_model:
       z, new_state = self.model.apply(
           {"params": params["model"], **state.model_state}, inputs, train=True)
-      loss = self.task.loss(z, batch)
+      loss = terms["task_loss"] = self.task.loss(z, batch)
     else:
       z, new_state, loss = align.embeddings, state.model_state, 0.0
     if objective.aligns:
@@ -200,16 +213,23 @@ class EmbeddingLoss:
       term = losses.batch_alignment(
           align.target, z,
           lambda x: transform.apply(params["transform"], x, d_prev), index,
-          align.earlier if objective.multi_step else (), mask=mask)
+          align.earlier if objective.multi_step else (), mask=mask,
+          known=align.known)
       loss = loss + objective.lam * term
-    return loss, new_state
+      terms["alignment"] = term
+    return loss, (new_state, terms)
+
+  @property
+  def terms(self) -> tuple[str, ...]:
+    return (("task_loss",) * self.objective.train_model
+            + ("alignment",) * self.objective.aligns)
 
   def real(self, batch) -> jax.Array:
     return jnp.any(self.task.nodes(batch)[1])
 
 
 def epoch_core(state: TrainState, data, batches, *, loss: Loss
-               ) -> tuple[TrainState, jax.Array]:
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One epoch: a `lax.scan` of `state.tx` steps over the epoch's batches.
 
   Not jitted, so that callers can transform it (`bcjax.sweep` and
@@ -223,23 +243,28 @@ def epoch_core(state: TrainState, data, batches, *, loss: Loss
     loss: the `Loss` (static).
 
   Returns:
-    The new state and the mean loss over the epoch's real batches.
+    The new state and the means over the epoch's real batches of the loss
+    (`"loss"`) and of each of its terms (by the names the loss gives them).
   """
   def update(state, batch):
-    (value, new_state), grads = jax.value_and_grad(
+    (value, (new_state, terms)), grads = jax.value_and_grad(
         lambda p: loss(p, state, data, batch), has_aux=True)(state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return state.replace(step=state.step + 1, params=params,
-                         model_state=new_state, opt_state=opt_state), value
+                         model_state=new_state, opt_state=opt_state), {
+                             "loss": value, **terms}
+
+  def skip(state, _):  # Padding: nothing changes, every value is zero.
+    return state, {name: jnp.zeros((), jnp.float32)
+                   for name in ("loss", *loss.terms)}
 
   def step(state, batch):
-    return jax.lax.cond(loss.real(batch), update,
-                        lambda state, _: (state, jnp.zeros(())), state, batch)
+    return jax.lax.cond(loss.real(batch), update, skip, state, batch)
 
-  state, batch_losses = jax.lax.scan(step, state, batches)
-  num_real = jnp.sum(jax.vmap(loss.real)(batches))
-  return state, jnp.sum(batch_losses) / jnp.maximum(num_real, 1)
+  state, values = jax.lax.scan(step, state, batches)
+  num_real = jnp.maximum(jnp.sum(jax.vmap(loss.real)(batches)), 1)
+  return state, jax.tree.map(lambda v: jnp.sum(v) / num_real, values)
 
 
 train_epoch = jax.jit(epoch_core, static_argnames=("loss",),

@@ -15,6 +15,25 @@ versions are added, and publishes each version to an embedding store:
 
 Any model of the `bcjax.models.interface` protocol works; `Experiment` uses
 the same class for the strategies of a run.
+
+Nodes new in version k (users and items that arrived since version k-1)
+have no embedding in version k-1, and there are three ways to treat them:
+
+  inductive   the previous model applied to version k's inputs embeds them
+              itself (PinSAGE from attributes, LightGCN by propagation, a
+              two-tower model from features): the default, the paper's
+              E_k(M_{k-1});
+  left out    a transductive model (a learned row per node) cannot:
+              `fit(..., previous_ids=ids)` maps each node of version k to
+              its row in version k-1 (-1 for a new node), and the
+              alignment term covers only the nodes that had one;
+  folded in   `fit(..., previous_ids=ids, neighbours=(src, dst))` also
+              gives each new node the mean previous embedding of its known
+              neighbours (`fill_from_neighbours`), and aligns it there.
+
+Aligning new nodes to zero rows (what padding the previous embeddings with
+zeros does) pulls them to zero and ruins them for every consumer;
+`bcjax.fit` refuses all-zero target rows unless told to align them.
 """
 
 from __future__ import annotations
@@ -39,16 +58,19 @@ class Lineage:
       lineage (version 0 comes next).
     backward: `[W_1, ..., W_K]` of the versions so far, W_j `[d_j, d_{j-1}]`
       (one fewer than the versions).
+    last_inputs: the newest version's own inputs (what `previous_ids`
+      reads its embeddings from); None when unknown.
 
   Raises:
     ValueError: `backward` without a `last` model.
   """
 
   def __init__(self, last: tuple[EmbeddingModel, Variables] | None = None,
-               backward: Sequence[Any] = ()):
+               backward: Sequence[Any] = (), last_inputs: Any = None):
     if last is None and len(backward):
       raise ValueError("Lineage: backward matrices without a newest model")
     self.last = last
+    self.last_inputs = last_inputs
     self.backward = [np.asarray(w) for w in backward]
     self.store: EmbeddingStore | None = None
 
@@ -62,6 +84,55 @@ class Lineage:
     (None before version 0)."""
     return None if self.last is None else embed(*self.last, inputs)
 
+  def target(self, inputs, previous_ids: Any = None,
+             neighbours: tuple[Any, Any] | None = None
+             ) -> tuple[jax.Array, np.ndarray | None]:
+    """The next version's alignment target and the nodes it covers.
+
+    Args:
+      inputs: the next version's inputs.
+      previous_ids: None: the newest model applied to `inputs` (inductive).
+        Else `[num_nodes]` ints, each node's row in the newest version's
+        own embeddings, -1 for a node it never saw (transductive models).
+      neighbours: with `previous_ids`, `(src, dst)` node-id pairs of the
+        next version's graph: new nodes are folded in from them
+        (`fill_from_neighbours`).
+
+    Returns:
+      `(previous [num_nodes, d], known)`: `known` is None (every node) or
+      the `[num_nodes]` bool mask of the nodes `previous` covers.
+
+    Raises:
+      ValueError: no version yet, `neighbours` without `previous_ids`, ids
+        out of range, or `previous_ids` without the newest inputs.
+    """
+    k = self.num_versions
+    if self.last is None:
+      raise ValueError("Lineage.target: no version yet")
+    if previous_ids is None:
+      if neighbours is not None:
+        raise ValueError(f"version {k}: `neighbours` folds in the nodes that "
+                         "`previous_ids` marks new; pass both")
+      return self.previous(inputs), None
+    if self.last_inputs is None:
+      raise ValueError(f"version {k}: `previous_ids` reads version {k - 1}'s "
+                       "own embeddings, but the lineage has no inputs of it "
+                       "(Lineage(..., last_inputs=) or add(..., inputs=))")
+    old = np.asarray(embed(*self.last, self.last_inputs))
+    ids = np.asarray(previous_ids)
+    if (ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer)
+        or (ids.size and (ids.min() < -1 or ids.max() >= len(old)))):
+      raise ValueError(
+          f"version {k}: `previous_ids` must be a 1-D int array of rows of "
+          f"version {k - 1}'s {len(old)} embeddings (-1: a new node); got "
+          f"{ids.dtype} {list(ids.shape)}"
+          + (f" with values {ids.min()}..{ids.max()}" if ids.size else ""))
+    known = ids >= 0
+    previous = np.where(known[:, None], old[np.maximum(ids, 0)], 0.0)
+    if neighbours is not None:
+      previous, known = fill_from_neighbours(previous, known, neighbours)
+    return previous.astype(old.dtype), known
+
   def embed(self, inputs) -> jax.Array:
     """The newest model's embeddings of `inputs` (evaluation mode)."""
     if self.last is None:
@@ -69,15 +140,19 @@ class Lineage:
     return embed(*self.last, inputs)
 
   def fit(self, model: EmbeddingModel, task, inputs, batches, key: jax.Array,
-          *, objective: Objective | None = None, **kwargs) -> Result:
+          *, objective: Objective | None = None, previous_ids: Any = None,
+          neighbours: tuple[Any, Any] | None = None, **kwargs) -> Result:
     """Trains the next version with `training.fit` and adds it.
 
     Args:
       model, task, inputs, batches, key: as `training.fit`.
       objective: default the task alone for version 0 and BC-Aligner after;
         any objective that aligns gets the lineage's target and chain.
+      previous_ids, neighbours: how nodes new in this version are treated
+        (`target`; the module docstring): default, the previous model
+        embeds them.
       **kwargs: the rest of `training.fit`'s arguments (schedule, evaluate,
-        tx, ...); not `previous` or `chain`, which are the
+        tx, ...); not `previous`, `known` or `chain`, which are the
         lineage's.
 
     Returns:
@@ -91,7 +166,7 @@ class Lineage:
     k = self.num_versions
     if objective is None:
       objective = BC_ALIGNER if k else Objective()
-    for name in ("previous", "chain"):
+    for name in ("previous", "known", "chain"):
       if name in kwargs:
         raise ValueError(f"Lineage.fit: `{name}` is the lineage's own; pass "
                          "it to training.fit directly to override it")
@@ -100,10 +175,12 @@ class Lineage:
                        "backward transformation; use add() with a fixed W_k")
     aligned = {}
     if objective.aligns:
-      aligned = {"previous": self.previous(inputs), "chain": self.chain()}
+      previous, known = self.target(inputs, previous_ids, neighbours)
+      aligned = {"previous": previous, "known": known, "chain": self.chain()}
     result = fit(model, task, inputs, batches, key, objective=objective,
                  **aligned, **kwargs)
-    self.add(model, result.variables, result.transform if k else None)
+    self.add(model, result.variables, result.transform if k else None,
+             inputs=inputs)
     return result
 
   def chain(self) -> tuple[np.ndarray, ...]:
@@ -111,8 +188,9 @@ class Lineage:
     return tuple(self.backward)
 
   def add(self, model: EmbeddingModel, variables: Variables,
-          transform: Any | None = None) -> None:
-    """Adds a version trained elsewhere: its model, variables and W_k.
+          transform: Any | None = None, inputs: Any = None) -> None:
+    """Adds a version trained elsewhere: its model, variables, W_k and its
+    own inputs (needed only by a next version's `previous_ids`).
 
     Raises:
       ValueError: a transform at version 0, none at version k >= 1, or a W_k
@@ -130,7 +208,7 @@ class Lineage:
         raise ValueError(f"version {k}: W_{k} has shape {transform.shape}, "
                          f"expected {list(expected)} ([d_{k}, d_{k - 1}])")
       self.backward.append(transform)
-    self.last = (model, variables)
+    self.last, self.last_inputs = (model, variables), inputs
 
   def to_version_zero(self) -> np.ndarray:
     """M_{K->0}: maps the newest version's embeddings into version 0's."""
@@ -176,3 +254,43 @@ class Lineage:
     self.store.append_version(users, items, self.backward[-1], user_ids,
                               item_ids)
     return self.store
+
+
+def fill_from_neighbours(previous: np.ndarray, known: np.ndarray,
+            neighbours: tuple[Any, Any]) -> tuple[np.ndarray, np.ndarray]:
+  """Fills the rows of unknown nodes from their known neighbours.
+
+  Each node that `known` marks False and that has at least one known
+  neighbour gets the mean of those neighbours' `previous` rows, and counts
+  as known from then on (one hop: a new item rated by old users is folded
+  in; a new item rated only by new users stays unknown).
+
+  Args:
+    previous: `[N, d]` previous embeddings (unknown rows are ignored).
+    known: `[N]` bool, the rows that hold real previous embeddings.
+    neighbours: `(src, dst)` int node-id arrays `[E]`, the graph's edges
+      (each read in both directions).
+
+  Returns:
+    `(previous, known)`: the filled `[N, d]` rows and the new `[N]` mask.
+
+  Raises:
+    ValueError: edges of different lengths or outside `0..N-1`.
+  """
+  previous, known = np.asarray(previous), np.asarray(known, bool)
+  src, dst = (np.asarray(a).reshape(-1) for a in neighbours)
+  n = len(previous)
+  if src.shape != dst.shape or (src.size and (
+      min(src.min(), dst.min()) < 0 or max(src.max(), dst.max()) >= n)):
+    raise ValueError(f"fill_from_neighbours: `neighbours` must be two equally "
+                     f"long node-id arrays in 0..{n - 1}; got {src.shape} and "
+                     f"{dst.shape}")
+  a, b = np.concatenate([src, dst]), np.concatenate([dst, src])
+  take = ~known[a] & known[b]  # an unknown node a reads a known b
+  sums = np.zeros(previous.shape, np.float64)
+  np.add.at(sums, a[take], previous[b[take]])
+  counts = np.bincount(a[take], minlength=n)
+  folded = counts > 0
+  filled = previous.astype(np.float64, copy=True)
+  filled[folded] = sums[folded] / counts[folded, None]
+  return filled.astype(previous.dtype), known | folded

@@ -5,6 +5,10 @@ with an optional `mask [B]` marking the real rows. Padding rows are zeroed
 before anything is computed, so whatever they hold changes nothing: the loss
 ignores them and its gradient with respect to them is zero. Every denominator
 counts real rows only; a batch without real rows gives a loss of zero.
+
+The alignment losses also take a mask per row group (a tuple of three `[B]`
+masks): the rows of nodes the previous version did not know are left out of
+their group's mean (`batch_alignment`'s `known`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,14 @@ def _real_rows(mask: jax.Array | None, num_rows: int) -> tuple[jax.Array,
     keep = jnp.asarray(mask).astype(bool)
   count = jnp.maximum(jnp.sum(keep, dtype=jnp.float32), 1.0)
   return keep, count
+
+
+def _group_masks(mask, num_rows: int, groups: int):
+  """One `(keep [B], count)` per row group: a tuple of masks gives each
+  group its own, a single mask (or None) is shared by every group."""
+  if isinstance(mask, tuple):
+    return [_real_rows(m, num_rows) for m in mask]
+  return [_real_rows(mask, num_rows)] * groups
 
 
 def _zero_padding(x: jax.Array, keep: jax.Array) -> jax.Array:
@@ -68,15 +80,17 @@ def alignment(diff_rows: Rows, mask: jax.Array | None = None) -> jax.Array:
 
   Args:
     diff_rows: `(x_u, x_pos, x_neg)`, each `[B, d]`.
-    mask: optional `[B]` bool or 0/1 float, True on real rows; None means all.
+    mask: optional `[B]` bool or 0/1 float, True on real rows; None means
+      all; or a tuple of one such mask per group, each group's mean over
+      its own rows.
 
   Returns:
     The scalar A(x).
   """
-  keep, count = _real_rows(mask, diff_rows[0].shape[0])
+  groups = _group_masks(mask, diff_rows[0].shape[0], len(diff_rows))
   return sum(
       jnp.sum(_zero_padding(x, keep)**2) / (count * x.shape[-1])
-      for x in diff_rows)
+      for x, (keep, count) in zip(diff_rows, groups))
 
 
 def single_step_alignment(target_rows: Rows, predicted_rows: Rows,
@@ -88,7 +102,8 @@ def single_step_alignment(target_rows: Rows, predicted_rows: Rows,
       previous model's embeddings E_k(M_{k-1}) of the batch rows.
     predicted_rows: the same three groups, each `[B, d_{k-1}]`: the new
       embeddings mapped to version k-1 (B_k z_k, or the first d_{k-1} dims).
-    mask: optional `[B]` bool or 0/1 float, True on real rows; None means all.
+    mask: optional `[B]` bool or 0/1 float, True on real rows; None means all
+      (or one mask per group, as `alignment`).
 
   Returns:
     The scalar loss.
@@ -117,7 +132,8 @@ def multi_step_alignment(target_rows: Rows, predicted_rows: Rows,
     earlier: the previous backward matrices, *newest first*: W_{k-1}
       `[d_{k-1}, d_{k-2}]`, then W_{k-2} `[d_{k-2}, d_{k-3}]`, ..., down to
       W_1 `[d_1, d_0]`; the order in which the chain applies them to D.
-    mask: optional `[B]` bool or 0/1 float, True on real rows; None means all.
+    mask: optional `[B]` bool or 0/1 float, True on real rows; None means all
+      (or one mask per group, as `alignment`).
 
   Returns:
     The scalar loss.
@@ -148,16 +164,23 @@ def node_alignment(target: jax.Array, predicted: jax.Array,
     predicted: `[N, d_{k-1}]` the new embeddings of every node, mapped.
     index: `(users, positives, negatives)` node ids, each `[B]`.
     earlier: `[W_{k-1}, ..., W_1]`, newest first (frozen).
-    mask: optional `[B]`, True on real rows.
+    mask: optional `[B]`, True on real rows, or one such mask per group.
 
   Returns:
     The scalar loss.
   """
-  keep, count = _real_rows(mask, index[0].shape[0])
   weight = jnp.zeros(target.shape[0], jnp.float32)
-  for ids in index:
-    weight = weight.at[ids].add(keep.astype(jnp.float32), mode="drop")
-  weight = weight[:, None] / count
+  if isinstance(mask, tuple):  # Each group's rows weigh 1 / its own count.
+    for ids, (keep, count) in zip(index, _group_masks(mask, index[0].shape[0],
+                                                   len(index))):
+      weight = weight.at[ids].add(keep.astype(jnp.float32) / count,
+                                  mode="drop")
+    weight = weight[:, None]
+  else:
+    keep, count = _real_rows(mask, index[0].shape[0])
+    for ids in index:
+      weight = weight.at[ids].add(keep.astype(jnp.float32), mode="drop")
+    weight = weight[:, None] / count
 
   def term(x):  # Nodes outside the batch count zero, whatever they hold.
     return jnp.sum(jnp.where(weight > 0, weight * x**2, 0.0)) / x.shape[-1]
@@ -174,13 +197,19 @@ def batch_alignment(target: jax.Array, z: jax.Array,
                     transform: Callable[[jax.Array], jax.Array],
                     index: Sequence[jax.Array],
                     earlier: Sequence[jax.Array] = (),
-                    mask: jax.Array | None = None) -> jax.Array:
+                    mask: jax.Array | None = None,
+                    known: jax.Array | None = None) -> jax.Array:
   """The alignment term of a batch's rows, in the cheaper of two exact forms.
 
   With no more nodes than gathered rows, every node is mapped once and
   weighted by its count (`node_alignment`); otherwise the rows are gathered
   first (`multi_step_alignment`). Both give the same value (method §6);
   `earlier=()` is the single-step loss.
+
+  `known` leaves out the nodes the previous version never embedded (new
+  users and items of a transductive model): each row group is averaged over
+  its real rows whose node is known, so a new node is neither pulled towards
+  whatever its target row holds nor counted in a denominator.
 
   Args:
     target: `[N, d_{k-1}]` E_k(M_{k-1}) of every node.
@@ -189,10 +218,16 @@ def batch_alignment(target: jax.Array, z: jax.Array,
     index: the batch's node ids, a tuple of `[B]` arrays.
     earlier: `[W_{k-1}, ..., W_1]`, newest first (frozen).
     mask: optional `[B]`, True on real rows.
+    known: optional `[N]` bool, True on the nodes the previous version
+      knew; None: every node.
 
   Returns:
     The scalar loss.
   """
+  if known is not None:
+    real = (jnp.ones(index[0].shape, bool) if mask is None
+            else jnp.asarray(mask).astype(bool))
+    mask = tuple(real & known[i] for i in index)
   if z.shape[0] <= sum(i.shape[0] for i in index):
     return node_alignment(target, transform(z), index, earlier, mask=mask)
   return multi_step_alignment(tuple(target[i] for i in index),

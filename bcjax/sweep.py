@@ -100,7 +100,9 @@ def _vmapped_epoch(states: TrainState, data, batches, *, loss: EmbeddingLoss,
                    batch_axes: tuple) -> tuple[TrainState, jax.Array]:
   in_axes = jax.tree.structure(batches).unflatten(batch_axes)
   core = functools.partial(training.epoch_core, loss=loss)
-  return jax.vmap(core, in_axes=(0, None, in_axes))(states, data, batches)
+  states, means = jax.vmap(core, in_axes=(0, None, in_axes))(states, data,
+                                                              batches)
+  return states, means["loss"]
 
 
 _STATIC = dict(static_argnames=("loss", "batch_axes"),
@@ -242,6 +244,6 @@ def train_sequential(model: EmbeddingModel, task: Task, inputs,
       state, value = training.train_epoch(
           state, (inputs, align), batches(key_streams.derive(k, "epoch", epoch)),
           loss=loss)
-      losses.append(float(value))
+      losses.append(float(value["loss"]))
     out.append((state, np.asarray(losses)))
   return out

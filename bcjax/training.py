@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bcjax import keys, sharding, transforms
+from bcjax import checks, keys, sharding, transforms
 from bcjax.checkpointing import Checkpointing, Selection, host_copy
 from bcjax.epoch import (BC_ALIGNER, AlignmentInputs, EmbeddingLoss, Objective,
                          TrainState, adam, embed, epoch_core, init_state,
@@ -97,7 +97,9 @@ def train_version(loss: EmbeddingLoss, data, batches: Callable[[jax.Array], Any]
 
   Returns:
     The best `Selection` (its state copied to host) and the history
-    `[{"epoch", "loss", metric, ...}]`.
+    `[{"epoch", "loss", term, ..., metric, ...}]`: at each evaluation, the
+    epoch's mean loss and mean terms (`task_loss`, `alignment`; see
+    `EmbeddingLoss`) and the metrics.
 
   Raises:
     FloatingPointError: the loss, the parameters or a metric is NaN or Inf;
@@ -126,8 +128,9 @@ def train_version(loss: EmbeddingLoss, data, batches: Callable[[jax.Array], Any]
                               f"{epoch}{kept}")
 
   for epoch in range(start, epochs + 1):
-    state, mean_loss = _run_epoch(
+    state, means = _run_epoch(
         state, data, batches(keys.derive(key, "epoch", epoch)), loss)
+    mean_loss = means["loss"]
     if not np.isfinite(mean_loss):
       raise fault(epoch, f"the loss ({mean_loss})")
     leaf = int(_first_non_finite(state.params))
@@ -139,7 +142,7 @@ def train_version(loss: EmbeddingLoss, data, batches: Callable[[jax.Array], Any]
       bad = [k for k, v in metrics.items() if not np.isfinite(v)]
       if bad:
         raise fault(epoch, f"metric {bad[0]} (embeddings with NaN/Inf?)")
-      history.append({"epoch": epoch, "loss": mean_loss, **metrics})
+      history.append({"epoch": epoch, **means, **metrics})
       progress.update(epoch, mean_loss, select_key, metrics.get(select_key))
       score = sign * metrics[select_key] if select_key else -np.inf
       if epoch > schedule.min_select_epoch and score > best.score:
@@ -153,21 +156,25 @@ def train_version(loss: EmbeddingLoss, data, batches: Callable[[jax.Array], Any]
   return best, history
 
 
-def _run_epoch(state, data, epoch, loss: EmbeddingLoss):
+def _run_epoch(state, data, epoch, loss: EmbeddingLoss
+               ) -> tuple[TrainState, dict[str, float]]:
   """One epoch given as one stacked pytree of batches, or as an iterator of
   equally shaped chunks (neighbour sampling: an epoch of sampled trees may
-  not fit in memory at once); returns the state and the mean loss."""
+  not fit in memory at once); returns the state and the epoch's means of
+  the loss and its terms (`epoch_core`)."""
   if not isinstance(epoch, collections.abc.Iterator):
-    state, value = train_epoch(state, data, epoch, loss=loss)
-    return state, float(value)
-  total, count = 0.0, 0
+    state, means = train_epoch(state, data, epoch, loss=loss)
+    return state, {name: float(v) for name, v in means.items()}
+  totals, count = {}, 0
   for chunk in epoch:
     # Real batches of the chunk, on the host (a vmapped call per chunk would
     # be traced again every time).
     real = int(np.any(np.asarray(loss.task.nodes(chunk)[1]), axis=-1).sum())
-    state, value = train_epoch(state, data, chunk, loss=loss)
-    total, count = total + float(value) * real, count + real
-  return state, total / max(count, 1)
+    state, means = train_epoch(state, data, chunk, loss=loss)
+    for name, value in means.items():
+      totals[name] = totals.get(name, 0.0) + float(value) * real
+    count += real
+  return state, {name: total / max(count, 1) for name, total in totals.items()}
 
 
 @dataclasses.dataclass
@@ -180,7 +187,9 @@ class Result:
       the objective has no transformation.
     epoch: the selected epoch.
     metrics: the selected evaluation.
-    history: every evaluation, `[{"epoch", "loss", ...}]`.
+    history: every evaluation, `[{"epoch", "loss", "task_loss",
+      "alignment", metric, ...}]`: the epoch's mean loss, its terms (those
+      the objective has; `alignment` before its weight lambda) and metrics.
   """
   variables: Variables
   transform: np.ndarray | None
@@ -193,6 +202,7 @@ def fit(model: EmbeddingModel, task: Task, inputs,
         batches: Callable[[jax.Array], Any], key: jax.Array, *,
         objective: Objective = BC_ALIGNER,
         previous: jax.Array | Callable[[Any], jax.Array] | None = None,
+        known: Any | None = None,
         chain: Sequence[Any] | None = None,
         init_variables: Variables | None = None,
         evaluate: Callable[[Variables, np.ndarray | None], dict] | None = None,
@@ -223,6 +233,14 @@ def fit(model: EmbeddingModel, task: Task, inputs,
     previous: E_k(M_{k-1}) `[num_nodes, d_{k-1}]`, the previous version's
       model applied to this version's inputs, or a function `inputs ->` it.
       Required when the objective aligns.
+    known: `[num_nodes]` bool, the nodes the previous version knew: the
+      alignment term covers only those (new users and items of a
+      transductive model have no previous embedding; see `bcjax.lineage`
+      for the three ways to treat them). None: every node. Rows of
+      `previous` that are all zero at nodes the batches use are refused
+      when `known` is None: they are almost surely new nodes padded with
+      zeros, and aligning them pulls their embeddings to zero (pass `known`
+      explicitly, all True, to do that on purpose).
     chain: (W_1, ..., W_{k-1}), the earlier versions' backward matrices;
       required by a multi-step objective (`()` at version 1), so that a
       forgotten chain never turns the multi-step loss into the single-step.
@@ -257,7 +275,7 @@ def fit(model: EmbeddingModel, task: Task, inputs,
     raise ValueError(f"{label}: post-hoc training needs `init_variables`, "
                      "the fixed model")
   chain = () if chain is None else tuple(chain)
-  num_nodes = _embedding_rows(label, model, inputs, init_variables)
+  num_nodes = checks.embedding_rows(label, model, inputs, init_variables)
   align, d_prev = AlignmentInputs(), None
   if objective.aligns:
     target = jnp.asarray(previous(inputs) if callable(previous) else previous)
@@ -268,14 +286,15 @@ def fit(model: EmbeddingModel, task: Task, inputs,
           "to this version's inputs ([num_nodes, d_{k-1}]), not its own "
           "embeddings")
     d_prev = target.shape[1]
-    _check_chain(label, [np.shape(w) for w in chain], d_prev)
+    checks.check_chain(label, [np.shape(w) for w in chain], d_prev)
     fixed = None
     if not objective.train_model:
       fixed = embed(model, init_variables, inputs)
     earlier = tuple(jnp.asarray(w) for w in reversed(chain))
     align = AlignmentInputs(target=target, embeddings=fixed,
-                            earlier=earlier if objective.multi_step else ())
-  batches = _checked_ids(label, task, batches, num_nodes)
+                            earlier=earlier if objective.multi_step else (),
+                            known=checks.known_mask(label, known, num_nodes))
+  batches = checks.checked_ids(label, task, batches, num_nodes, align)
   state = init_state(model, inputs, objective, keys.derive(key, "init"),
                      d_prev, tx,
                      model_variables=init_variables)
@@ -284,7 +303,8 @@ def fit(model: EmbeddingModel, task: Task, inputs,
     align = AlignmentInputs(
         target=sharding.split_rows(align.target, mesh),
         earlier=sharding.replicate(align.earlier, mesh),
-        embeddings=sharding.split_rows(align.embeddings, mesh))
+        embeddings=sharding.split_rows(align.embeddings, mesh),
+        known=sharding.split_rows(align.known, mesh))
     unsharded = batches
     batches = lambda key: sharding.split_batches(unsharded(key), mesh)  # noqa: E731
 
@@ -306,52 +326,3 @@ def fit(model: EmbeddingModel, task: Task, inputs,
       log=log)
   return Result(host_copy(best.state.model_variables()), matrix(best.state),
                 best.epoch, best.metrics, history)
-
-
-def _embedding_rows(label: str, model: EmbeddingModel, inputs,
-                    variables: Variables | None) -> int:
-  """The model's node count on `inputs`, its output shape checked against
-  its declared `dim` (traced abstractly: nothing is computed)."""
-  if variables is None:
-    variables = jax.eval_shape(model.init, jax.random.key(0), inputs)
-  shape = jax.eval_shape(lambda v: model.apply(v, inputs, train=False)[0],
-                         variables).shape
-  if len(shape) != 2 or shape[1] != model.dim:
-    raise ValueError(f"{label}: the model declares dim={model.dim} but embeds "
-                     f"{list(shape)}; expected [num_nodes, {model.dim}]")
-  return shape[0]
-
-
-def _checked_ids(label: str, task: Task, batches, num_nodes: int):
-  """`batches` whose first epoch's node ids are checked against the model's
-  node count (on the host, once: ids beyond it would be clamped silently
-  inside the jitted step)."""
-  unchecked = [True]
-
-  def epoch(key):
-    out = batches(key)
-    if unchecked[0] and not isinstance(out, collections.abc.Iterator):
-      unchecked[0] = False
-      index, mask = task.nodes(out)
-      mask = np.asarray(mask, bool)
-      for field, ids in enumerate(index):
-        real = np.asarray(ids)[mask]
-        if real.size and (real.min() < 0 or real.max() >= num_nodes):
-          bad = real.max() if real.max() >= num_nodes else real.min()
-          raise ValueError(
-              f"{label}: the batches' node ids (field {field} of "
-              f"task.nodes(batch)) include {int(bad)}, but the model embeds "
-              f"{num_nodes} nodes (ids 0..{num_nodes - 1})")
-    return out
-  return epoch
-
-
-def _check_chain(label: str, shapes: list[tuple[int, ...]], d_prev: int):
-  """W_1 ... W_{k-1} must compose and end in the previous version's dims."""
-  for j in range(1, len(shapes)):
-    if len(shapes[j]) != 2 or shapes[j][1] != shapes[j - 1][0]:
-      raise ValueError(f"{label}: chain W_{j + 1} has shape {shapes[j]}, which "
-                       f"does not compose with W_{j} {shapes[j - 1]}")
-  if shapes and shapes[-1][0] != d_prev:
-    raise ValueError(f"{label}: W_{len(shapes)} maps {shapes[-1][0]} dims but "
-                     f"`previous` has {d_prev}")

@@ -31,8 +31,8 @@ class RegressionTask:
     return jnp.sum(jnp.where(mask, error, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
-def _table_init(key, inputs):
-  return {"table": 0.1 * jax.random.normal(key, (inputs.shape[0], D_NEW))}
+def _table_init(key, inputs, dim):
+  return {"table": 0.1 * jax.random.normal(key, (inputs.shape[0], dim))}
 
 
 def _table_apply(params, inputs):
@@ -78,9 +78,15 @@ def test_bc_aligner_recovers_the_planted_map(planted):
   np.testing.assert_allclose(result.variables["params"]["table"], z_star,
                              atol=2e-2)
   np.testing.assert_allclose(result.transform, w_star, atol=2e-2)
-  # The default (no evaluate) keeps the last epoch and records the loss.
+  # The default (no evaluate) keeps the last epoch and records the loss
+  # with its two terms: loss = task loss + lambda * alignment, per epoch.
   assert result.epoch == 400
   assert result.history[-1]["loss"] < 1e-3 * result.history[0]["loss"]
+  for entry in result.history[:3] + result.history[-3:]:
+    np.testing.assert_allclose(
+        entry["loss"], entry["task_loss"] + objective.lam * entry["alignment"],
+        rtol=1e-5, atol=1e-9)
+    assert entry["task_loss"] > 0 and entry["alignment"] > 0
 
 
 def test_posthoc_fit_learns_only_the_transform(planted):
@@ -177,7 +183,8 @@ def test_fit_names_bad_arguments(planted):
 def test_fit_checks_the_model_and_the_batches_before_training(planted):
   z_star, _, _ = planted
   inputs, task = jnp.zeros((NUM_NODES,)), RegressionTask()
-  liar = FunctionalModel(_table_init, _table_apply, D_NEW + 1)
+  liar = FunctionalModel(lambda key, inputs, dim: _table_init(key, inputs, D_NEW),
+                         _table_apply, D_NEW + 1)
   with pytest.raises(ValueError, match=r"declares dim=7 but embeds \[40, 6\]"):
     training.fit(liar, task, inputs, _batches(z_star), jax.random.key(0),
                  objective=training.Objective())
@@ -189,6 +196,43 @@ def test_fit_checks_the_model_and_the_batches_before_training(planted):
                      r"nodes \(ids 0..39\)"):
     training.fit(TABLE, task, inputs, beyond, jax.random.key(0),
                  objective=training.Objective())
+
+
+def test_fit_checks_the_known_mask_and_refuses_zero_target_rows(planted):
+  z_star, _, previous = planted
+  inputs, task, key = jnp.zeros((NUM_NODES,)), RegressionTask(), jax.random.key(0)
+  with pytest.raises(ValueError, match=r"`known` is int64 \[40\]; expected "
+                     r"bool \[40\]"):
+    training.fit(TABLE, task, inputs, _batches(z_star), key, previous=previous,
+                 chain=(), known=np.ones(NUM_NODES, np.int64))
+  padded = previous.copy()
+  padded[30:] = 0.0   # ten new nodes, padded with zeros
+  with pytest.raises(ValueError, match=r"`previous` is all zeros at 10 of the "
+                     r"40 nodes the batches use \(e.g. node 30\)"):
+    training.fit(TABLE, task, inputs, _batches(z_star), key, previous=padded,
+                 chain=())
+  # Said explicitly, either reading trains: the new nodes left out ...
+  schedule = training.Schedule(epochs=2)
+  left_out = training.fit(TABLE, task, inputs, _batches(z_star), key,
+                          previous=padded, chain=(), schedule=schedule,
+                          known=np.arange(NUM_NODES) < 30)
+  # ... or aligned to zero on purpose: a larger alignment term.
+  zeroed = training.fit(TABLE, task, inputs, _batches(z_star), key,
+                        previous=padded, chain=(), schedule=schedule,
+                        known=np.ones(NUM_NODES, bool))
+  assert (left_out.history[0]["alignment"]
+          != zeroed.history[0]["alignment"])
+
+
+def test_functional_model_init_is_given_the_dimension():
+  seen = []
+
+  def init(key, inputs, dim):
+    seen.append(dim)
+    return {"table": jnp.zeros((inputs.shape[0], dim))}
+  model = FunctionalModel(init, _table_apply, 5)
+  variables = model.init(jax.random.key(0), jnp.zeros((3,)))
+  assert seen == [5] and variables["params"]["table"].shape == (3, 5)
 
 
 def test_progress_lines_can_be_silenced(planted, capsys):

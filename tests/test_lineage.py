@@ -30,7 +30,7 @@ class PullTask:
 
 def _table(dim):
   return bcjax.FunctionalModel(
-      lambda key, inputs: {"table": jax.random.normal(key, (NUM_NODES, dim))},
+      lambda key, inputs, d: {"table": jax.random.normal(key, (NUM_NODES, d))},
       lambda params, inputs: params["table"], dim)
 
 
@@ -106,3 +106,41 @@ def test_mistakes_are_named():
                 chain=(), **FIT)
   with pytest.raises(ValueError, match="backward matrices without"):
     bcjax.Lineage(None, [np.eye(2)])
+
+
+def test_fold_in_fills_new_rows_with_the_mean_of_known_neighbours():
+  previous = np.array([[1., 2.], [3., 4.], [0., 0.], [0., 0.], [0., 0.]],
+                      np.float32)
+  known = np.array([True, True, False, False, False])
+  # Node 2 neighbours 0 and 1 (both known); node 3 only node 2 (new);
+  # node 4 none. Edges are read in both directions.
+  filled, now_known = bcjax.fill_from_neighbours(previous, known,
+                                    (np.array([2, 1, 3]), np.array([0, 2, 2])))
+  np.testing.assert_array_equal(filled[:2], previous[:2])
+  np.testing.assert_allclose(filled[2], [2., 3.])
+  np.testing.assert_array_equal(filled[3:], 0.0)
+  np.testing.assert_array_equal(now_known, [True, True, True, False, False])
+  with pytest.raises(ValueError, match=r"node-id arrays in 0..4"):
+    bcjax.fill_from_neighbours(previous, known, (np.array([5]), np.array([0])))
+
+
+def test_target_reads_previous_rows_by_id_and_marks_new_nodes():
+  lineage, _ = _three_versions()
+  own = np.asarray(lineage.embed(INPUTS))
+  ids = np.array([3, -1, 0, 11, -1])
+  previous, known = lineage.target(jnp.zeros((5,)), ids)
+  np.testing.assert_array_equal(known, [True, False, True, True, False])
+  np.testing.assert_array_equal(previous[known], own[ids[known]])
+  np.testing.assert_array_equal(previous[~known], 0.0)
+  # Without ids, the model applied to the new inputs: every node known.
+  previous, known = lineage.target(INPUTS)
+  assert known is None
+  np.testing.assert_array_equal(previous, own)
+  with pytest.raises(ValueError, match=r"version 3: `previous_ids` must be a "
+                     r"1-D int array of rows of version 2's 12 embeddings"):
+    lineage.target(INPUTS, np.array([0, 12]))
+  with pytest.raises(ValueError, match="pass both"):
+    lineage.target(INPUTS, neighbours=(np.array([0]), np.array([1])))
+  stranger = bcjax.Lineage(lineage.last, lineage.backward)
+  with pytest.raises(ValueError, match="no inputs of it"):
+    stranger.target(INPUTS, np.arange(NUM_NODES))

@@ -177,3 +177,48 @@ def test_batch_alignment_is_the_gathered_multi_step_loss_in_either_form(batch):
           np.asarray(z)[np.asarray(i)] @ np.asarray(w) for i in index]
   want = (a(diff) + a([x @ np.asarray(earlier[0]) for x in diff])) / 2
   np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [2, 5])  # node form, then gathered form
+def test_batch_alignment_leaves_out_unknown_nodes_group_by_group(batch):
+  """With `known`, each row group is averaged over its real rows whose node
+  is known: unknown nodes' targets (here huge) change nothing."""
+  rng = np.random.default_rng(10 + batch)
+  n, d, d_prev = 10, 4, 3
+  known = np.arange(n) % 3 != 0            # nodes 0, 3, 6, 9 are new
+  target = rng.normal(size=(n, d_prev)).astype(np.float32)
+  target[~known] = 1e6                     # whatever a new node's row holds
+  z = rng.normal(size=(n, d)).astype(np.float32)
+  w = rng.normal(size=(d, d_prev)).astype(np.float32)
+  earlier = (rng.normal(size=(d_prev, 2)).astype(np.float32),)
+  index = tuple(rng.integers(0, n, batch) for _ in range(3))
+  index = (np.r_[0, index[0][1:]], np.r_[1, index[1][1:]], index[2])
+  mask = np.arange(batch) < batch - 1
+  got = losses.batch_alignment(jnp.asarray(target), jnp.asarray(z),
+                               lambda x: x @ w, tuple(map(jnp.asarray, index)),
+                               earlier, mask=mask, known=jnp.asarray(known))
+
+  def a(groups):  # each group's own rows: real and known
+    return sum(np.mean(x[mask & known[i]] ** 2) if np.any(mask & known[i])
+               else 0.0 for x, i in zip(groups, index))
+  diff = [target[i] - z[i] @ w for i in index]
+  want = (a(diff) + a([x @ earlier[0] for x in diff])) / 2
+  assert np.isfinite(got)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_batch_alignment_with_every_node_known_is_the_plain_loss():
+  rng = np.random.default_rng(3)
+  n = 8
+  target = jnp.asarray(rng.normal(size=(n, 3)), jnp.float32)
+  z = jnp.asarray(rng.normal(size=(n, 3)), jnp.float32)
+  index = tuple(jnp.asarray(rng.integers(0, n, 4)) for _ in range(3))
+  mask = jnp.asarray([1, 1, 1, 0], bool)
+  plain = losses.batch_alignment(target, z, lambda x: x, index, mask=mask)
+  every = losses.batch_alignment(target, z, lambda x: x, index, mask=mask,
+                                 known=jnp.ones(n, bool))
+  np.testing.assert_allclose(every, plain, rtol=1e-6)
+  # No known node in the batch: the term is zero, not NaN.
+  none = losses.batch_alignment(target, z, lambda x: x, index, mask=mask,
+                                known=jnp.zeros(n, bool))
+  assert float(none) == 0.0

@@ -229,7 +229,7 @@ def test_gradient_training_recovers_a_planted_linear_map(num_batches,
                                        loss=loss_fn)
   kernel = np.asarray(state.params["transform"]["kernel"])
   assert np.abs(kernel - w).max() < 0.02 < initial_error.max()
-  assert float(loss) < 1e-3
+  assert float(loss["loss"]) < 1e-3
 
 
 def test_resuming_with_other_training_settings_is_refused(run):

@@ -61,7 +61,7 @@ def _epochs(experiment, versions, batch_size, epochs_per_version=3,
       state, loss = training.train_epoch(
           state, (data.inputs, training.AlignmentInputs()), batches,
           loss=loss_fn)
-      losses.append(float(loss))
+      losses.append(float(loss["loss"]))
       yield batches
   assert np.all(np.isfinite(losses))
 
@@ -113,8 +113,11 @@ def test_padding_batches_change_nothing(experiment):
     results.append(training.train_epoch(
         state, (data.inputs, training.AlignmentInputs()), batches,
         loss=loss_fn))
-  (a, loss_a), (b, loss_b) = results
-  np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+  (a, means_a), (b, means_b) = results
+  assert set(means_a) == set(means_b) == {"loss", "task_loss"}
+  np.testing.assert_allclose(means_a["loss"], means_b["loss"], rtol=1e-6)
+  # Without an alignment term the loss is the task loss.
+  np.testing.assert_array_equal(means_a["loss"], means_a["task_loss"])
   assert int(a.step) == int(b.step) == needed
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6,
                                                        atol=1e-6), a, b)
@@ -184,7 +187,7 @@ def _scripted_train_version(monkeypatch, scores, losses=None, params=None,
   def fake_epoch(state, data, batches, *, loss):
     epoch = int(state.step) + 1
     return (_fake_state(epoch, params.get(epoch, 0.0)),
-            np.float32(losses.get(epoch, 1.0)))
+            {"loss": np.float32(losses.get(epoch, 1.0))})
 
   monkeypatch.setattr(training, "train_epoch", fake_epoch)
   evaluated = []

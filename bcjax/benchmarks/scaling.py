@@ -101,14 +101,14 @@ def scaling_point(num_interactions: int, dim: int = 256, layers: int = 2,
     raise ValueError(f"unknown mode {mode!r}; use 'full' or 'sampled'")
   del batches
   start = time.perf_counter()
-  state, loss = run(state)
-  loss.block_until_ready()
+  state, means = run(state)
+  means["loss"].block_until_ready()
   compile_s = time.perf_counter() - start
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    state, loss = run(state)
-    loss.block_until_ready()
+    state, means = run(state)
+    means["loss"].block_until_ready()
     times.append((time.perf_counter() - start) / timed_steps)
   step_s = float(np.median(times))
   device_peak = device_peak_gb()

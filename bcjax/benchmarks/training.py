@@ -243,7 +243,7 @@ def seed_sweep(graph: DynamicGraph, config, workdir: str, version: int = 0,
                                  sample(key_streams.derive(k, "epoch", epoch)),
                                  loss=loss_fn)
       out.append(state)
-      losses.append(value)
+      losses.append(value["loss"])
     return out, np.asarray(jax.device_get(losses))
 
   stacked_states, states = sweep.stack(fresh()), fresh()

@@ -127,19 +127,21 @@ class FlaxModel:
 class FunctionalModel:
   """A plain-JAX model of two functions, without state.
 
-  `params = init_fn(key, inputs)`, `z = apply_fn(params, inputs)`.
+  `params = init_fn(key, inputs, dim)`, `z = apply_fn(params, inputs)`: one
+  pair of functions serves every version's size.
 
   Attributes:
-    init_fn: `(key, inputs) -> params` (any pytree).
+    init_fn: `(key, inputs, dim) -> params` (any pytree), for embeddings
+      of `dim` dimensions.
     apply_fn: `(params, inputs) -> [num_nodes, dim]`.
     dim: the embedding size.
   """
-  init_fn: Callable[[jax.Array, Any], Any]
+  init_fn: Callable[[jax.Array, Any, int], Any]
   apply_fn: Callable[[Any, Any], jax.Array]
   dim: int
 
   def init(self, key: jax.Array, inputs: Any) -> Variables:
-    """`{"params": init_fn(key, inputs)}`.
+    """`{"params": init_fn(key, inputs, dim)}`.
 
     Args:
       key: PRNG key.
@@ -148,7 +150,7 @@ class FunctionalModel:
     Returns:
       The variables, `"params"` only.
     """
-    return {"params": self.init_fn(key, inputs)}
+    return {"params": self.init_fn(key, inputs, self.dim)}
 
   def apply(self, variables: Variables, inputs: Any,
             train: bool) -> tuple[jax.Array, Variables]:

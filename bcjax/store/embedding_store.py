@@ -65,8 +65,8 @@ class EmbeddingStore:
   def __exit__(self, *exc_info) -> None:
     self.close()
 
-  def __del__(self):
-    layout.close_all(getattr(self, "_pinned", {}))
+  def __del__(self, close_all=layout.close_all):  # no globals at exit
+    close_all(getattr(self, "_pinned", {}))
 
   @classmethod
   def create(cls, path: str | os.PathLike[str], users: Any, items: Any,
