@@ -5,9 +5,10 @@ version, the consumers of the unintended tasks on fix-m0's version-0
 embeddings, scores them on every strategy and version, computes the
 compatibility matrices of `config.compat.strategies`, and writes the report.
 With `config.seeds` = S > 1 it does so for the training seeds config.seed ..
-config.seed + S - 1, each in its own run directory `seed<s>/`, and writes
-the report over seeds (`bcjax.multiseed`: intervals and paired differences)
-at the top.
+config.seed + S - 1, each in its own run directory `seed<s>/` (the
+cross-version evaluation scores every training seed in one call), and
+writes the report over seeds (`bcjax.multiseed`: intervals and paired
+differences) at the top.
 It is resumable: complete versions, saved consumers and saved compatibility
 matrices are reused; the cross-version evaluation and the report (seconds)
 are always redone. `launch/reproduce.py` is its command line; the notebooks
@@ -81,35 +82,51 @@ def reproduce(graph: DynamicGraph, config: ml_collections.ConfigDict,
   if consumers.REFERENCE not in names:
     names.insert(0, consumers.REFERENCE)
   config.dataset = graph.name  # What config.json and the report name.
-  workdir = Path(workdir or default_workdir(graph, config))
-  if len(settings.seeds) == 1:
-    return _reproduce_seed(graph, config, RunDir(workdir), names, settings,
-                           log)
-  run_dir, seed_dirs = RunDir(workdir), []
-  for i, seed in enumerate(settings.seeds, 1):
-    log(f"== seed {seed} ({i}/{len(settings.seeds)})")
+  run_dir = RunDir(workdir or default_workdir(graph, config))
+  seeds, start = settings.seeds, time.perf_counter()
+  stage = lambda message: log(
+      f"== {message} ({time.perf_counter() - start:.1f}s elapsed)")
+  runs = []
+  for i, seed in enumerate(seeds, 1):
+    if len(seeds) > 1:
+      log(f"== seed {seed} ({i}/{len(seeds)})")
     seed_config = config.copy_and_resolve_references()
     seed_config.seed, seed_config.seeds = seed, 1
-    seed_dirs.append(run_dir.seed_dir(seed))
-    _reproduce_seed(graph, seed_config, seed_dirs[-1], names, settings, log)
-  log(f"== report over seeds {', '.join(map(str, settings.seeds))}")
-  content, table, plots = multiseed.write_seeds_report(run_dir, seed_dirs)
+    runs.append(_train_seed(
+        graph, seed_config, run_dir if len(seeds) == 1 else
+        run_dir.seed_dir(seed), names, settings, log, stage))
+  stage("cross-version evaluation" + (
+      f": {len(seeds)} training seeds in one call" if len(seeds) > 1 else ""))
+  tasks = consumers.all_task_data(runs[0].experiment.splits)
+  scoring.evaluate_consumers([r.experiment.run_dir for r in runs], tasks,
+                             [r.heads for r in runs], names,
+                             runs[0].experiment.num_versions)
+  reports = [_finish_seed(r, names, settings, stage) for r in runs]
+  if len(seeds) == 1:
+    return reports[0]
+  log(f"== report over seeds {', '.join(map(str, seeds))}")
+  content, table, plots = multiseed.write_seeds_report(
+      run_dir, [r.experiment.run_dir for r in runs])
   return Report(run_dir.root, content, table, plots)
 
 
-def _reproduce_seed(graph: DynamicGraph, config, run_dir: RunDir,
-                    names: list[str], settings: configs.Settings,
-                    log: Callable[[str], None]) -> Report:
-  """The whole pipeline of one training seed (`config.seed`) in `run_dir`."""
-  start = time.perf_counter()
-  stage = lambda message: log(
-      f"== {message} ({time.perf_counter() - start:.1f}s elapsed)")
+class _SeedRun(NamedTuple):
+  """One training seed's trained strategies and consumers."""
+  experiment: Experiment
+  heads: dict
+
+
+def _train_seed(graph: DynamicGraph, config, run_dir: RunDir,
+                names: list[str], settings: configs.Settings,
+                log: Callable[[str], None],
+                stage: Callable[[str], None]) -> _SeedRun:
+  """Trains one seed's (`config.seed`) strategies and consumers in
+  `run_dir`."""
   experiment = Experiment(graph, config, run_dir.root)
   tasks = consumers.all_task_data(experiment.splits)
   log(f"== run {run_dir.root}: {graph.name}, model {config.model}, preset "
       f"{config.preset}, seed {config.seed}, {len(settings.versions)} "
       f"versions, strategies {', '.join(names)}")
-
   for i, name in enumerate(names, 1):
     stage(f"strategy {i}/{len(names)}: {name}")
     experiment.run(name)
@@ -119,20 +136,25 @@ def _reproduce_seed(graph: DynamicGraph, config, run_dir: RunDir,
         "epochs")
   heads = consumers.train_consumers(experiment.run_dir, tasks, consumer,
                                     seed=config.seed)
-  stage("cross-version evaluation")
-  scoring.evaluate_consumers(experiment.run_dir, tasks, heads, names,
-                               experiment.num_versions)
+  return _SeedRun(experiment, heads)
+
+
+def _finish_seed(run: _SeedRun, names: list[str], settings: configs.Settings,
+                 stage: Callable[[str], None]) -> Report:
+  """One seed's compatibility matrices and report, once it is scored."""
+  experiment, config = run.experiment, run.experiment.config
   compat = settings.compat
   compat_names = [s for s in compat.strategies if s in names]
   if compat_names:
-    stage(f"compatibility: {', '.join(compat_names)}; consumers at every "
-          f"version, {compat.epochs} epochs x {compat.seeds} seeds")
+    stage(f"compatibility (seed {config.seed}): {', '.join(compat_names)}; "
+          f"consumers at every version, {compat.epochs} epochs x "
+          f"{compat.seeds} seeds")
     compatibility.run_compatibility(experiment.run_dir, experiment.splits,
-                                    compat_names, compat, consumer,
+                                    compat_names, compat, settings.consumer,
                                     seed=config.seed)
-  stage("report")
+  stage(f"report (seed {config.seed})")
   content, table, plots = report.write_report(experiment.run_dir, names)
-  return Report(run_dir.root, content, table, plots)
+  return Report(experiment.run_dir.root, content, table, plots)
 
 
 def print_report(result: Report, stream=None) -> None:

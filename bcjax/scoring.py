@@ -1,9 +1,11 @@
 """Cross-version scoring of frozen consumer heads.
 
-Every (strategy, version, seed) of a task is scored in one jitted, vmapped
-call over padded, masked inputs (`evaluate`); `evaluate_reference` is the
-plain loop it is tested against, and `evaluate_consumers` scores a run's
-strategies and writes `consumers/auc.json`.
+Every (training seed, strategy, version, consumer seed) of a task is scored
+in one jitted, vmapped call over padded, masked inputs (`evaluate_seeds`;
+`evaluate` is its one-training-seed case); `evaluate_reference` is the plain
+loop it is tested against, and `evaluate_consumers` scores the strategies of
+one or several training seeds' runs and writes each run's
+`consumers/auc.json`.
 """
 
 from __future__ import annotations
@@ -81,37 +83,79 @@ def prepare_evaluation(data: TaskData, embeddings: Mapping[str, Mapping[int, Any
 @functools.partial(jax.jit, static_argnames=("hidden", "strategy_batch"))
 def _evaluate(variables, tables, rows, labels, mask, *, hidden: int,
               strategy_batch: int) -> jax.Array:
-  """`[P, V, S]` ROC-AUC: strategies mapped in batches, versions and seeds vmapped."""
+  """`[T, P, V, S]` ROC-AUC: training seeds vmapped, strategies mapped in
+  batches, versions and consumer seeds vmapped."""
   model = ConsumerMLP(hidden)
 
-  def one_version(version_tables, version_rows, version_labels, version_mask):
-    x = features(version_tables, version_rows)
-    return jax.vmap(lambda v: metrics.roc_auc(
-        model.apply(v, x), version_labels, version_mask))(variables)
+  def one_training_seed(seed_variables, seed_tables):
+    def one_version(version_tables, version_rows, version_labels,
+                    version_mask):
+      x = features(version_tables, version_rows)
+      return jax.vmap(lambda v: metrics.roc_auc(
+          model.apply(v, x), version_labels, version_mask))(seed_variables)
 
-  def one_strategy(strategy_tables):
-    return jax.vmap(one_version)(strategy_tables, rows, labels, mask)
+    def one_strategy(strategy_tables):
+      return jax.vmap(one_version)(strategy_tables, rows, labels, mask)
 
-  return jax.lax.map(one_strategy, tables, batch_size=strategy_batch)
+    return jax.lax.map(one_strategy, seed_tables, batch_size=strategy_batch)
+
+  return jax.vmap(one_training_seed)(variables, tables)
+
+
+def evaluate_seeds(heads: Sequence[Heads], inputs: Sequence[EvalInputs]
+                   ) -> list[dict[str, np.ndarray]]:
+  """Every (training seed, strategy, version, consumer seed) of a task in
+  one jitted, vmapped call.
+
+  Args:
+    heads: per training seed, its frozen consumers (same grid).
+    inputs: per training seed, its `prepare_evaluation` (same strategies,
+      versions and examples: only the embeddings differ).
+
+  Returns:
+    Per training seed, strategy -> `[V, S]` ROC-AUC, V the scored versions
+    (`inputs[i].versions`), S the consumer seeds.
+
+  Raises:
+    ValueError: the seeds' heads or inputs do not match.
+  """
+  first = inputs[0]
+  if len(heads) != len(inputs) or len({h.hidden for h in heads}) != 1:
+    raise ValueError("evaluate_seeds: one Heads of one width per training "
+                     f"seed; got {len(heads)} heads for {len(inputs)} inputs")
+  for i, other in enumerate(inputs[1:], 1):
+    same = (other.strategies == first.strategies
+            and other.versions == first.versions
+            and all(np.array_equal(a, b) for a, b in zip(
+                (other.rows, other.labels, other.mask),
+                (first.rows, first.labels, first.mask))))
+    if not same:
+      raise ValueError(f"evaluate_seeds: training seed {i} is scored on other "
+                       "strategies, versions or examples than seed 0")
+  num_seeds = len(heads[0].val_auc)
+  width = heads[0].hidden * 3 + sum(t.shape[-1] for t in first.tables)
+  per_strategy = (4 * len(heads) * len(first.versions) * num_seeds
+                  * first.rows.shape[1] * width)
+  batch = int(np.clip(_EVAL_BUDGET_BYTES // max(per_strategy, 1), 1,
+                      len(first.strategies)))
+  stack = lambda *leaves: jnp.stack([jnp.asarray(x) for x in leaves])  # noqa: E731
+  auc = np.asarray(_evaluate(
+      jax.tree.map(stack, *(h.variables for h in heads)),
+      tuple(stack(*tables) for tables in zip(*(i.tables for i in inputs))),
+      jnp.asarray(first.rows), jnp.asarray(first.labels),
+      jnp.asarray(first.mask), hidden=heads[0].hidden, strategy_batch=batch))
+  return [{s: auc[t, p] for p, s in enumerate(first.strategies)}
+          for t in range(len(heads))]
 
 
 def evaluate(heads: Heads, inputs: EvalInputs) -> dict[str, np.ndarray]:
-  """Every (strategy, version, seed) of a task in one jitted, vmapped call.
+  """Every (strategy, version, consumer seed) of a task in one jitted,
+  vmapped call (`evaluate_seeds` of one training seed).
 
   Returns:
     strategy -> `[V, S]` ROC-AUC, V the scored versions (`inputs.versions`).
   """
-  num_seeds = len(heads.val_auc)
-  width = heads.hidden * 3 + sum(t.shape[-1] for t in inputs.tables)
-  per_strategy = 4 * len(inputs.versions) * num_seeds * inputs.rows.shape[1] * width
-  batch = int(np.clip(_EVAL_BUDGET_BYTES // max(per_strategy, 1), 1,
-                      len(inputs.strategies)))
-  auc = _evaluate(heads.variables, tuple(jnp.asarray(t) for t in inputs.tables),
-                  jnp.asarray(inputs.rows), jnp.asarray(inputs.labels),
-                  jnp.asarray(inputs.mask), hidden=heads.hidden,
-                  strategy_batch=batch)
-  auc = np.asarray(auc)
-  return {s: auc[p] for p, s in enumerate(inputs.strategies)}
+  return evaluate_seeds([heads], [inputs])[0]
 
 
 @functools.partial(jax.jit, static_argnames=("hidden",))
@@ -179,23 +223,37 @@ def evaluate_reference(heads: Heads, data: TaskData,
   return out
 
 
-def evaluate_consumers(workdir: RunDir | str | os.PathLike, data: Mapping[str, TaskData],
-                       heads: Mapping[str, Heads], strategies: Sequence[str],
-                       num_versions: int) -> dict[str, dict[str, list]]:
-  """Scores every trained task on every strategy; writes `consumers/auc.json`.
+def evaluate_consumers(workdirs: Sequence[RunDir | str | os.PathLike],
+                       data: Mapping[str, TaskData],
+                       heads: Sequence[Mapping[str, Heads]],
+                       strategies: Sequence[str],
+                       num_versions: int) -> list[dict[str, dict[str, list]]]:
+  """Scores every trained task on every strategy of every training seed's
+  run (one `evaluate_seeds` call per task); writes each run's
+  `consumers/auc.json`.
+
+  Args:
+    workdirs: the training seeds' run directories.
+    data: the tasks (the same for every seed).
+    heads: per run, task -> its frozen consumers.
+    strategies, num_versions: what to score.
 
   Returns:
-    task -> strategy -> per version (all `num_versions`): the per-seed AUCs,
-    or None where the version is not scored.
+    Per run, task -> strategy -> per version (all `num_versions`): the
+    per-consumer-seed AUCs, or None where the version is not scored.
   """
-  run_dir = RunDir.of(workdir)
-  embeddings = load_embeddings(run_dir, strategies, range(num_versions))
-  result = {}
-  for name, h in heads.items():
-    inputs = prepare_evaluation(data[name], embeddings, strategies)
-    auc = evaluate(h, inputs)
-    result[name] = {s: [finite_or_none(auc[s][inputs.versions.index(k)])
-                        if k in inputs.versions else None
-                        for k in range(num_versions)] for s in strategies}
-  io.save_json(run_dir.auc_path, result)
-  return result
+  run_dirs = [RunDir.of(w) for w in workdirs]
+  embeddings = [load_embeddings(r, strategies, range(num_versions))
+                for r in run_dirs]
+  results = [{} for _ in run_dirs]
+  for name in heads[0]:
+    inputs = [prepare_evaluation(data[name], e, strategies) for e in embeddings]
+    versions = inputs[0].versions
+    for result, auc in zip(results, evaluate_seeds(
+        [h[name] for h in heads], inputs)):
+      result[name] = {s: [finite_or_none(auc[s][versions.index(k)])
+                          if k in versions else None
+                          for k in range(num_versions)] for s in strategies}
+  for run_dir, result in zip(run_dirs, results):
+    io.save_json(run_dir.auc_path, result)
+  return results

@@ -171,8 +171,8 @@ def test_vmapped_grid_points_are_independent():
                              run(alone).grid["h=8,dropout=0.0"], atol=1e-3)
 
 
-def _random_heads(hidden=8, d_in=6, seeds=3):
-  keys = jax.random.split(jax.random.key(7), seeds)
+def _random_heads(hidden=8, d_in=6, seeds=3, key=7):
+  keys = jax.random.split(jax.random.key(key), seeds)
   variables = consumers.init_heads(hidden, d_in, keys)
   # Non-trivial running statistics.
   variables = jax.tree.map(
@@ -212,6 +212,19 @@ def test_vmapped_evaluation_equals_plain_loop(task):
     assert fast[s].shape == (3, 3)
     np.testing.assert_allclose(fast[s], slow[s], atol=1e-6)
   assert not np.allclose(fast["a"], fast["b"])
+  # Training seeds in the same call: a second seed's own heads and
+  # embeddings, scored beside the first, give what it gives alone.
+  other_heads = _random_heads(d_in=3 * len(inputs), key=9)
+  other = {s: {k: tuple(2.0 * t[::-1] for t in e[k]) for k in e}
+           for s, e in embeddings.items()}
+  other_prepared = scoring.prepare_evaluation(data, other, ["a", "b"])
+  both = scoring.evaluate_seeds([heads, other_heads],
+                                [prepared, other_prepared])
+  alone = scoring.evaluate(other_heads, other_prepared)
+  for s in ("a", "b"):
+    np.testing.assert_allclose(both[0][s], fast[s], atol=1e-6)
+    np.testing.assert_allclose(both[1][s], alone[s], atol=1e-6)
+    assert not np.allclose(both[1][s], fast[s])
 
 
 def test_predict_is_each_seeds_head_on_the_concatenated_rows():
@@ -275,8 +288,8 @@ def test_train_and_evaluate_run_directory(tmp_path):
   for t in data:
     jax.tree.map(np.testing.assert_array_equal, heads[t].variables,
                  again[t].variables)
-  auc = scoring.evaluate_consumers(tmp_path, data, again, ["fix-m0", "nobc"],
-                                     len(splits))
+  (auc,) = scoring.evaluate_consumers([tmp_path], data, [again],
+                                      ["fix-m0", "nobc"], len(splits))
   assert auc == json.loads((tmp_path / "consumers" / "auc.json").read_text())
   activity = auc["user-activity"]["nobc"]
   assert activity[:2] == [None, None] and len(activity[2]) == 2
