@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bcjax.epoch import AlignmentInputs
 from bcjax.models.interface import EmbeddingModel, Variables
 from bcjax.tasks import Task
 
@@ -37,8 +36,9 @@ def embedding_rows(label: str, model: EmbeddingModel, inputs,
 
 
 def known_mask(label: str, known, num_nodes: int) -> jax.Array | None:
-  """`known` as a `[num_nodes]` bool array, its shape checked."""
-  if known is None:
+  """`known` as a `[num_nodes]` bool array, its shape checked; None for
+  None or True (every node: no mask)."""
+  if known is None or known is True:
     return None
   known = np.asarray(known)
   if known.shape != (num_nodes,) or known.dtype != bool:
@@ -48,10 +48,10 @@ def known_mask(label: str, known, num_nodes: int) -> jax.Array | None:
 
 
 def checked_ids(label: str, task: Task, batches, num_nodes: int,
-                align: AlignmentInputs):
+                target: jax.Array | None):
   """`batches` whose first epoch is checked on the host, once: its node ids
   against the model's node count (ids beyond it would be clamped silently
-  inside the jitted step) and, without a `known` mask, the alignment
+  inside the jitted step) and, unless `target` is None, the alignment
   target's rows at those nodes (an all-zero row is a new node padded with
   zeros, which the alignment would pull to zero)."""
   unchecked = [True]
@@ -72,9 +72,9 @@ def checked_ids(label: str, task: Task, batches, num_nodes: int,
               f"task.nodes(batch)) include {int(bad)}, but the model embeds "
               f"{num_nodes} nodes (ids 0..{num_nodes - 1})")
         used.append(real)
-      if align.target is not None and align.known is None:
-        refuse_zero_rows(label, np.asarray(align.target),
-                          np.unique(np.concatenate(used)))
+      if target is not None:
+        refuse_zero_rows(label, np.asarray(target),
+                         np.unique(np.concatenate(used)))
     return out
   return epoch
 
@@ -90,7 +90,7 @@ def refuse_zero_rows(label: str, target: np.ndarray, nodes: np.ndarray):
         "Aligning them pulls their embeddings to zero. Pass `known` (False "
         "at those nodes) to leave them out of the alignment, fill their rows "
         "from their neighbours (bcjax.fill_from_neighbours), or pass "
-        "known=all True to align them to zero on purpose")
+        "known=True to align them to zero on purpose")
 
 
 def check_chain(label: str, shapes: list[tuple[int, ...]], d_prev: int):

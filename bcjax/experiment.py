@@ -230,6 +230,10 @@ class Experiment(RunData):
     return fit(self.model(k, strategy.name), self.training_task,
                self.data(k).inputs, self.batches(k, layers), self.key(k),
                objective=objective, previous=previous, chain=chain,
+               # E_k(M_{k-1}) of every node, as the paper aligns it: a
+               # LightGCN node with no neighbour known to M_{k-1} embeds
+               # to zero there, and is aligned to it (method §6).
+               known=True if objective.aligns else None,
                schedule=schedule, tx=adam(self.config.lr),
                label=f"{strategy.name} v{k}",
                checkpointing=self.checkpointing(strategy.name, k),

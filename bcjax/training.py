@@ -236,11 +236,11 @@ def fit(model: EmbeddingModel, task: Task, inputs,
     known: `[num_nodes]` bool, the nodes the previous version knew: the
       alignment term covers only those (new users and items of a
       transductive model have no previous embedding; see `bcjax.lineage`
-      for the three ways to treat them). None: every node. Rows of
-      `previous` that are all zero at nodes the batches use are refused
-      when `known` is None: they are almost surely new nodes padded with
-      zeros, and aligning them pulls their embeddings to zero (pass `known`
-      explicitly, all True, to do that on purpose).
+      for the three ways to treat them). None: every node, but rows of
+      `previous` that are all zero at nodes the batches use are refused:
+      they are almost surely new nodes padded with zeros, and aligning them
+      pulls their embeddings to zero. True: every node, zero rows included,
+      on purpose.
     chain: (W_1, ..., W_{k-1}), the earlier versions' backward matrices;
       required by a multi-step objective (`()` at version 1), so that a
       forgotten chain never turns the multi-step loss into the single-step.
@@ -294,7 +294,8 @@ def fit(model: EmbeddingModel, task: Task, inputs,
     align = AlignmentInputs(target=target, embeddings=fixed,
                             earlier=earlier if objective.multi_step else (),
                             known=checks.known_mask(label, known, num_nodes))
-  batches = checks.checked_ids(label, task, batches, num_nodes, align)
+  batches = checks.checked_ids(label, task, batches, num_nodes,
+                               align.target if known is None else None)
   state = init_state(model, inputs, objective, keys.derive(key, "init"),
                      d_prev, tx,
                      model_variables=init_variables)

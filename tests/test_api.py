@@ -222,6 +222,13 @@ def test_fit_checks_the_known_mask_and_refuses_zero_target_rows(planted):
                         known=np.ones(NUM_NODES, bool))
   assert (left_out.history[0]["alignment"]
           != zeroed.history[0]["alignment"])
+  # known=True says "every node, zero rows included" without a mask: the
+  # same computation as a mask of all True.
+  unmasked = training.fit(TABLE, task, inputs, _batches(z_star), key,
+                          previous=padded, chain=(), schedule=schedule,
+                          known=True)
+  np.testing.assert_allclose(unmasked.history[0]["alignment"],
+                             zeroed.history[0]["alignment"], rtol=1e-5)
 
 
 def test_functional_model_init_is_given_the_dimension():

@@ -107,13 +107,13 @@ def training_epoch(graph: DynamicGraph, config, workdir: str, version: int,
   del compiled
 
   times = []
-  state, loss = run(state, one)  # Warm-up (compiles the donated variant).
-  loss.block_until_ready()
+  state, means = run(state, one)  # Warm-up (compiles the donated variant).
+  jax.block_until_ready(means)
   for r in range(repeats):
     start = time.perf_counter()
     batches = experiment.batches(version)(jax.random.key(r + 1))
-    state, loss = run(state, batches)
-    loss.block_until_ready()
+    state, means = run(state, batches)
+    jax.block_until_ready(means)
     times.append(time.perf_counter() - start)
   epoch_s = float(np.median(times))
   steps = int(np.any(one[3], axis=1).sum())  # Real batches, not padding.
