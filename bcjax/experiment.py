@@ -67,7 +67,10 @@ class Experiment(RunData):
     self.run_dir = RunDir(workdir)
     self.workdir = self.run_dir.root
     devices = int(config.get("devices", 1))
-    self.mesh = sharding.make_mesh(devices) if devices != 1 else None
+    # Several processes always train over a mesh (make_mesh checks it spans
+    # all of them): one device each would be N separate trainings.
+    self.mesh = (sharding.make_mesh(devices)
+                 if devices != 1 or jax.process_count() > 1 else None)
     self.run_dir.write_config({**config.to_dict(), "dataset": graph.name})
     self.run_dir.save_ids(graph.user_ids, graph.item_ids)
 
