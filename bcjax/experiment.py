@@ -197,10 +197,9 @@ class Experiment(RunData):
       return self._train_model(strategy, 0, init=None)
     self.run(NOBC, [0])
     # Copied whole, then renamed: a crash never leaves a partial v0.
-    target = self.run_dir.version_dir(strategy.name, 0)
-    staging = io.staging_dir(target)
-    shutil.copytree(self.run_dir.version_dir(NOBC, 0), staging)
-    io.replace_dir(staging, target)
+    io.build_dir(self.run_dir.version_dir(strategy.name, 0),
+                 lambda staging: shutil.copytree(
+                     self.run_dir.version_dir(NOBC, 0), staging))
 
   def lineage(self, strategy: str, k: int) -> Lineage:
     """Versions 0..k-1 of a strategy as the `Lineage` version k trains

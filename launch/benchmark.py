@@ -339,7 +339,7 @@ def main(argv):
   result = run_suite(suite, load_dataset("ml100k"), sections=FLAGS.sections,
                      layout=FLAGS.layout)
   text = table(result)
-  out.parent.mkdir(parents=True, exist_ok=True)
+  io.make_dir(out.parent)
   io.save_json(out, result)
   io.save_bytes(out.with_suffix(".md"), (text + "\n").encode())
   _stderr(f"wrote {out} and {out.with_suffix('.md')}")
