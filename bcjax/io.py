@@ -290,7 +290,8 @@ def replace_dir(built: str | os.PathLike, root: str | os.PathLike) -> None:
       shutil.rmtree(old, ignore_errors=True)
 
 
-def build_dir(root: str | os.PathLike, build: Callable[[Path], None]) -> None:
+def build_dir(root: str | os.PathLike,
+              build: Callable[[Path], None]) -> None:
   """Replaces the directory `root` with one that `build(staging)` makes in
   a staging directory (`staging_dir`, then `replace_dir`): a crash never
   leaves a partial `root`. Only the writing process builds."""

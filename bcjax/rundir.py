@@ -23,8 +23,10 @@
 Every module that reads or writes a run (training, export to a store,
 consumers, compatibility, report) goes through `RunDir`, so paths, the
 completeness rule and the settings check live here once. Every file is
-written atomically (`bcjax.io`); JSON that cannot be read raises a
-`ValueError` naming the file.
+written atomically (`bcjax.io`), and in a run of several processes by
+process 0 alone, between barriers of all processes (`bcjax.io.change`): the
+others read what it wrote. JSON that cannot be read raises a `ValueError`
+naming the file.
 """
 
 from __future__ import annotations

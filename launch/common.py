@@ -146,8 +146,9 @@ def run_errors() -> tuple[type[BaseException], ...]:
 def describe(error: BaseException) -> str:
   """The message `fail` prints for one of `run_errors()`."""
   if isinstance(error, jax.errors.JaxRuntimeError):
-    return ("stopping: a collective with the other processes failed, most "
-            f"likely because one of them died ({str(error).splitlines()[0]})")
+    return ("stopping on a runtime error; in a multi-process run most often "
+            "a collective that failed because another process died "
+            f"({str(error).splitlines()[0]})")
   return str(error)
 
 

@@ -38,7 +38,8 @@ CHANGES = {"os.mkdir", "os.rename", "os.replace", "os.remove", "os.rmdir",
 WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 def hook(event, args):
-  if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+  if event == "open" and args and isinstance(args[0],
+                                             (str, bytes, os.PathLike)):
     mode, flags = args[1] or "", args[2] or 0
     if not (any(c in mode for c in "wxa+") or flags & WRITE):
       return
@@ -194,7 +195,7 @@ def test_killed_and_restarted_ends_with_the_same_files(two_processes,
     _stop(processes)
   assert not (run / "joint-lin-mloss" / "v1" / "metrics.json").exists()
   errors = _run(run, tmp_path / "logs2")
-  assert "resumed after epoch" in errors[0] and "resumed after epoch" in errors[1]
+  assert all("resumed after epoch" in error for error in errors)
   expected, actual = _artifacts(two_processes / "run"), _artifacts(run)
   assert sorted(actual) == sorted(expected)
   for name in expected:
@@ -214,6 +215,7 @@ def test_a_dead_process_stops_the_other(tmp_path, killed):
     while not list(run.rglob(CHECKPOINT)) and time.monotonic() < deadline:
       assert all(p.poll() is None for p in processes)
       time.sleep(0.05)
+    assert list(run.rglob(CHECKPOINT)), "training did not start in time"
     processes[killed].send_signal(signal.SIGKILL)
     start = time.monotonic()
     survivor = processes[1 - killed]
@@ -226,7 +228,15 @@ def test_a_dead_process_stops_the_other(tmp_path, killed):
         f"was killed (exit status {survivor.returncode})")
   assert survivor.returncode != 0
   assert elapsed < HEARTBEAT + 30
-  # JAX's runtime ends the process ("... most likely indicates that another
-  # task died"), or a failed collective ends the command (launch.common).
-  assert ("another task died" in error
-          or "one of them died" in error), error[-3000:]
+  # The ways the survivor stops, each seen here: a failed collective ends
+  # the command with launch.common's one-line error (exit status 2); JAX's
+  # runtime misses the dead process's heartbeats and ends this one ("...
+  # most likely indicates that another task died", SIGABRT); rarely (once
+  # in 26 kills of process 1) gloo aborts on its exchange with the dead
+  # process cut short ("terminate called after throwing an instance of
+  # 'gloo::EnforceNotMet'", SIGABRT).
+  said = "\n".join(line for line in error.splitlines()
+                   if line[:1] in "EF" or "error" in line or "gloo" in line)
+  assert any(sign in error for sign in ("another process died",
+                                        "another task died", "gloo::")
+             ), said[-3000:]
