@@ -240,3 +240,30 @@ def test_a_dead_process_stops_the_other(tmp_path, killed):
   assert any(sign in error for sign in ("another process died",
                                         "another task died", "gloo::")
              ), said[-3000:]
+
+
+def test_bad_process_settings_end_with_one_line(tmp_path):
+  """Process flags given in part or out of range: exit 2 before JAX starts;
+  two processes told to train on one device each: both refuse."""
+  for flags, message in (
+      (["--num_processes=2"], "go together"),
+      (["--coordinator_address=127.0.0.1:1", "--num_processes=2",
+        "--process_id=2"], "--process_id=2 must be below --num_processes=2")):
+    done = subprocess.run([sys.executable, *TRAIN, f"--workdir={tmp_path}",
+                           *flags], cwd=ROOT, env=_env(2), capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+  logs = tmp_path / "logs"
+  logs.mkdir()
+  processes = _start(tmp_path / "run", logs, "--config.devices=1")
+  try:
+    for p in processes:
+      p.wait(timeout=TIMEOUT)
+  finally:
+    _stop(processes)
+  for i, p in enumerate(processes):
+    error = (logs / f"err{i}.txt").read_text()
+    assert p.returncode == 2, error[-3000:]
+    assert (f"(process {i} of 2): error: asked for 1 devices, but a run of 2 "
+            "processes trains on all 4 devices") in error
+  assert not (tmp_path / "run").exists()
