@@ -68,7 +68,7 @@ class Checkpointing:
                        "metrics": best.metrics}}
     payload = {"record": json.dumps(record), "state": host_copy(state),
                "best_state": best.state if best.state is not None else {}}
-    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+    io.make_dir(Path(self.path).parent)
     io.save_bytes(self.path, flax.serialization.msgpack_serialize(
         flax.serialization.to_state_dict(payload)))
 

@@ -284,7 +284,7 @@ def run_compatibility(workdir: RunDir | str | os.PathLike,
     tables, results[strategy] = None, {}
     for name in tasks:
       path = run_dir.compatibility_path(strategy, name)
-      path.parent.mkdir(parents=True, exist_ok=True)
+      io.make_dir(path.parent)
       hidden, dropout = chosen_hyper(run_dir, name, consumer_config)
       head_config = dataclasses.replace(
           consumer_config, epochs=config.epochs, hidden=(hidden,),

@@ -319,7 +319,7 @@ def train_consumers(workdir: RunDir | str | os.PathLike, data: Mapping[str, Task
   """
   log = log or to_stderr
   run_dir = RunDir.of(workdir)
-  run_dir.consumers_dir.mkdir(parents=True, exist_ok=True)
+  io.make_dir(run_dir.consumers_dir)
   versions = sorted({0} | {d.task.val_version for d in data.values()})
   embeddings = load_embeddings(run_dir, [REFERENCE], versions)[REFERENCE]
   heads = {}

@@ -44,20 +44,20 @@ def write_curves(workdir: RunDir | str | os.PathLike,
 
   run_dir = RunDir.of(workdir)
   target = run_dir.tensorboard_dir
-  staging = io.staging_dir(target)
-  for s in strategies:
-    for k in range(num_versions):
-      record = run_dir.metrics(s, k)
-      writer = SummaryWriter(str(RunDir.curves_dir(staging, s, k)))
-      for key, prefix in PREFIXES.items():
-        for entry in record.get(key, []):
-          for name, value in entry.items():
-            if (name != "epoch" and isinstance(value, (int, float))
-                and math.isfinite(value)):
-              # TensorBoard tags allow no "@": recall@50 -> recall_at_50.
-              writer.add_scalar(prefix + name.replace("@", "_at_"), value,
-                                entry["epoch"])
-      writer.close()
-  staging.mkdir(parents=True, exist_ok=True)
-  io.replace_dir(staging, target)
+
+  def build(staging):
+    for s in strategies:
+      for k in range(num_versions):
+        record = run_dir.metrics(s, k)
+        writer = SummaryWriter(str(RunDir.curves_dir(staging, s, k)))
+        for key, prefix in PREFIXES.items():
+          for entry in record.get(key, []):
+            for name, value in entry.items():
+              if (name != "epoch" and isinstance(value, (int, float))
+                  and math.isfinite(value)):
+                # TensorBoard tags allow no "@": recall@50 -> recall_at_50.
+                writer.add_scalar(prefix + name.replace("@", "_at_"), value,
+                                  entry["epoch"])
+        writer.close()
+  io.build_dir(target, build)
   return target

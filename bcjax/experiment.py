@@ -67,7 +67,10 @@ class Experiment(RunData):
     self.run_dir = RunDir(workdir)
     self.workdir = self.run_dir.root
     devices = int(config.get("devices", 1))
-    self.mesh = sharding.make_mesh(devices) if devices != 1 else None
+    # Several processes always train over a mesh (make_mesh checks it spans
+    # all of them): one device each would be N separate trainings.
+    self.mesh = (sharding.make_mesh(devices)
+                 if devices != 1 or jax.process_count() > 1 else None)
     self.run_dir.write_config({**config.to_dict(), "dataset": graph.name})
     self.run_dir.save_ids(graph.user_ids, graph.item_ids)
 
@@ -194,10 +197,9 @@ class Experiment(RunData):
       return self._train_model(strategy, 0, init=None)
     self.run(NOBC, [0])
     # Copied whole, then renamed: a crash never leaves a partial v0.
-    target = self.run_dir.version_dir(strategy.name, 0)
-    staging = io.staging_dir(target)
-    shutil.copytree(self.run_dir.version_dir(NOBC, 0), staging)
-    io.replace_dir(staging, target)
+    io.build_dir(self.run_dir.version_dir(strategy.name, 0),
+                 lambda staging: shutil.copytree(
+                     self.run_dir.version_dir(NOBC, 0), staging))
 
   def lineage(self, strategy: str, k: int) -> Lineage:
     """Versions 0..k-1 of a strategy as the `Lineage` version k trains

@@ -1,8 +1,18 @@
 """Atomic file writes (a crash leaves either the old file or the new one), and
-reads that never unpickle and check a file before allocating for it."""
+reads that never unpickle and check a file before allocating for it.
+
+Every change the library makes to files goes through this module, which also
+decides who makes it: in a run of several JAX processes (each running the
+same program, `jax.distributed`) only process 0 writes (`writes_here`), and
+every change is fenced by a barrier of all processes before and after it
+(`barrier`). So files change only between two barriers, every process reads
+the same files at the same point of the program and takes the same branches,
+and no process reads a file before process 0 has written it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -10,8 +20,10 @@ import shutil
 import stat
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
+import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 MAX_NPY_HEADER = 10000  # bytes; numpy's own limit for untrusted files
@@ -21,6 +33,54 @@ _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
 
 class FileFormatError(ValueError):
   """A file that is not what its reader expects; the message names it."""
+
+
+def several_processes() -> bool:
+  """Whether this is one of several processes of a `jax.distributed` run
+  (checked without starting a JAX backend when it is not)."""
+  return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+def writes_here() -> bool:
+  """Whether this process writes files: process 0 of a multi-process run,
+  the only process otherwise."""
+  return not several_processes() or jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process of the run reaches `barrier(name)` (nothing
+  with one process).
+
+  Raises:
+    AssertionError: another process reached a barrier of another name: the
+      processes no longer run the same program.
+  """
+  if several_processes():
+    multihost_utils.sync_global_devices(name)
+
+
+@contextlib.contextmanager
+def change(name: str) -> Iterator[bool]:
+  """Fences one change to files: `with change(name) as here:`, make the
+  change only if `here` (this process writes); every process waits at a
+  barrier on entry and on exit (see the module docstring)."""
+  barrier(f"before {name}")
+  yield writes_here()
+  barrier(f"after {name}")
+
+
+def make_dir(path: str | os.PathLike) -> None:
+  """Creates the directory `path` and its parents, if absent."""
+  with change(f"mkdir {path}") as here:
+    if here:
+      Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def remove(path: str | os.PathLike) -> None:
+  """Removes the file `path`, if present."""
+  with change(f"remove {path}") as here:
+    if here:
+      Path(path).unlink(missing_ok=True)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
@@ -34,7 +94,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     OSError: the file system fails; an error of `write` is re-raised too.
       Either way the temporary file is removed and `path` is left as it was.
   """
-  path = Path(path)
+  with change(f"write {path}") as here:
+    if here:
+      _write_and_rename(Path(path), write)
+
+
+def _write_and_rename(path: Path, write: Callable[[BinaryIO], None]) -> None:
+  """`atomic_write`'s work, on the writing process."""
   tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
   try:
     with open(tmp, "xb") as f:
@@ -203,7 +269,9 @@ def staging_dir(root: str | os.PathLike) -> Path:
   absent (anything left there by a crash is removed)."""
   root = Path(root)
   path = root.with_name(f".{root.name}.partial")
-  shutil.rmtree(path, ignore_errors=True)
+  with change(f"clear {path}") as here:
+    if here:
+      shutil.rmtree(path, ignore_errors=True)
   return path
 
 
@@ -213,8 +281,23 @@ def replace_dir(built: str | os.PathLike, root: str | os.PathLike) -> None:
   crash leaves the old directory or the new one, never a mix."""
   root = Path(root)
   old = root.with_name(f".{root.name}.old")
-  shutil.rmtree(old, ignore_errors=True)
-  if root.exists():
-    os.replace(root, old)
-  os.replace(built, root)
-  shutil.rmtree(old, ignore_errors=True)
+  with change(f"replace {root}") as here:
+    if here:
+      shutil.rmtree(old, ignore_errors=True)
+      if root.exists():
+        os.replace(root, old)
+      os.replace(built, root)
+      shutil.rmtree(old, ignore_errors=True)
+
+
+def build_dir(root: str | os.PathLike,
+              build: Callable[[Path], None]) -> None:
+  """Replaces the directory `root` with one that `build(staging)` makes in
+  a staging directory (`staging_dir`, then `replace_dir`): a crash never
+  leaves a partial `root`. Only the writing process builds."""
+  staging = staging_dir(root)
+  with change(f"build {root}") as here:
+    if here:
+      build(staging)
+      staging.mkdir(parents=True, exist_ok=True)
+  replace_dir(staging, root)

@@ -23,8 +23,10 @@
 Every module that reads or writes a run (training, export to a store,
 consumers, compatibility, report) goes through `RunDir`, so paths, the
 completeness rule and the settings check live here once. Every file is
-written atomically (`bcjax.io`); JSON that cannot be read raises a
-`ValueError` naming the file.
+written atomically (`bcjax.io`), and in a run of several processes by
+process 0 alone, between barriers of all processes (`bcjax.io.change`): the
+others read what it wrote. JSON that cannot be read raises a `ValueError`
+naming the file.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ class RunDir:
         if before != now:
           raise ValueError(f"{self.root} was trained with {field}={before!r}, "
                            f"not {now!r}; use a new workdir")
-    self.root.mkdir(parents=True, exist_ok=True)
+    io.make_dir(self.root)
     io.save_json(self.config_path, record)
 
   def ids_path(self, kind: str) -> Path:
@@ -134,7 +136,7 @@ class RunDir:
     return self.root / f"{kind}_ids.npy"
 
   def save_ids(self, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
-    self.root.mkdir(parents=True, exist_ok=True)
+    io.make_dir(self.root)
     io.save_npy(self.ids_path("user"), user_ids)
     io.save_npy(self.ids_path("item"), item_ids)
 
@@ -197,12 +199,12 @@ class RunDir:
                    arrays: dict[str, np.ndarray], record: dict) -> None:
     """Writes a version: variables, `<name>.npy` per array, metrics.json last
     (the commit point); then removes its checkpoint."""
-    self.version_dir(strategy, k).mkdir(parents=True, exist_ok=True)
+    io.make_dir(self.version_dir(strategy, k))
     io.save_bytes(self.path(strategy, k, VARIABLES), variables)
     for name, array in arrays.items():
       io.save_npy(self.path(strategy, k, f"{name}.npy"), array)
     io.save_json(self.path(strategy, k, METRICS), record)
-    self.path(strategy, k, CHECKPOINT).unlink(missing_ok=True)
+    io.remove(self.path(strategy, k, CHECKPOINT))
 
   # Consumers, compatibility and the report.
 

@@ -9,9 +9,13 @@ Parameters, optimizer state and the graph are replicated. Results equal the
 single-device ones up to float summation order (tested on 4 simulated CPU
 devices in `tests/test_sharding.py`).
 
-Multi-host: call `jax.distributed.initialize()` first in every process;
-`make_mesh` then spans every process's devices (`jax.devices()`), and each
-process runs the same command.
+Several processes (JAX's multi-controller runtime, e.g. one per host): call
+`jax.distributed.initialize()` first in every process (the launch scripts'
+`--coordinator_address --num_processes --process_id`); `make_mesh` then spans
+every process's devices (`jax.devices()`), each process runs the same
+program, and `split_batches` places only the process's own columns of every
+batch on its own devices (`jax.make_array_from_process_local_data`).
+Tested with 2 processes of 2 CPU devices in `tests/test_multiprocess.py`.
 """
 
 from __future__ import annotations
@@ -35,13 +39,18 @@ def make_mesh(num_devices: int = 0) -> Mesh:
     A `Mesh` with the single axis `AXIS` ("data").
 
   Raises:
-    ValueError: more devices asked for than there are.
+    ValueError: more devices asked for than there are, or, with several
+      processes, fewer than all (every process must hold part of the mesh).
   """
   devices = jax.devices()
   n = num_devices or len(devices)
   if not 1 <= n <= len(devices):
     raise ValueError(f"asked for {num_devices} devices; {len(devices)} "
                      f"available ({devices[0].platform})")
+  if jax.process_count() > 1 and n != len(devices):
+    raise ValueError(f"asked for {num_devices} devices, but a run of "
+                     f"{jax.process_count()} processes trains on all "
+                     f"{len(devices)} devices of all of them: use devices=0")
   return Mesh(np.asarray(devices[:n]), (AXIS,))
 
 
@@ -89,7 +98,9 @@ def split_batches(batches: Any, mesh: Mesh) -> Any:
     mesh: the device mesh.
 
   Returns:
-    The same pytree, each leaf sharded along its batch axis (axis 1).
+    The same pytree, each leaf sharded along its batch axis (axis 1); each
+    process places only the columns of its own devices, so the whole batch
+    is never put on one device.
 
   Raises:
     ValueError: a batch size that the device count does not divide.
@@ -99,4 +110,29 @@ def split_batches(batches: Any, mesh: Mesh) -> Any:
     if np.shape(leaf)[1] % size:
       raise ValueError(f"batch size {np.shape(leaf)[1]} is not divisible by "
                        f"the {size} devices of the mesh")
-  return jax.tree.map(lambda x: split_rows(x, mesh, axis=1), batches)
+
+  def place(x):
+    x = np.asarray(x)
+    spec = NamedSharding(mesh, P(None, AXIS, *[None] * (x.ndim - 2)))
+    columns = process_columns(spec, x.shape)
+    return jax.make_array_from_process_local_data(spec, x[:, columns],
+                                                  x.shape)
+  return jax.tree.map(place, batches)
+
+
+def process_columns(spec: NamedSharding, shape: tuple[int, ...]) -> slice:
+  """The columns (axis 1) of an array of `shape` sharded by `spec` that this
+  process's devices hold: one contiguous range, as the 1-D mesh lists each
+  process's devices together.
+
+  Raises:
+    ValueError: this process's columns are not one range.
+  """
+  ranges = sorted({index[1].indices(shape[1])[:2] for index in
+                   spec.addressable_devices_indices_map(shape).values()})
+  for (_, stop), (start, _) in zip(ranges, ranges[1:]):
+    if stop != start:
+      raise ValueError(f"this process holds columns {ranges} of the batch, "
+                       "not one range: its devices are not adjacent in the "
+                       "mesh")
+  return slice(ranges[0][0], ranges[-1][1])

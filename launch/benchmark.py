@@ -3,11 +3,12 @@
   python -m launch.benchmark                       # --suite=quick
   python -m launch.benchmark --suite=full --workdir=runs/bench
   python -m launch.benchmark --format=json --out=bench.json
+  python -m launch.benchmark --suite=accelerator   # on a GPU or TPU
 
 Every figure is the median of several runs with its spread [min, max]; the
 JAX version, the devices and a dense-matmul peak measured in the same run
-head the record. Sections (`--sections`, default all): the dense matmul
-peak; one training epoch and one evaluation pass at paper sizes on
+head the record. Sections (`--sections`, default the suite's): the dense
+matmul peak; one training epoch and one evaluation pass at paper sizes on
 MovieLens-100k (`--versions`); each strategy family's extra work per
 version; store reads; the aggregation candidates at multiples of
 MovieLens-100k; a seed sweep (N seeds vmapped against N sequential runs,
@@ -20,7 +21,12 @@ The JSON is written to `--out` (default `<workdir>/benchmark.json`) and the
 table next to it (`.md`), whatever `--format` prints. `--suite=quick` (the
 default) stays under ten minutes on a 2-core CPU: fewer repeats, scaling up
 to 10^6 interactions; `--suite=full` adds 10^7 (as memory allows), more
-seeds and repeats.
+seeds and repeats. `--suite=accelerator` is for a GPU or TPU: the paper-size
+epoch and evaluation of every version, each objective's epoch, the seed
+sweep and the consumer scoring at paper sizes, and from them the projected
+wall time of `launch.reproduce --config=launch/configs/paper.py`
+(`bcjax.benchmarks.paper_wall_time`); it runs on any backend (on a CPU it
+takes hours; the suite's test runs it at reduced size).
 """
 
 from __future__ import annotations
@@ -44,17 +50,20 @@ from bcjax.configs import paper, quick
 
 SECTIONS = ("matmul", "versions", "overheads", "store", "aggregation",
             "sweep", "consumer_eval", "scaling")
+# Computed from the measured sections (versions and overheads), not timed.
+PROJECTION = "projection"
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("suite", "quick", ["quick", "full"],
+flags.DEFINE_enum("suite", "quick", ["quick", "full", "accelerator"],
                   "quick: under ten minutes on 2 CPU cores; full: everything, "
-                  "scaling to 10^7 interactions.")
+                  "scaling to 10^7 interactions; accelerator: paper sizes "
+                  "and the projected wall time of the paper preset.")
 flags.DEFINE_enum("format", "table", ["table", "json"], "What is printed.")
 flags.DEFINE_string("workdir", ".", "Where the JSON and the table go.")
 flags.DEFINE_string("out", None,
                     "The JSON file (default <workdir>/benchmark.json); the "
                     "table is written next to it with suffix .md.")
-flags.DEFINE_list("sections", list(SECTIONS), "Sections to run.")
+flags.DEFINE_list("sections", None, "Sections to run (default the suite's).")
 flags.DEFINE_list("versions", None, "Versions timed at paper sizes "
                   "(default the suite's: 0,4).")
 flags.DEFINE_list("agg_scales", None, "Aggregation candidates at these "
@@ -105,6 +114,7 @@ class Suite:
   scaling_timeout_s: float = 600
   config: Callable = paper.get_config
   sweep_config: Callable = quick.get_config
+  sections: tuple[str, ...] = SECTIONS
 
 
 SUITES = {
@@ -118,6 +128,12 @@ SUITES = {
                   full_scaling_sizes=(10**5, 3 * 10**5, 10**6, 3 * 10**6,
                                       10**7),
                   scaling_max_steps=4, scaling_timeout_s=3600),
+    # Paper sizes everywhere (every version, so that the projection has
+    # each one's epoch); the objectives' epochs at the last version.
+    "accelerator": Suite("accelerator", repeats=3, versions=(0, 1, 2, 3, 4),
+                         overhead_version=4, sweep_config=paper.get_config,
+                         sections=("matmul", "versions", "overheads", "sweep",
+                                   "consumer_eval", PROJECTION)),
 }
 
 
@@ -125,10 +141,16 @@ def _stderr(line: str) -> None:
   print(line, file=sys.stderr, flush=True)
 
 
-def run_suite(suite: Suite, graph, sections=SECTIONS, layout: str = "",
+def run_suite(suite: Suite, graph, sections=None, layout: str = "",
               log: Callable[[str], None] = _stderr) -> dict:
-  """Runs the suite's sections on `graph`; returns the JSON record."""
+  """Runs `sections` (default the suite's) on `graph`; returns the JSON
+  record.
+
+  Raises:
+    ValueError: the projection without the figures of every version.
+  """
   begin = time.perf_counter()
+  sections = suite.sections if sections is None else sections
   config, sweep_config = suite.config(), suite.sweep_config()
   config.layout = sweep_config.layout = layout
   result = {"suite": suite.name, "jax_version": jax.__version__,
@@ -194,6 +216,12 @@ def run_suite(suite: Suite, graph, sections=SECTIONS, layout: str = "",
           dim=suite.scaling_dim, layers=suite.scaling_layers,
           max_steps=suite.scaling_max_steps, repeats=suite.scaling_repeats,
           layout=layout, mode=mode, fanout=suite.scaling_fanout)
+  if PROJECTION in sections:
+    section(PROJECTION, f"wall time of the {config.preset} preset")
+    result["projection"] = {"preset": config.preset,
+                            **benchmarks.paper_wall_time(
+                                config, result["versions"],
+                                result["strategy_overheads"])}
   result["load_average_end"] = list(os.getloadavg())
   result["total_s"] = time.perf_counter() - begin
   log(f"[benchmark {result['total_s']:5.0f}s] done")
@@ -303,6 +331,14 @@ def table(result: dict) -> str:
           f"({row['steps_timed']}) | {row['step_s']:.3f} "
           f"[{_range(row['step_spread_s'], 3)}] | {row['epoch_s']:.1f}{mark} "
           f"[{_range(row['epoch_spread_s'], 1)}] | {row['peak_mem_gb']:.2f} |")
+  if "projection" in result:
+    p = result["projection"]
+    lines += ["", f"projected wall time of the {p['preset']} preset "
+              f"({p['trainings']} trainings): {p['total_s']:.0f} s = "
+              f"{p['total_h']:.2f} h (version 0 {p['version0_s']:.0f} s; "
+              + ", ".join(f"{name} {t:.0f} s"
+                          for name, t in p["by_strategy"].items())
+              + f"); not included: {p['excluded']}"]
   return "\n".join(lines)
 
 
@@ -327,19 +363,28 @@ def _suite_from_flags() -> Suite:
 
 def main(argv):
   del argv
-  unknown = sorted(set(FLAGS.sections) - set(SECTIONS))
+  known = (*SECTIONS, PROJECTION)
+  unknown = sorted(set(FLAGS.sections or ()) - set(known))
   if unknown:
     common.fail(f"--sections: unknown {', '.join(unknown)}; known: "
-                f"{', '.join(SECTIONS)}")
+                f"{', '.join(known)}")
   try:
     suite = _suite_from_flags()
   except ValueError as error:
     common.fail(error)
+  sections = FLAGS.sections or suite.sections
+  if PROJECTION in sections and not {"versions", "overheads"} <= set(
+      sections):
+    common.fail("--sections: projection needs the sections versions and "
+                "overheads")
   out = Path(FLAGS.out or Path(FLAGS.workdir) / "benchmark.json")
-  result = run_suite(suite, load_dataset("ml100k"), sections=FLAGS.sections,
-                     layout=FLAGS.layout)
+  try:
+    result = run_suite(suite, load_dataset("ml100k"), sections=sections,
+                       layout=FLAGS.layout)
+  except ValueError as error:  # A projection without every version.
+    common.fail(error)
   text = table(result)
-  out.parent.mkdir(parents=True, exist_ok=True)
+  io.make_dir(out.parent)
   io.save_json(out, result)
   io.save_bytes(out.with_suffix(".md"), (text + "\n").encode())
   _stderr(f"wrote {out} and {out.with_suffix('.md')}")

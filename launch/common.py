@@ -1,7 +1,9 @@
-"""Flags and error handling shared by the launch scripts."""
+"""Flags, the start of several processes and error handling shared by the
+launch scripts."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import jax
@@ -48,6 +50,49 @@ def apply_runtime_flags() -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
+def define_process_flags() -> None:
+  """The settings of a run over several processes (JAX's multi-controller
+  runtime); absent, the script runs as one process."""
+  flags.DEFINE_string("coordinator_address", None,
+                      "HOST:PORT of process 0's coordination service, the same "
+                      "in every process of a multi-process run.")
+  flags.DEFINE_integer("num_processes", None,
+                       "Processes of the run (each runs this same command).",
+                       lower_bound=1)
+  flags.DEFINE_integer("process_id", None, "This process's index, 0 to "
+                       "num_processes - 1; process 0 writes every file.",
+                       lower_bound=0)
+  flags.DEFINE_integer("heartbeat_timeout", 100,
+                       "Seconds without a heartbeat after which the other "
+                       "processes of a run treat one as dead and stop.",
+                       lower_bound=1)
+
+
+def start_processes() -> None:
+  """Joins the multi-process run that the process flags describe.
+
+  Call first in `main`, before anything touches a device:
+  `jax.distributed.initialize` must precede JAX's backends, so that
+  `jax.devices()` (and a mesh of `config.devices=0`) spans every process's
+  devices. CPU collectives go over gloo. Without the three flags nothing is
+  done: one process (no cluster detection, so a script started inside a
+  cluster's job never waits for processes that were not started).
+  """
+  given = [FLAGS[name].present for name in
+           ("coordinator_address", "num_processes", "process_id")]
+  if not any(given):
+    return
+  if not all(given):
+    fail("--coordinator_address, --num_processes and --process_id go together")
+  if FLAGS.process_id >= FLAGS.num_processes:
+    fail(f"--process_id={FLAGS.process_id} must be below "
+         f"--num_processes={FLAGS.num_processes}")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                             FLAGS.process_id,
+                             heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
+
+
 def define_model_flag() -> None:
   flags.DEFINE_enum("model", None, list(families.FAMILIES),
                     "Embedding model family; default config.model (pinsage).")
@@ -73,10 +118,38 @@ def dataset_from_flags():
 
 
 def fail(message) -> None:
-  """Exits with code 2 and a one-line message, no traceback."""
+  """Exits with code 2 and a one-line message, no traceback.
+
+  In a multi-process run the process exits at once: JAX's shutdown would
+  wait for the other processes, which may be waiting for this one.
+  """
   program = sys.argv[0].rsplit("/", 1)[-1].removesuffix(".py")
+  if jax.distributed.is_initialized():
+    program += f" (process {jax.process_index()} of {jax.process_count()})"
   print(f"{program}: error: {' '.join(str(message).split())}", file=sys.stderr)
+  if jax.distributed.is_initialized():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)
   sys.exit(2)
+
+
+def run_errors() -> tuple[type[BaseException], ...]:
+  """The errors a command turns into a one-line message (`fail`): the user
+  errors, and in a multi-process run also a failed collective (the runtime's
+  sign that another process died; see `describe`)."""
+  if jax.distributed.is_initialized():
+    return (*USER_ERRORS, jax.errors.JaxRuntimeError)
+  return USER_ERRORS
+
+
+def describe(error: BaseException) -> str:
+  """The message `fail` prints for one of `run_errors()`."""
+  if isinstance(error, jax.errors.JaxRuntimeError):
+    return ("stopping on a runtime error; in a multi-process run most often "
+            "a collective that failed because another process died "
+            f"({str(error).splitlines()[0]})")
+  return str(error)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

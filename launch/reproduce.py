@@ -32,10 +32,12 @@ flags.DEFINE_list("strategies", list(strategies.STRATEGIES),
 common.define_dataset_flags()
 common.define_model_flag()
 common.define_runtime_flags()
+common.define_process_flags()
 
 
 def main(argv):
   del argv
+  common.start_processes()
   start = time.perf_counter()
   common.apply_model_flag(FLAGS.config)
   common.apply_runtime_flags()
@@ -43,8 +45,8 @@ def main(argv):
     graph = common.dataset_from_flags()
     result = pipeline.reproduce(graph, FLAGS.config, FLAGS.workdir,
                                 FLAGS.strategies)
-  except common.USER_ERRORS as e:
-    common.fail(str(e))
+  except common.run_errors() as e:
+    common.fail(common.describe(e))
   pipeline.print_report(result)
   print(f"== done ({time.perf_counter() - start:.1f}s elapsed)", flush=True)
 

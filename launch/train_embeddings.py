@@ -3,6 +3,11 @@
   python -m launch.train_embeddings --dataset=ml100k --strategy=nobc \
       --workdir=/tmp/run --config=launch/configs/quick.py --config.epochs=14 \
       [--model=lightgcn]
+
+Over several processes (each with its own devices), run the same command in
+every process with `--coordinator_address=HOST:PORT --num_processes=N
+--process_id=I --config.devices=0`: one mesh spans every process's devices,
+process 0 writes the run directory (which every process must see).
 """
 
 from absl import app, flags
@@ -20,10 +25,12 @@ flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 common.define_dataset_flags()
 common.define_model_flag()
 common.define_runtime_flags()
+common.define_process_flags()
 
 
 def main(argv):
   del argv
+  common.start_processes()
   config = FLAGS.config
   common.apply_model_flag(config)
   common.apply_runtime_flags()
@@ -33,8 +40,8 @@ def main(argv):
     graph = common.dataset_from_flags()
     experiment = Experiment(graph, config, FLAGS.workdir)
     experiment.run(FLAGS.strategy, versions)
-  except common.USER_ERRORS as e:
-    common.fail(str(e))
+  except common.run_errors() as e:
+    common.fail(common.describe(e))
   for k in versions:
     best = experiment.load(FLAGS.strategy, k).metrics["best"]
     print(f"{FLAGS.strategy} v{k}: " + " ".join(

@@ -127,3 +127,44 @@ def test_scaling_skips_sizes_beyond_memory():
   assert rows[0]["epoch_s"] > 0
   assert rows[1]["epoch_s"] is None and "projected" in rows[1]["skipped"]
   assert len(lines) == 2
+
+
+def test_accelerator_suite_projects_the_paper_preset_at_reduced_size():
+  """`--suite=accelerator`'s figures at tiny sizes (paper sizes take hours
+  on a CPU): the projection adds up every training `reproduce` runs."""
+  import dataclasses
+  import math
+  from bcjax import benchmarks, strategies
+  from bcjax.configs import paper
+  accelerator = benchmark.SUITES["accelerator"]
+  assert {"versions", "overheads", "sweep", "consumer_eval",
+          benchmark.PROJECTION} <= set(accelerator.sections)
+  assert accelerator.versions == tuple(range(len(paper.get_config().times) - 1))
+  suite = dataclasses.replace(accelerator, repeats=1, versions=(0, 1, 2),
+                              train_repeats=1, overhead_version=2,
+                              overhead_repeats=1, config=_config,
+                              sweep_config=_config)
+  graph = make_synthetic(4000, num_users=150, num_items=500, seed=0)
+  lines = []
+  result = benchmark.run_suite(
+      suite, graph, sections=("versions", "overheads", benchmark.PROJECTION),
+      log=lines.append)
+  p, config, versions = result["projection"], _config(), result["versions"]
+  assert p["preset"] == "test" and p["total_s"] > 0
+  assert np.isclose(p["total_s"],
+                    p["version0_s"] + sum(p["by_strategy"].values()))
+  assert set(p["by_strategy"]) == set(strategies.STRATEGIES)
+  trained = [s for s in strategies.STRATEGIES.values()
+             if s.model in ("scratch", "finetune", "posthoc")]
+  assert p["trainings"] == 1 + 2 * len(trained)
+  assert p["by_strategy"]["fix-m0"] == 0
+  evaluations = math.ceil(config.epochs / config.eval_every)
+  nobc = sum(config.epochs * versions[k]["epoch_s"]
+             + evaluations * versions[k]["eval_s"] + versions[k]["compile_s"]
+             for k in ("1", "2"))
+  assert np.isclose(p["by_strategy"]["nobc"], nobc)
+  assert "projected wall time of the test preset" in benchmark.table(result)
+  with pytest.raises(ValueError, match=r"no epoch figures for versions \[1\]"):
+    benchmarks.paper_wall_time(config, {"0": versions["0"],
+                                        "2": versions["2"]},
+                               result["strategy_overheads"])

@@ -10,9 +10,11 @@ package, and it uses only bcjax's public names.
              seeds under vmap
   serving    store reads, consumer evaluation across versions
   scaling    the cost curve over graph sizes, one process per size
+  projection the wall time of a whole preset, from the figures above
 """
 
 from bcjax.benchmarks.measure import matmul_peak_detail, spread, timed
+from bcjax.benchmarks.projection import paper_wall_time
 from bcjax.benchmarks.scaling import scaling, scaling_point
 from bcjax.benchmarks.serving import consumer_eval, store_read
 from bcjax.benchmarks.training import (aggregation_candidates,
@@ -20,6 +22,6 @@ from bcjax.benchmarks.training import (aggregation_candidates,
                                        strategy_overheads, training_epoch)
 
 __all__ = ["aggregation_candidates", "consumer_eval", "matmul_peak_detail",
-           "replicated_graph", "scaling", "scaling_point", "seed_sweep",
-           "spread", "store_read", "strategy_overheads", "timed",
+           "paper_wall_time", "replicated_graph", "scaling", "scaling_point",
+           "seed_sweep", "spread", "store_read", "strategy_overheads", "timed",
            "training_epoch"]

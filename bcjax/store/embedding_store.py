@@ -108,7 +108,7 @@ class EmbeddingStore:
     users, items, user_ids, item_ids = layout.check_latest(
         users, items, user_ids, item_ids)
     final, root = root, io.staging_dir(root) if replacing else root
-    root.mkdir(parents=True, exist_ok=True)
+    io.make_dir(root)
     arrays = dict(zip(layout.LATEST_ROLES, (users, items, user_ids, item_ids)))
     latest = {role: f"v0_{role}.npy" for role in layout.LATEST_ROLES}
     files = {latest[r]: layout.write_npy(root, latest[r], arrays[r])
@@ -416,5 +416,5 @@ class EmbeddingStore:
       pinned = self._pinned.pop(name, None)
       if pinned:
         pinned.close()
-      (self._root / name).unlink(missing_ok=True)
+      io.remove(self._root / name)
     return k
