@@ -12,6 +12,8 @@
   consumers/<task>.msgpack, <task>.json       the version-0 consumer heads
   consumers/auc.json                          their cross-version ROC-AUC
   compatibility/<strategy>/<task>.json        a compatibility matrix
+  retrieval.json                              legacy-index retrieval
+                                              (`bcjax.retrieval`)
   report.json, report.csv, *.png              the report
   tensorboard/<strategy>/v<k>/                training curves (`bcjax.curves`)
   seed<s>/...                                 with several training seeds:
@@ -224,6 +226,11 @@ class RunDir:
 
   def compatibility_path(self, strategy: str, task: str) -> Path:
     return self.compatibility_dir / strategy / f"{task}.json"
+
+  @property
+  def retrieval_path(self) -> Path:
+    """`retrieval.json`: Recall@K through the frozen version-0 index."""
+    return self.root / "retrieval.json"
 
   def report_path(self, name: str) -> Path:
     """A report file: `report.json`, `report.csv` or a plot."""
