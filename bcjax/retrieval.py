@@ -14,7 +14,8 @@ inner-product index `IndexFlatIP` and the graph index `IndexHNSWFlat` with
 inner-product scores, at the fixed parameters `HNSW_M`,
 `HNSW_EF_CONSTRUCTION` and `HNSW_EF_SEARCH`. Recall@K follows method §5 on
 the candidates an index returns: the user's training items are filtered out
-of a candidate list deep enough to leave K others, and recall is
+of a candidate list deep enough to leave K others, ties go to the lower item
+index, and recall is
 |top-K ∩ V_u| / |V_u| over the users with validation items
 (`metrics.RecallInputs` supplies them, so the users and pairs are the
 intended task's). `evaluate_run` measures a finished run and writes
@@ -154,13 +155,31 @@ class Queries:
     return cls(users, table(inputs.excluded), table(inputs.validation))
 
 
+def _search(index: faiss.Index, queries: np.ndarray, needed: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """The top `needed` candidates of every query and every candidate tied
+  with the last of them: the search deepens (doubling) until each row's
+  last candidate scores strictly below its `needed`-th, so re-ordering ties
+  by item index never misses one beyond the list."""
+  depth = min(needed + 1, index.ntotal)
+  while True:
+    if isinstance(index, faiss.IndexHNSW):
+      index.hnsw.efSearch = max(HNSW_EF_SEARCH, depth)
+    scores, found = index.search(queries, depth)
+    if depth == index.ntotal or np.all(scores[:, -1] < scores[:, needed - 1]):
+      return scores, found
+    depth = min(2 * depth, index.ntotal)
+
+
 def recall(index: faiss.Index, user_vectors, queries: Queries,
            ks: Sequence[int] = RETRIEVAL_KS) -> dict[int, float]:
   """Recall@K of the evaluation users through an index (method §5).
 
-  Every user retrieves max(ks) + (the largest training-item count) candidates
-  (all items at most), so K candidates remain once its training items are
-  filtered out; with the exact index this equals ranking every item.
+  Every user retrieves max(ks) + (the largest training-item count)
+  candidates (all items at most), so K candidates remain once its training
+  items are filtered out, plus any item tied with the last of them. Equal
+  scores go to the lower item index, so through the exact index this is
+  method §5's Recall@K.
 
   Args:
     index: an index over the version's items, id = item index.
@@ -189,11 +208,11 @@ def recall(index: faiss.Index, user_vectors, queries: Queries,
   if user_vectors.shape[0] <= queries.users.max():
     raise ValueError(f"recall@K: {user_vectors.shape[0]} user rows, but user "
                      f"{int(queries.users.max())} is evaluated")
-  depth = min(max(ks) + int(queries.excluded.sum(1).max()), index.ntotal)
-  if isinstance(index, faiss.IndexHNSW):
-    index.hnsw.efSearch = max(HNSW_EF_SEARCH, depth)
-  with _one_thread():
-    _, found = index.search(user_vectors[queries.users], depth)
+  needed = min(max(ks) + int(queries.excluded.sum(1).max()), index.ntotal)
+  scores, found = _search(index, user_vectors[queries.users], needed)
+  # Ties go to the lower item index, as in method §5 (faiss keeps no order).
+  order = np.lexsort((found, -scores), axis=1)[:, :needed]
+  found = np.take_along_axis(found, order, axis=1)
   rows = np.arange(len(found))[:, None]
   item = np.clip(found, 0, num_items - 1)
   kept = (found >= 0) & (found < num_items) & ~queries.excluded[rows, item]
@@ -220,7 +239,8 @@ def evaluate_run(workdir: RunDir | str | os.PathLike,
     "hnsw": {...}, "refreshed": {"recall@50": [...]}}}, "ceiling":
     {"recall@10": [...], "recall@50": [...]}}`, one value per version 1..K:
     frozen exact and HNSW indexes with the new items inserted, the refreshed
-    exact index, and nobc's version-k model through its own exact index.
+    exact index, and nobc's version-k model through its own exact index
+    (None when the run has no complete nobc).
   """
   run_dir = RunDir.of(workdir)
   frozen_items = run_dir.bc_tables(FROZEN_SOURCE, 0)[1]
@@ -229,10 +249,14 @@ def evaluate_run(workdir: RunDir | str | os.PathLike,
   queries = {k: Queries.of(recall_inputs[k]) for k in versions}
   out = {"strategies": {}, "ceiling": {f"recall@{K}": []
                                        for K in RETRIEVAL_KS}}
+  has_ceiling = bool(run_dir.complete_in([CEILING_SOURCE],
+                                         len(recall_inputs)))
   for k in versions:
-    users, items = run_dir.tables(CEILING_SOURCE, k)
-    for K, value in recall(build_index(items, "exact"), users,
-                           queries[k]).items():
+    found = dict.fromkeys(RETRIEVAL_KS)
+    if has_ceiling:
+      users, items = run_dir.tables(CEILING_SOURCE, k)
+      found = recall(build_index(items, "exact"), users, queries[k])
+    for K, value in found.items():
       out["ceiling"][f"recall@{K}"].append(value)
   for s in strategies:
     record = {kind: {f"recall@{K}": [] for K in RETRIEVAL_KS}

@@ -4,15 +4,17 @@ HNSW against exact, and insertion into a frozen index."""
 import numpy as np
 import pytest
 
-from bcjax import metrics, retrieval
+from bcjax import metrics, retrieval, retrieval_report
 
 
 def _graph(seed, num_users=60, num_items=300, dim=16):
-  """Gaussian embeddings (no score ties), random training and validation
-  pairs with duplicates, and one user trained on nearly every item."""
+  """Gaussian embeddings with duplicated item rows (exact score ties, as
+  items without edges have), random training and validation pairs with
+  duplicates, and one user trained on nearly every item."""
   rng = np.random.default_rng(seed)
   users = rng.normal(size=(num_users, dim)).astype(np.float32)
   items = rng.normal(size=(num_items, dim)).astype(np.float32)
+  items[num_items // 2::7] = items[num_items // 3]
   train_user = rng.integers(0, num_users, 8 * num_users)
   train_item = rng.integers(0, num_items, 8 * num_users)
   heavy = np.arange(num_items - 20)
@@ -99,3 +101,35 @@ def test_bad_input_is_refused_by_name():
                      queries)
   with pytest.raises(ValueError, match=">= 1"):
     retrieval.recall(index, users, queries, ks=(0,))
+
+
+def _measured(exact, ann, refreshed):
+  return {"exact": {"recall@10": [r / 2 for r in exact], "recall@50": exact},
+          "hnsw": {"recall@10": [0.0, 0.0], "recall@50": ann},
+          "refreshed": {"recall@10": [0.0, 0.0], "recall@50": refreshed}}
+
+
+def test_summary_by_hand_and_over_seeds():
+  measured = {"ceiling": {"recall@10": [0.2, 0.2], "recall@50": [0.5, 0.3]},
+              "strategies": {"fix-m0": _measured([0.2, 0.2], [0.2, 0.2],
+                                                 [0.2, 0.2]),
+                             "nobc": _measured([0.4, 0.24], [0.2, 0.12],
+                                               [0.5, 0.3])}}
+  summary = retrieval_report.summarize(measured)
+  nobc = summary["nobc"]
+  assert nobc["recall@10"] == [0.2, 0.12] and nobc["recall@50"] == [0.4, 0.24]
+  assert nobc["pct_of_ceiling_per_version"] == pytest.approx([80.0, 80.0])
+  assert nobc["pct_of_ceiling"] == pytest.approx(80.0)  # 0.32 / 0.4
+  assert nobc["vs_fix_m0_pct"] == pytest.approx(60.0)  # 0.32 vs 0.2
+  assert nobc["ann_vs_exact"] == pytest.approx(0.5)
+  assert nobc["refreshed_recall@50"] == [0.5, 0.3]
+  assert summary["fix-m0"]["vs_fix_m0_pct"] == 0.0
+  other = retrieval_report.summarize(
+      {**measured, "strategies": {"nobc": measured["strategies"]["nobc"]}})
+  assert other["nobc"]["vs_fix_m0_pct"] is None  # no reference
+  means = retrieval_report.mean_over_seeds([summary, other])
+  assert means["nobc"]["recall@50"] == pytest.approx([0.4, 0.24])
+  assert means["fix-m0"]["pct_of_ceiling"] == pytest.approx(50.0)
+  table = retrieval_report.table(summary, measured["ceiling"])
+  assert "| No-BC | 80.0 | 80.0 | 0.3200 | 80.0 | 60.00 | 0.4000 | 0.500 |" \
+      in table
