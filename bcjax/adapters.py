@@ -217,6 +217,38 @@ def fit_residual_mlp(x, y, key: jax.Array, hidden: int = 128,
                      {n: np.asarray(p) for n, p in trained.items()})
 
 
+# The low-rank adapter's rank: min(d_in, d_out) // LOW_RANK_DIVISOR (at least 1).
+LOW_RANK_DIVISOR = 4
+FITS = ("lstsq", "procrustes", "lowrank-affine", "residual-mlp")
+
+
+def fit(name: str, x, y, key: jax.Array) -> BackwardMap:
+  """A post-hoc B_k fitted on paired rows, by its `Strategy.fit` name.
+
+  Args:
+    name: "lstsq" or "procrustes" (a matrix, `transforms.fit`),
+      "lowrank-affine" (`fit_low_rank_affine`, rank min(d_in, d_out) //
+      `LOW_RANK_DIVISOR`) or "residual-mlp" (`fit_residual_mlp` with its
+      defaults).
+    x: `[n, d_in]` version k's vectors; y: `[n, d_out]` version k-1's.
+    key: the adapter's key (read by "residual-mlp" only).
+
+  Returns:
+    The `BackwardMap`.
+
+  Raises:
+    ValueError: an unknown name (listing the known ones) or bad pairs.
+  """
+  if name in ("lstsq", "procrustes"):
+    return BackwardMap.from_matrix(transforms.fit(name, x, y))
+  if name == "lowrank-affine":
+    rank = max(1, min(np.shape(x)[1], np.shape(y)[1]) // LOW_RANK_DIVISOR)
+    return fit_low_rank_affine(x, y, rank)
+  if name == "residual-mlp":
+    return fit_residual_mlp(x, y, key)
+  raise ValueError(f"unknown post-hoc fit {name!r}; known: {', '.join(FITS)}")
+
+
 @functools.partial(jax.jit, static_argnames=("steps", "lr"))
 def _train(params, x, y, *, steps: int, lr: float):
   """Full-batch Adam on the mean squared error of the residual MLP."""

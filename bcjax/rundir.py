@@ -3,7 +3,9 @@
   config.json, user_ids.npy, item_ids.npy     the run's settings and raw ids
   <strategy>/v<k>/variables.msgpack           M_k (params and batch statistics)
                   users.npy, items.npy        E_k(M_k), `[U_k, d_k]`, `[I_k, d_k]`
-                  transform.npy               W_k `[d_k, d_{k-1}]` (k >= 1)
+                  transform.npy               W_k `[d_k, d_{k-1}]` (k >= 1), or
+                  backward_<param>.npy        a non-linear B_k's parameters
+                                              (its kind in metrics.json)
                   bc_users.npy, bc_items.npy  the BC embedding, in version 0's
                                               space
                   metrics.json                written last: marks v<k> complete
@@ -40,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from bcjax import io
+from bcjax.adapters import BackwardMap
 
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.msgpack"
@@ -190,6 +193,35 @@ class RunDir:
   def chain(self, strategy: str, k: int) -> list[np.ndarray]:
     """`[W_1, ..., W_k]` of a strategy's saved versions."""
     return [self.transform(strategy, j) for j in range(1, k + 1)]
+
+  def backward_map(self, strategy: str, k: int) -> BackwardMap:
+    """B_k of version k >= 1: W_k where transform.npy exists, else the
+    non-linear map that metrics.json's `"backward"` names, with its
+    `backward_<param>.npy` arrays."""
+    if self.path(strategy, k, "transform.npy").exists():
+      return BackwardMap.from_matrix(self.transform(strategy, k))
+    record = self.metrics(strategy, k)
+    if "backward" not in record:
+      raise FileNotFoundError(f"{self.version_dir(strategy, k)}: no "
+                              "transform.npy and no non-linear backward map")
+    return BackwardMap(record["backward"],
+                       {name: self.array(strategy, k, f"backward_{name}")
+                        for name in record["backward_params"]})
+
+  def backward_maps(self, strategy: str, k: int) -> list[BackwardMap]:
+    """`[B_1, ..., B_k]` of a strategy's saved versions."""
+    return [self.backward_map(strategy, j) for j in range(1, k + 1)]
+
+  @staticmethod
+  def backward_files(backward: BackwardMap) -> tuple[dict, dict]:
+    """How `save_version` stores a B_k: (arrays, metrics.json fields).
+    A linear map is `transform.npy`, as the store and the training chain
+    read it."""
+    if backward.kind == "linear":
+      return {"transform": backward.matrix}, {}
+    return ({f"backward_{name}": p for name, p in backward.params.items()},
+            {"backward": backward.kind,
+             "backward_params": sorted(backward.params)})
 
   def metrics(self, strategy: str, k: int) -> dict:
     """metrics.json of a complete version."""
