@@ -155,20 +155,44 @@ class Queries:
     return cls(users, table(inputs.excluded), table(inputs.validation))
 
 
-def _search(index: faiss.Index, queries: np.ndarray, needed: int
-            ) -> tuple[np.ndarray, np.ndarray]:
-  """The top `needed` candidates of every query and every candidate tied
-  with the last of them: the search deepens (doubling) until each row's
-  last candidate scores strictly below its `needed`-th, so re-ordering ties
-  by item index never misses one beyond the list."""
+def search(index: faiss.Index, queries, needed: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+  """The top `needed` items of every query, ties to the lower item index.
+
+  The search deepens (doubling) until each row's last candidate scores
+  strictly below its `needed`-th, so re-ordering ties by item index never
+  misses one beyond the list.
+
+  Args:
+    index: an index over items, id = item index.
+    queries: `[n, d]` query vectors.
+    needed: how many items, 1..ntotal.
+
+  Returns:
+    (scores `[n, needed]`, item ids `[n, needed]`), best first; an HNSW
+    index may return id -1 where it found fewer.
+
+  Raises:
+    ValueError: `needed` out of range, or queries of another width.
+  """
+  queries = _vectors(queries, "query vectors")
+  if queries.shape[1] != index.d:
+    raise ValueError(f"query vectors have {queries.shape[1]} dims, the "
+                     f"index {index.d}")
+  if not 1 <= needed <= index.ntotal:
+    raise ValueError(f"search: {needed} items asked of an index of "
+                     f"{index.ntotal}")
   depth = min(needed + 1, index.ntotal)
   while True:
     if isinstance(index, faiss.IndexHNSW):
       index.hnsw.efSearch = max(HNSW_EF_SEARCH, depth)
     scores, found = index.search(queries, depth)
     if depth == index.ntotal or np.all(scores[:, -1] < scores[:, needed - 1]):
-      return scores, found
+      break
     depth = min(2 * depth, index.ntotal)
+  order = np.lexsort((found, -scores), axis=1)[:, :needed]
+  return (np.take_along_axis(scores, order, axis=1),
+          np.take_along_axis(found, order, axis=1))
 
 
 def recall(index: faiss.Index, user_vectors, queries: Queries,
@@ -201,18 +225,12 @@ def recall(index: faiss.Index, user_vectors, queries: Queries,
   if index.ntotal < num_items:
     raise ValueError(f"recall@K: the index holds {index.ntotal} items, the "
                      f"version ranks {num_items}")
-  user_vectors = _vectors(user_vectors, "query vectors")
-  if user_vectors.shape[1] != index.d:
-    raise ValueError(f"query vectors have {user_vectors.shape[1]} dims, the "
-                     f"index {index.d}")
+  user_vectors = np.asarray(user_vectors)
   if user_vectors.shape[0] <= queries.users.max():
     raise ValueError(f"recall@K: {user_vectors.shape[0]} user rows, but user "
                      f"{int(queries.users.max())} is evaluated")
   needed = min(max(ks) + int(queries.excluded.sum(1).max()), index.ntotal)
-  scores, found = _search(index, user_vectors[queries.users], needed)
-  # Ties go to the lower item index, as in method §5 (faiss keeps no order).
-  order = np.lexsort((found, -scores), axis=1)[:, :needed]
-  found = np.take_along_axis(found, order, axis=1)
+  _, found = search(index, user_vectors[queries.users], needed)
   rows = np.arange(len(found))[:, None]
   item = np.clip(found, 0, num_items - 1)
   kept = (found >= 0) & (found < num_items) & ~queries.excluded[rows, item]
