@@ -9,8 +9,9 @@ user tasks: j + 1), scored at every version k >= j + `task.first_version`
 (activity tasks: k >= j + 2, the others k >= j + 1). Every table a version-j
 consumer reads at version i (its early-stopping set included) is s's
 version-i embedding mapped into version j's space by
-M_{i->j} = W_i ... W_{j+1} (`transforms.chain_matrix`, W_i from
-`s/v<i>/transform.npy`; the identity when i == j).
+M_{i->j} = W_i ... W_{j+1} (W_i from `s/v<i>/transform.npy`; the identity
+when i == j), or B_{j+1}(... B_i(z)) map by map when a map of the chain is
+not linear (`adapters.apply_chain`).
 
 Entry (j, k) of a task's matrix is the mean over seeds of ROC-AUC; it is
 NaN (JSON null) where k < j + `task.first_version`, for a row whose training
@@ -41,7 +42,8 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from bcjax import consumers, io, keys, numbers, scoring, transforms
+from bcjax import consumers, io, keys, numbers, scoring
+from bcjax.adapters import BackwardMap, apply_chain
 from bcjax.data.splits import VersionSplit
 from bcjax.data.targets import VersionTargets, version_targets
 from bcjax.numbers import finite_mean, finite_or_none, fmt
@@ -75,22 +77,30 @@ class StrategyTables:
 
   Args:
     tables: per version, (users, items) as in `tables` below.
-    backward: W_1 ... W_K, one fewer than the versions.
+    backward: B_1 ... B_K, one fewer than the versions: matrices W_k or
+      `adapters.BackwardMap`s.
 
   Attributes:
     tables: per version k, (users `[U1_k, d_k]`, items `[I1_k, d_k]`).
-    transforms: `[W_1, ..., W_K]`, W_k `[d_k, d_{k-1}]`.
+    maps: `[B_1, ..., B_K]` as `adapters.BackwardMap`s.
 
   Raises:
     ValueError: the transforms do not number one fewer than the versions.
   """
 
   def __init__(self, tables: Sequence[tuple[np.ndarray, np.ndarray]],
-               backward: Sequence[np.ndarray]):
+               backward: Sequence[np.ndarray | BackwardMap]):
     if len(backward) != len(tables) - 1:
       raise ValueError(f"{len(tables)} versions need {len(tables) - 1} "
                        f"transforms, got {len(backward)}")
-    self.tables, self.transforms = list(tables), list(backward)
+    self.tables = list(tables)
+    self.maps = [b if isinstance(b, BackwardMap) else
+                 BackwardMap.from_matrix(b) for b in backward]
+
+  @property
+  def transforms(self) -> list[np.ndarray | None]:
+    """`[W_1, ..., W_K]`, W_k `[d_k, d_{k-1}]` (None for a non-linear B_k)."""
+    return [m.matrix for m in self.maps]
 
   @classmethod
   def load(cls, workdir: RunDir | str | os.PathLike, strategy: str,
@@ -101,17 +111,18 @@ class StrategyTables:
       workdir: the run directory.
       strategy: the strategy's name (its subdirectory).
       num_versions: K + 1; reads `v<k>/users.npy`, `items.npy` for every k
-        and `v<k>/transform.npy` for k >= 1.
+        and every backward map B_k, k >= 1 (`RunDir.backward_maps`).
 
     Returns:
       The `StrategyTables`.
     """
     run_dir = RunDir.of(workdir)
     return cls([run_dir.tables(strategy, k) for k in range(num_versions)],
-               run_dir.chain(strategy, num_versions - 1))
+               run_dir.backward_maps(strategy, num_versions - 1))
 
   def mapped(self, k: int, j: int) -> tuple[np.ndarray, np.ndarray]:
-    """Version k's (users, items) in version j's space: `x @ M_{k->j}`.
+    """Version k's (users, items) in version j's space: `x @ M_{k->j}`, or
+    the maps applied one by one when the chain is not linear.
 
     Args:
       k: the version whose tables are mapped.
@@ -123,8 +134,7 @@ class StrategyTables:
     """
     if k == j:
       return self.tables[k]
-    m = np.asarray(transforms.chain_matrix(self.transforms, k, j), np.float32)
-    return tuple(np.asarray(t, np.float32) @ m for t in self.tables[k])
+    return tuple(apply_chain(self.maps, t, k, j) for t in self.tables[k])
 
 
 def _inputs(task: consumers.UnintendedTask, pair) -> list[np.ndarray]:

@@ -20,7 +20,8 @@ import flax.serialization
 import jax
 import numpy as np
 
-from bcjax import io, sharding, transforms
+from bcjax import adapters, io, keys, sharding
+from bcjax.adapters import BackwardMap, apply_chain
 from bcjax.data import DynamicGraph
 from bcjax.lineage import Lineage
 from bcjax.run_data import RunData
@@ -33,12 +34,14 @@ NOBC = "nobc"
 
 @dataclasses.dataclass
 class Artifacts:
-  """One completed (strategy, version)."""
+  """One completed (strategy, version): `transform` is W_k of a linear
+  B_k (None for k = 0 or a non-linear map), `backward` B_k itself."""
   variables: Any
   transform: np.ndarray | None
   users: np.ndarray
   items: np.ndarray
   metrics: dict
+  backward: BackwardMap | None = None
 
 
 class Experiment(RunData):
@@ -84,8 +87,9 @@ class Experiment(RunData):
       k: the version.
 
     Returns:
-      The `Artifacts`: variables, W_k (None for k = 0), users `[U1, d_k]`,
-      items `[I1, d_k]` and the metrics record.
+      The `Artifacts`: variables, W_k (None for k = 0 or a non-linear
+      B_k), users `[U1, d_k]`, items `[I1, d_k]`, the metrics record and
+      B_k.
 
     Raises:
       ValueError: variables that do not fit the model, or a metrics.json
@@ -96,29 +100,13 @@ class Experiment(RunData):
     template = jax.eval_shape(lambda: model.init(jax.random.key(0), inputs))
     variables = _load_variables(self.run_dir.path(strategy, k, VARIABLES),
                                 template)
-    transform = self.run_dir.transform(strategy, k) if k else None
-    return Artifacts(variables, transform, *self.run_dir.tables(strategy, k),
-                     self.run_dir.metrics(strategy, k))
-
-  def chain(self, strategy: str, k: int, latest: np.ndarray | None = None
-            ) -> list[np.ndarray]:
-    """W_1..W_k of a strategy, read from its saved versions.
-
-    Args:
-      strategy: the strategy's name.
-      k: the last version of the chain.
-      latest: stands in for W_k if given (not yet saved).
-
-    Returns:
-      `[W_1, ..., W_k]`, W_j `[d_j, d_{j-1}]`.
-    """
-    # Only the matrices: loading whole artifacts would read every model.
-    if latest is None:
-      return self.run_dir.chain(strategy, k)
-    return self.run_dir.chain(strategy, k - 1) + [latest]
+    backward = self.run_dir.backward_map(strategy, k) if k else None
+    return Artifacts(variables, None if backward is None else backward.matrix,
+                     *self.run_dir.tables(strategy, k),
+                     self.run_dir.metrics(strategy, k), backward)
 
   def save(self, strategy: str, k: int, variables, z: jax.Array,
-           transform: np.ndarray | None, record: dict) -> None:
+           backward: BackwardMap | None, record: dict) -> None:
     """Writes one version's artifacts; metrics.json last.
 
     Also writes the BC embeddings (mapped into version 0's space) and
@@ -129,17 +117,19 @@ class Experiment(RunData):
       k: the version.
       variables: the selected model's variables.
       z: `[num_users_pad + num_items_pad, d_k]` its embeddings.
-      transform: W_k `[d_k, d_{k-1}]` (k >= 1; ignored for k = 0).
+      backward: B_k (k >= 1; ignored for k = 0); the BC embedding applies
+        B_1..B_k (`adapters.apply_chain`: one matrix for a linear chain).
       record: metrics and history, saved in metrics.json.
     """
     users, items = self.real_rows(z, k)
-    arrays = {"users": users, "items": items}
-    to_v0 = np.eye(users.shape[1], dtype=np.float32)
+    arrays, maps = {"users": users, "items": items}, []
     if k:
-      arrays["transform"] = transform
-      to_v0 = transforms.chain_matrix(self.chain(strategy, k, latest=transform),
-                                      k, 0)
-    arrays.update(bc_users=users @ to_v0, bc_items=items @ to_v0)
+      files, fields = self.run_dir.backward_files(backward)
+      arrays.update(files)
+      record = {**record, **fields}
+      maps = self.run_dir.backward_maps(strategy, k - 1) + [backward]
+    arrays.update(bc_users=apply_chain(maps, users, k, 0),
+                  bc_items=apply_chain(maps, items, k, 0))
     size = self._size_version(k, strategy)
     self.run_dir.save_version(
         strategy, k, flax.serialization.to_bytes(jax.device_get(variables)),
@@ -252,18 +242,20 @@ class Experiment(RunData):
       z = embed(model, variables, inputs)
       out = self.recall(z, k)
       if w is not None:  # The alignment term's progress, for the curves.
-        out["alignment_mse"] = _mse(z, target, w, self, k)
+        out["alignment_mse"] = _mse(np.asarray(z) @ np.asarray(w), target,
+                                    self, k)
       return out
 
     result = self._fit(strategy, k, previous=target, init_variables=init,
                        evaluate=evaluate, select="recall@50",
                        eval_every=self.config.eval_every)
     z = self.embeddings(model, result.variables, k)
-    transform = None
+    backward = None
     if k:
-      transform = (result.transform if result.transform is not None
-                   else self._backward_matrix(strategy.backward, k))
-    self.save(strategy.name, k, result.variables, z, transform,
+      backward = BackwardMap.from_matrix(
+          result.transform if result.transform is not None
+          else self._backward_matrix(strategy.backward, k))
+    self.save(strategy.name, k, result.variables, z, backward,
               {"best": result.metrics, "best_epoch": result.epoch,
                "history": result.history})
 
@@ -289,7 +281,8 @@ class Experiment(RunData):
     variables = self.load(strategy.name, 0).variables
     z = self.embeddings(self.model(0), variables, k)
     self.save(strategy.name, k, variables, z,
-              self._backward_matrix(strategy.backward, k),
+              BackwardMap.from_matrix(
+                  self._backward_matrix(strategy.backward, k)),
               {"best": self.recall(z, k), "best_epoch": 0, "history": []})
 
   def _posthoc(self, strategy: Strategy, k: int) -> None:
@@ -298,34 +291,39 @@ class Experiment(RunData):
     def learn(base, z, target):
       result = self._fit(
           strategy, k, previous=target, init_variables=base.variables,
-          evaluate=lambda _, w: {"mse": _mse(z, target, w, self, k)},
+          evaluate=lambda _, w: {
+              "mse": _mse(np.asarray(z) @ np.asarray(w), target, self, k)},
           select="mse", lower_is_better=True,
           eval_every=self.config.eval_every)
-      return result.transform, {"alignment_mse": result.metrics["mse"],
+      return BackwardMap.from_matrix(result.transform), {
+          "alignment_mse": result.metrics["mse"],
                                 "alignment_epoch": result.epoch,
                                 "alignment_history": result.history}
     self._on_base_model(strategy, k, learn)
 
   def _closed(self, strategy: Strategy, k: int) -> None:
-    """B_k fitted in closed form on nobc's fixed M_k (real nodes only)."""
+    """B_k fitted post hoc on nobc's fixed M_k (real nodes only): a
+    closed-form matrix or an adapter (`adapters.fit`)."""
 
     def learn(base, z, target):
       del base
       real = np.asarray(self.data(k).inputs.node_mask)
-      transform = transforms.fit(strategy.fit, np.asarray(z)[real],
-                                 np.asarray(target)[real])
-      return transform, {"alignment_mse": _mse(z, target, transform, self, k)}
+      backward = adapters.fit(strategy.fit, np.asarray(z)[real],
+                              np.asarray(target)[real],
+                              keys.derive(self.key(k), "adapter"))
+      return backward, {"alignment_mse": _mse(adapters.apply(backward, z),
+                                              target, self, k)}
     self._on_base_model(strategy, k, learn)
 
   def _on_base_model(self, strategy: Strategy, k: int, learn) -> None:
     """Post-hoc: nobc's M_k with a B_k from `learn(base, z, target)`, which
-    returns W_k and its metrics record; z is M_k's embeddings, target
+    returns B_k and its metrics record; z is M_k's embeddings, target
     E_k(M_{k-1}) of nobc."""
     base = self.load(strategy.base, k)
     z = self.embeddings(self.model(k), base.variables, k)
     target = self._alignment_target(strategy.base, k)
-    transform, record = learn(base, z, target)
-    self.save(strategy.name, k, base.variables, z, transform,
+    backward, record = learn(base, z, target)
+    self.save(strategy.name, k, base.variables, z, backward,
               {"best": base.metrics["best"],
                "best_epoch": base.metrics["best_epoch"],
                "history": base.metrics["history"], **record})
@@ -359,9 +357,9 @@ def _load_variables(path: Path, template) -> Any:
   return variables
 
 
-def _mse(z, target, w, experiment: Experiment, k: int) -> float:
-  """Mean of the user MSE and the item MSE of z @ w against the target."""
-  users, items = experiment.real_rows(np.asarray(z) @ np.asarray(w), k)
+def _mse(mapped, target, experiment: Experiment, k: int) -> float:
+  """Mean of the user MSE and the item MSE of B_k(z) against the target."""
+  users, items = experiment.real_rows(mapped, k)
   t_users, t_items = experiment.real_rows(target, k)
   return float((np.mean((users - t_users) ** 2)
                 + np.mean((items - t_items) ** 2)) / 2)

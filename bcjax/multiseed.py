@@ -11,7 +11,8 @@ interval, and the paired differences BC-Aligner minus every other strategy
 report.json keeps the single-seed keys (each figure the mean over seeds)
 and adds `"seeds"`, `"intervals": {strategy: {figure: {"mean", "low",
 "high", "per_seed"}}}` and `"paired": {other: {figure: {"mean", "low",
-"high", "excludes_zero"}}}`.
+"high", "excludes_zero"}}}`; `"legacy_retrieval"` (with its ceiling) is
+the mean over the seeds that measured it (`bcjax.retrieval_report`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from bcjax import intervals, io, plots, report
+from bcjax import intervals, io, plots, report, retrieval_report
 from bcjax.numbers import finite_mean, fmt
 from bcjax.rundir import RunDir, read_json
 from bcjax.strategies import BC_ALIGNER_NAME, PAPER_NAMES
@@ -96,10 +97,17 @@ def summarize_seeds(reports: Sequence[Mapping]) -> dict:
         [v[f] for v in per_seed[BC_ALIGNER_NAME]], [v[f] for v in per_seed[o]])
                   for f in FIGURES}
               for o in names if o != BC_ALIGNER_NAME}
-  return {"seeds": [r.get("seed") for r in reports], "strategies": strategies,
-          "intervals": found, "paired": paired,
-          "compatibility": _mean_compatibility(
-              [r.get("compatibility") or {} for r in reports])}
+  out = {"seeds": [r.get("seed") for r in reports], "strategies": strategies,
+         "intervals": found, "paired": paired,
+         "compatibility": _mean_compatibility(
+             [r.get("compatibility") or {} for r in reports])}
+  retrieved = [r for r in reports if r.get("legacy_retrieval")]
+  if retrieved:
+    out["legacy_retrieval"] = retrieval_report.mean_over_seeds(
+        [r["legacy_retrieval"] for r in retrieved])
+    out["legacy_retrieval_ceiling"] = retrieval_report.mean_ceiling(
+        [r["legacy_retrieval_ceiling"] for r in retrieved])
+  return out
 
 
 def _cell(found: Mapping, digits: int = 2) -> str:
@@ -192,5 +200,10 @@ def write_seeds_report(workdir: RunDir | str | os.PathLike,
     table += "\n\n" + paired_table(content)
   if content["compatibility"]:
     table += "\n\n" + report.compatibility_table(content["compatibility"])
+  if content.get("legacy_retrieval"):
+    paths += retrieval_report.plot(content["legacy_retrieval"], run_dir.root,
+                                   title)
+    table += "\n\n" + retrieval_report.table(
+        content["legacy_retrieval"], content["legacy_retrieval_ceiling"])
   return content, table, paths
 

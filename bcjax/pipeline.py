@@ -3,16 +3,17 @@
 `reproduce(graph, config, workdir)` trains every requested strategy for every
 version, the consumers of the unintended tasks on fix-m0's version-0
 embeddings, scores them on every strategy and version, computes the
-compatibility matrices of `config.compat.strategies`, and writes the report.
+compatibility matrices of `config.compat.strategies`, measures retrieval
+through a frozen version-0 index (`bcjax.retrieval`), and writes the report.
 With `config.seeds` = S > 1 it does so for the training seeds config.seed ..
 config.seed + S - 1, each in its own run directory `seed<s>/` (the
 cross-version evaluation scores every training seed in one call), and
 writes the report over seeds (`bcjax.multiseed`: intervals and paired
 differences) at the top.
 It is resumable: complete versions, saved consumers and saved compatibility
-matrices are reused; the cross-version evaluation and the report (seconds)
-are always redone. `launch/reproduce.py` is its command line; the notebooks
-call it directly.
+matrices are reused; the cross-version evaluation, the legacy retrieval and
+the report (seconds) are always redone. `launch/reproduce.py` is its command
+line; the notebooks call it directly.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Callable, NamedTuple, Sequence
 import ml_collections
 
 from bcjax import (compatibility, configs, consumers, multiseed, report,
-                   scoring, strategies)
+                   retrieval, scoring, strategies)
 from bcjax.data import DynamicGraph
 from bcjax.experiment import Experiment
 from bcjax.rundir import RunDir
@@ -152,6 +153,11 @@ def _finish_seed(run: _SeedRun, names: list[str], settings: configs.Settings,
     compatibility.run_compatibility(experiment.run_dir, experiment.splits,
                                     compat_names, compat, settings.consumer,
                                     seed=config.seed)
+  stage(f"legacy retrieval (seed {config.seed}): frozen version-0 exact "
+        "and HNSW indexes")
+  retrieval.evaluate_run(experiment.run_dir,
+                         [experiment.data(k).recall
+                          for k in range(experiment.num_versions)], names)
   stage(f"report (seed {config.seed})")
   content, table, plots = report.write_report(experiment.run_dir, names)
   return Report(experiment.run_dir.root, content, table, plots)

@@ -69,6 +69,41 @@ def curves(strategies: Mapping[str, dict],
   return out
 
 
+def plot_versions(by_label: Mapping[str, Sequence], versions: Sequence[int],
+                  path: Path, ylabel: str, title: str = "",
+                  bands: Mapping[str, tuple] | None = None) -> None:
+  """One PNG of per-version curves, one line per strategy (BC-Aligner bold).
+
+  Args:
+    by_label: curve label (a strategy) -> one value (or None) per version.
+    versions: the x values, one per value.
+    path: the PNG written.
+    ylabel, title: the axis label and title.
+    bands: curve label -> (low, high) per version, drawn shaded.
+  """
+  plt = _pyplot()
+  as_array = lambda ys: np.asarray([np.nan if y is None else y for y in ys],
+                                   np.float64)
+  figure, axes = plt.subplots(figsize=(7, 4.5))
+  for s, ys in by_label.items():
+    line, = axes.plot(versions, as_array(ys), "o-",
+                      label=PAPER_NAMES.get(s, s),
+                      linewidth=2.5 if s == BC_ALIGNER_NAME else 1.2)
+    band = (bands or {}).get(s)
+    if band is not None:
+      axes.fill_between(versions, as_array(band[0]), as_array(band[1]),
+                        color=line.get_color(), alpha=0.15, linewidth=0)
+  axes.set_xticks(versions)
+  axes.set_xlabel("version")
+  axes.set_ylabel(ylabel)
+  axes.set_title(title)
+  axes.grid(alpha=0.3)
+  if by_label:  # A run without the strategies of this plot has no legend.
+    axes.legend(fontsize=7)
+  save_figure(figure, path)
+  plt.close(figure)
+
+
 def plot_curves(all_curves: Mapping[str, Mapping[str, Sequence]],
                 out_dir: str | os.PathLike, title: str = "",
                 bands: Mapping[str, Mapping[str, tuple]] | None = None
@@ -82,30 +117,11 @@ def plot_curves(all_curves: Mapping[str, Mapping[str, Sequence]],
     bands: plot file -> curve label -> (low, high) per version, drawn as a
       shaded band (a 95% interval over seeds).
   """
-  plt = _pyplot()
   out_dir, paths = Path(out_dir), []
-  as_array = lambda ys: np.asarray([np.nan if y is None else y for y in ys],
-                                   np.float64)
   for name, by_label in all_curves.items():
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for s, ys in by_label.items():
-      versions = np.arange(len(ys))
-      line, = axes.plot(versions, as_array(ys), "o-",
-                        label=PAPER_NAMES.get(s, s),
-                        linewidth=2.5 if s == BC_ALIGNER_NAME else 1.2)
-      band = (bands or {}).get(name, {}).get(s)
-      if band is not None:
-        axes.fill_between(versions, as_array(band[0]), as_array(band[1]),
-                          color=line.get_color(), alpha=0.15, linewidth=0)
-      axes.set_xticks(versions)
-    axes.set_xlabel("version")
-    axes.set_ylabel(YLABELS[PLOTS.index(name)])
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    if by_label:  # A run without the strategies of this plot has no legend.
-      axes.legend(fontsize=7)
-    save_figure(figure, out_dir / name)
-    plt.close(figure)
+    num_versions = max((len(ys) for ys in by_label.values()), default=0)
+    plot_versions(by_label, np.arange(num_versions), out_dir / name,
+                  YLABELS[PLOTS.index(name)], title, (bands or {}).get(name))
     paths.append(out_dir / name)
   return paths
 

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from bcjax import compatibility, curves, io, metrics
+from bcjax import compatibility, curves, io, metrics, retrieval_report
 from bcjax.numbers import finite_mean, fmt, percent_change
 from bcjax.plots import FIX_M0, NOBC, PLOTS, plot, plot_compatibility
 from bcjax.rundir import RunDir, read_json
@@ -196,7 +196,11 @@ def read_report(workdir: RunDir | str | os.PathLike
   compat = content.get("compatibility") or {}
   if compat:
     table += "\n\n" + compatibility_table(compat)
-  names = list(PLOTS) + [f"compatibility_{s}.png" for s in compat]
+  if content.get("legacy_retrieval"):
+    table += "\n\n" + retrieval_report.table(
+        content["legacy_retrieval"], content["legacy_retrieval_ceiling"])
+  names = (list(PLOTS) + [f"compatibility_{s}.png" for s in compat]
+           + [retrieval_report.PLOT])
   paths = [run_dir.report_path(n) for n in names]
   return content, table, [p for p in paths if p.exists()]
 
@@ -265,6 +269,12 @@ def write_report(workdir: RunDir | str | os.PathLike,
   report = {"dataset": config.get("dataset"), "preset": config.get("preset"),
             "seed": config.get("seed"), "strategies": summary,
             "compatibility": compat}
+  if run_dir.retrieval_path.exists():
+    measured = read_json(run_dir.retrieval_path)
+    measured["strategies"] = {s: r for s, r in measured["strategies"].items()
+                              if s in strategies}
+    report["legacy_retrieval"] = retrieval_report.summarize(measured)
+    report["legacy_retrieval_ceiling"] = measured["ceiling"]
   io.save_json(run_dir.report_path("report.json"), report)
   io.save_bytes(run_dir.report_path("report.csv"),
                 csv_text(summary, num_versions).encode())
@@ -275,4 +285,9 @@ def write_report(workdir: RunDir | str | os.PathLike,
   table = markdown_table(summary)
   if compat:
     table += "\n\n" + compatibility_table(compat)
+  if report.get("legacy_retrieval"):
+    paths += retrieval_report.plot(report["legacy_retrieval"], run_dir.root,
+                                   title)
+    table += "\n\n" + retrieval_report.table(
+        report["legacy_retrieval"], report["legacy_retrieval_ceiling"])
   return report, table, paths

@@ -3,7 +3,9 @@
   config.json, user_ids.npy, item_ids.npy     the run's settings and raw ids
   <strategy>/v<k>/variables.msgpack           M_k (params and batch statistics)
                   users.npy, items.npy        E_k(M_k), `[U_k, d_k]`, `[I_k, d_k]`
-                  transform.npy               W_k `[d_k, d_{k-1}]` (k >= 1)
+                  transform.npy               W_k `[d_k, d_{k-1}]` (k >= 1), or
+                  backward_<param>.npy        a non-linear B_k's parameters
+                                              (its kind in metrics.json)
                   bc_users.npy, bc_items.npy  the BC embedding, in version 0's
                                               space
                   metrics.json                written last: marks v<k> complete
@@ -12,6 +14,8 @@
   consumers/<task>.msgpack, <task>.json       the version-0 consumer heads
   consumers/auc.json                          their cross-version ROC-AUC
   compatibility/<strategy>/<task>.json        a compatibility matrix
+  retrieval.json                              legacy-index retrieval
+                                              (`bcjax.retrieval`)
   report.json, report.csv, *.png              the report
   tensorboard/<strategy>/v<k>/                training curves (`bcjax.curves`)
   seed<s>/...                                 with several training seeds:
@@ -40,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from bcjax import io
+from bcjax.adapters import BackwardMap
 
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.msgpack"
@@ -191,6 +196,35 @@ class RunDir:
     """`[W_1, ..., W_k]` of a strategy's saved versions."""
     return [self.transform(strategy, j) for j in range(1, k + 1)]
 
+  def backward_map(self, strategy: str, k: int) -> BackwardMap:
+    """B_k of version k >= 1: W_k where transform.npy exists, else the
+    non-linear map that metrics.json's `"backward"` names, with its
+    `backward_<param>.npy` arrays."""
+    if self.path(strategy, k, "transform.npy").exists():
+      return BackwardMap.from_matrix(self.transform(strategy, k))
+    record = self.metrics(strategy, k)
+    if "backward" not in record:
+      raise FileNotFoundError(f"{self.version_dir(strategy, k)}: no "
+                              "transform.npy and no non-linear backward map")
+    return BackwardMap(record["backward"],
+                       {name: self.array(strategy, k, f"backward_{name}")
+                        for name in record["backward_params"]})
+
+  def backward_maps(self, strategy: str, k: int) -> list[BackwardMap]:
+    """`[B_1, ..., B_k]` of a strategy's saved versions."""
+    return [self.backward_map(strategy, j) for j in range(1, k + 1)]
+
+  @staticmethod
+  def backward_files(backward: BackwardMap) -> tuple[dict, dict]:
+    """How `save_version` stores a B_k: (arrays, metrics.json fields).
+    A linear map is `transform.npy`, as the store and the training chain
+    read it."""
+    if backward.kind == "linear":
+      return {"transform": backward.matrix}, {}
+    return ({f"backward_{name}": p for name, p in backward.params.items()},
+            {"backward": backward.kind,
+             "backward_params": sorted(backward.params)})
+
   def metrics(self, strategy: str, k: int) -> dict:
     """metrics.json of a complete version."""
     return read_json(self.path(strategy, k, METRICS))
@@ -226,6 +260,11 @@ class RunDir:
 
   def compatibility_path(self, strategy: str, task: str) -> Path:
     return self.compatibility_dir / strategy / f"{task}.json"
+
+  @property
+  def retrieval_path(self) -> Path:
+    """`retrieval.json`: Recall@K through the frozen version-0 index."""
+    return self.root / "retrieval.json"
 
   def report_path(self, name: str) -> Path:
     """A report file: `report.json`, `report.csv` or a plot."""

@@ -1,4 +1,5 @@
-"""The paper's eight strategies and two closed-form baselines, as descriptions.
+"""The paper's eight strategies, two closed-form baselines and two post-hoc
+adapters, as descriptions.
 
 A strategy says, for versions k >= 1, how the model M_k is obtained and how
 B_k is learned; version 0 is the same for all (trained from scratch on the
@@ -19,7 +20,8 @@ from bcjax.training import Objective
 #   finetune  - the previous best model trained further (same d, L);
 #   scratch   - a fresh model trained on version k (with `objective`);
 #   posthoc   - nobc's M_k; B_k trained alone afterwards (with `objective`);
-#   closed    - nobc's M_k; B_k fitted in closed form (`fit`).
+#   closed    - nobc's M_k; B_k fitted post hoc on the paired vectors (`fit`:
+#               a closed-form matrix or an adapter).
 Model = Literal["fixed", "finetune", "scratch", "posthoc", "closed"]
 
 
@@ -32,9 +34,11 @@ class Strategy:
     model: how M_k is obtained (see `Model`).
     objective: what version k's training optimises.
     backward: the backward transformation each version records, "linear"
-      (learned), "notrans" (the first d_{k-1} dims, `transforms.notrans`) or
-      "identity".
-    fit: for `closed`, "lstsq" or "procrustes".
+      (learned), "notrans" (the first d_{k-1} dims, `transforms.notrans`),
+      "identity", or a post-hoc adapter's kind ("affine", "residual-mlp",
+      `adapters.BackwardMap`).
+    fit: for `closed`, the `adapters.fit` name: "lstsq", "procrustes",
+      "lowrank-affine" or "residual-mlp".
     selects_late: the model (or B_k) is selected only among evaluations
       strictly after `config.min_select_epoch`.
     epochs: the config field that sets the epochs of versions k >= 1.
@@ -44,7 +48,8 @@ class Strategy:
   name: str
   model: Model
   objective: Objective = Objective()
-  backward: Literal["linear", "notrans", "identity"] = "notrans"
+  backward: Literal["linear", "notrans", "identity", "affine",
+                    "residual-mlp"] = "notrans"
   fit: str | None = None
   selects_late: bool = False
   epochs: str = "epochs"
@@ -85,6 +90,10 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("posthoc-lstsq", "closed", backward="linear", fit="lstsq"),
     Strategy("posthoc-procrustes", "closed", backward="linear",
              fit="procrustes"),
+    Strategy("posthoc-lowrank-affine", "closed", backward="affine",
+             fit="lowrank-affine"),
+    Strategy("posthoc-residual-mlp", "closed", backward="residual-mlp",
+             fit="residual-mlp"),
 )}
 # The paper's method; `training.BC_ALIGNER` is its objective.
 BC_ALIGNER_NAME = "joint-lin-mloss"
@@ -101,6 +110,8 @@ PAPER_NAMES = {
     "joint-lin-mloss": "Joint-Lin-MLoss (BC-Aligner)",
     "posthoc-lstsq": "Post-hoc-Lstsq (ours)",
     "posthoc-procrustes": "Post-hoc-Procrustes (ours)",
+    "posthoc-lowrank-affine": "Post-hoc-LowRank-Affine (adapter)",
+    "posthoc-residual-mlp": "Post-hoc-Residual-MLP (adapter)",
 }
 
 

@@ -48,8 +48,8 @@ from bcjax.data import load_dataset
 from launch import common
 from bcjax.configs import paper, quick
 
-SECTIONS = ("matmul", "versions", "overheads", "store", "aggregation",
-            "sweep", "consumer_eval", "scaling")
+SECTIONS = ("matmul", "versions", "overheads", "store", "legacy_index",
+            "aggregation", "sweep", "consumer_eval", "scaling")
 # Computed from the measured sections (versions and overheads), not timed.
 PROJECTION = "projection"
 
@@ -200,6 +200,10 @@ def run_suite(suite: Suite, graph, sections=None, layout: str = "",
     section("store", "reading version 0 from the last version")
     result["store"] = benchmarks.store_read(
         suite.store_dims, *suite.store_rows, repeats=max(5, suite.repeats))
+  if "legacy_index" in sections:
+    section("legacy_index", "serving through a frozen version-0 HNSW index")
+    result["legacy_index"] = benchmarks.legacy_index(
+        suite.store_dims, *suite.store_rows, repeats=max(5, suite.repeats))
   if "aggregation" in sections:
     section("aggregation", f"candidates at {suite.agg_scales}x")
     result["aggregation"] = benchmarks.aggregation_candidates(
@@ -303,6 +307,19 @@ def table(result: dict) -> str:
               f"[{_range(st['composed_rows_per_s_spread'], 0)}], chained "
               f"{st['chained_rows_per_s']:,.0f} rows/s "
               f"[{_range(st['chained_rows_per_s_spread'], 0)}]"]
+  if "legacy_index" in result:
+    li = result["legacy_index"]
+    rate = lambda name, digits=0: (f"{li[name]:,.{digits}f} "
+                                   f"[{_range(li[name + '_spread'], digits)}]")
+    lines += ["", f"frozen version-0 HNSW index ({li['frozen_items']} items, "
+              f"d {li['dims'][0]}; {li['queries']} version-{len(li['dims']) - 1}"
+              f" queries, top {li['k']}): build {rate('build_s', 3)} s "
+              f"(exact {rate('exact_build_s', 5)} s); queries/s: version-0 "
+              f"vectors {rate('qps_raw')}, mapped by the linear chain "
+              f"{rate('qps_linear')}, by the residual-MLP chain "
+              f"{rate('qps_mlp')}; mapping per query: linear "
+              f"{rate('map_linear_us', 1)} us, MLP {rate('map_mlp_us', 1)} us;"
+              f" insertion {rate('insert_items_per_s')} items/s"]
   if "aggregation" in result:
     lines += ["", "| aggregation | scale | edges | fwd ms | fwd+bwd ms |",
               "|---|---|---|---|---|"]

@@ -48,7 +48,8 @@ def _is_spread(pair, median):
 def test_record_has_every_key(record):
   result, lines = record
   for key in ("jax_version", "devices", "matmul_peak_gflops", "versions",
-              "strategy_overheads", "store", "aggregation", "scaling",
+              "strategy_overheads", "store", "legacy_index", "aggregation",
+              "scaling",
               "sweep", "consumer_eval"):
     assert key in result, key
   assert isinstance(result["jax_version"], str)
@@ -97,6 +98,12 @@ def test_store_and_scaling(record):
   for name in ("composed_rows_per_s", "chained_rows_per_s"):
     assert store[name] > 0
     assert _is_spread(store[name + "_spread"], store[name])
+  legacy = result["legacy_index"]
+  for name in ("build_s", "exact_build_s", "qps_raw", "qps_linear", "qps_mlp",
+               "map_linear_us", "map_mlp_us", "insert_items_per_s"):
+    assert legacy[name] > 0
+    assert _is_spread(legacy[name + "_spread"], legacy[name]), name
+  assert (legacy["frozen_items"], legacy["inserted_items"]) == (15, 15)
   sampled, full = result["scaling"]
   for row in (sampled, full):
     assert {"interactions", "mode", "epoch_s", "peak_mem_gb"} <= set(row)
@@ -112,7 +119,8 @@ def test_store_and_scaling(record):
 def test_table_shows_every_section(record):
   text = benchmark.table(record[0])
   for needle in ("dense matmul peak", "| version |", "extra work",
-                 "seed sweep", "consumer scoring", "store,", "| aggregation",
+                 "seed sweep", "consumer scoring", "store,",
+                 "frozen version-0 HNSW index", "| aggregation",
                  "sampled = neighbour sampling", "| 3,000 | full |",
                  "| 3,000 | sampled |"):
     assert needle in text, needle

@@ -7,7 +7,7 @@ import pytest
 from bcjax import pipeline
 from bcjax.configs import test as test_config
 from bcjax.data.synthetic import make_synthetic
-from bcjax.rundir import RunDir
+from bcjax.rundir import RunDir, read_json
 from bcjax.strategies import BC_ALIGNER_NAME as BC
 
 NAMES = ["nobc", BC]
@@ -39,6 +39,15 @@ def test_two_seeds_report_intervals_and_resume_per_seed(tmp_path):
   first, second = (np.load(d.version_dir(BC, 2) / "users.npy") for d in seeds)
   assert not np.allclose(first, second)  # Different seeds train differently.
   assert "± " in result.table and "BC-Aligner minus" in result.table
+  # Legacy retrieval: the mean over seeds of each seed's report.
+  legacy = [d.report_path("report.json") for d in seeds]
+  legacy = [read_json(p)["legacy_retrieval"][BC] for p in legacy]
+  assert content["legacy_retrieval"][BC]["recall@50"] == pytest.approx(
+      np.mean([r["recall@50"] for r in legacy], axis=0))
+  assert content["legacy_retrieval"][BC]["ann_vs_exact"] == pytest.approx(
+      np.mean([r["ann_vs_exact"] for r in legacy]))
+  assert len(content["legacy_retrieval_ceiling"]["recall@50"]) == 4
+  assert "Legacy retrieval" in result.table
   for path in result.plots:
     assert path.parent == tmp_path and path.read_bytes()[:4] == b"\x89PNG"
   # Again: every version and consumer of both seeds is reused, not retrained.

@@ -196,6 +196,20 @@ def test_reproduce_end_to_end(tmp_path):
   matrix = compat[BC]["tasks"]["binary-edge-rating"]["matrix"]
   assert len(matrix) == 5 and matrix[0][0] is None and matrix[0][1] is not None
   assert "| strategy | mean compatibility AUC |" in out
+  # Legacy retrieval: every strategy through the frozen version-0 index.
+  legacy = content["legacy_retrieval"]
+  assert list(legacy) == list(STRATEGIES)
+  for r in legacy.values():
+    assert len(r["recall@10"]) == len(r["recall@50"]) == 4
+    assert len(r["refreshed_recall@50"]) == 4
+    assert 0 < r["ann_vs_exact"] <= 1.5 and r["pct_of_ceiling"] > 0
+  assert legacy["fix-m0"]["vs_fix_m0_pct"] == 0.0
+  # The ceiling is nobc's version-k model ranking every item: its Recall@50.
+  assert content["legacy_retrieval_ceiling"]["recall@50"] == pytest.approx(
+      [json.loads((tmp_path / "run" / "nobc" / f"v{k}" / "metrics.json"
+                   ).read_text())["best"]["recall@50"] for k in range(1, 5)])
+  assert "Legacy retrieval: Recall@50 through the frozen" in out
+  assert f"plot: {tmp_path / 'run' / 'legacy_retrieval.png'}" in out
   assert f"plot: {tmp_path / 'run' / f'compatibility_{BC}.png'}" in out
   print(f"reproduce end to end: {elapsed:.1f}s")
 

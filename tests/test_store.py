@@ -460,6 +460,19 @@ def test_export_run_skips_a_trailing_incomplete_version(tmp_path):
   assert store.latest_version == 2 and store.dataset == "ml100k"
 
 
+def test_export_run_refuses_a_non_linear_chain(tmp_path):
+  """A post-hoc adapter's B_k (`bcjax.adapters`) is no matrix: the store,
+  which serves one composed matrix, refuses it by name."""
+  _fake_run(tmp_path / "run")
+  (tmp_path / "run" / "bc" / "v2" / "transform.npy").unlink()
+  (tmp_path / "run" / "bc" / "v2" / "metrics.json").write_text(
+      '{"backward": "residual-mlp", "backward_params": []}')
+  with pytest.raises(StoreError, match="residual-mlp backward map at version "
+                     "2; the store holds linear chains only"):
+    store_lib.export_run(tmp_path / "run", "bc", tmp_path / "out")
+  assert not (tmp_path / "out").exists()
+
+
 def test_export_run_without_config_names_the_run(tmp_path):
   _fake_run(tmp_path / "run")
   (tmp_path / "run" / "config.json").unlink()

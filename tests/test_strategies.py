@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bcjax import metrics, strategies, training, transforms
+from bcjax import adapters, metrics, strategies, training, transforms
 from bcjax.data.graph import AttributeKind
 from bcjax.data.synthetic import make_synthetic
 from bcjax.experiment import Experiment
@@ -29,6 +29,8 @@ from bcjax.configs import test as test_config
 BC_STRATEGIES = ("joint-notrans-sloss", "joint-lin-sloss", "joint-lin-mloss",
                  "posthoc-lin-sloss", "posthoc-lin-mloss", "posthoc-lstsq",
                  "posthoc-procrustes")
+# Post-hoc adapters: B_k is not one matrix (`bcjax.adapters`).
+ADAPTERS = ("posthoc-lowrank-affine", "posthoc-residual-mlp")
 DIMS = (8, 12, 16)
 
 
@@ -53,7 +55,7 @@ def _config():
 def run(tmp_path_factory):
   graph = make_synthetic(3000, seed=0)
   experiment = Experiment(graph, _config(), tmp_path_factory.mktemp("run"))
-  for name in ("nobc", "fix-m0") + BC_STRATEGIES:
+  for name in ("nobc", "fix-m0") + BC_STRATEGIES + ADAPTERS:
     experiment.run(name)
   return experiment
 
@@ -108,6 +110,24 @@ def test_bc_embedding_is_the_chain_newest_first(run, name):
       expected = expected @ _load(run, name, j, "transform")
     np.testing.assert_allclose(_load(run, name, k, "bc_users"), expected,
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_adapters_save_their_maps_and_apply_the_chain_map_by_map(run, name):
+  """B_k is saved as its parameters (no transform.npy), reads back as the
+  same map, and the BC embedding is B_1(... B_k(z_k)); the adapters fitted
+  on nobc's pairs align better than nobc's prefix."""
+  kind = strategies.get(name).backward
+  for k in range(run.num_versions):
+    maps = run.run_dir.backward_maps(name, k)
+    assert [m.kind for m in maps] == [kind] * k
+    assert not (run.run_dir.version_dir(name, k) / "transform.npy").exists()
+    expected = _load(run, name, k, "users")
+    for m in reversed(maps):
+      expected = adapters.apply(m, expected)
+    np.testing.assert_allclose(_load(run, name, k, "bc_users"), expected,
+                               rtol=1e-5, atol=1e-5)
+  assert _alignment_error(run, name) < _alignment_error(run, "nobc")
 
 
 def test_prefix_strategies_read_the_first_dims(run):

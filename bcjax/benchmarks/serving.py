@@ -1,5 +1,6 @@
-"""Serving-side figures: reading a version from an embedding store and
-scoring frozen consumer heads across versions.
+"""Serving-side figures: reading a version from an embedding store, scoring
+frozen consumer heads across versions, and serving through a frozen legacy
+index.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from bcjax import consumers, scoring
+from bcjax import adapters, consumers, retrieval, scoring, transforms
 from bcjax import store as store_lib
 from bcjax.benchmarks.measure import timed
 from bcjax.data import DynamicGraph, make_splits
@@ -130,3 +131,76 @@ def consumer_eval(graph: DynamicGraph, config, repeats: int = 3,
           "loop_spread_s": [t_l["min_s"], t_l["max_s"]],
           "speedup": t_l["median_s"] / t_v["median_s"],
           "auc_max_abs_diff": diff}
+
+
+def legacy_index(dims=(256, 320, 384, 448, 512), num_users: int = 943,
+                 num_items: int = 1682, k: int = 10, repeats: int = 5,
+                 seed: int = 0) -> dict:
+  """Serving through a frozen version-0 HNSW index (`bcjax.retrieval`).
+
+  Half the items fill the frozen index at d_0; queries are `num_users`
+  version-K vectors (d_K), mapped into version 0 by the linear chain
+  composed once (one product, as the store serves it) or by a chain of
+  residual-MLP adapters (map by map, `adapters.apply_chain`);
+  the other half of the items are inserted into a copy of the index.
+  Vectors are Gaussian, the maps random: the figures are costs, not recall.
+
+  Returns:
+    `{"build_s", "exact_build_s", "qps_raw", "qps_linear", "qps_mlp",
+    "map_linear_us", "map_mlp_us", "insert_items_per_s"}` (medians; QPS and
+    per-query mapping costs over the batch of queries), each with its
+    `..._spread` `[min, max]`, plus the sizes.
+  """
+  rng = np.random.default_rng(seed)
+  normal = lambda *shape: rng.normal(size=shape).astype(np.float32)
+  frozen_items, new_items = normal(num_items // 2, dims[0]), normal(
+      num_items - num_items // 2, dims[0])
+  queries = normal(num_users, dims[-1])
+  linear = [adapters.BackwardMap.from_matrix(normal(d, prev) / np.sqrt(d))
+            for prev, d in zip(dims, dims[1:])]
+  mlp = [adapters.BackwardMap("residual-mlp", {
+      "w": normal(d, prev) / np.sqrt(d), "bias": normal(1, prev),
+      "w1": normal(d, 128) / np.sqrt(d), "b1": normal(1, 128),
+      "w2": normal(128, prev) / np.sqrt(128)})
+         for prev, d in zip(dims, dims[1:])]
+  top = len(dims) - 1
+  # The linear chain as the store serves it: composed once, one product.
+  composed = transforms.chain_matrix([m.matrix for m in linear], top, 0)
+  map_linear = lambda: queries @ composed
+  build = timed(retrieval.build_index, frozen_items, "hnsw", repeats=repeats)
+  exact_build = timed(retrieval.build_index, frozen_items, "exact",
+                      repeats=repeats)
+  index = retrieval.build_index(frozen_items, "hnsw")
+  raw_queries = normal(num_users, dims[0])
+  search = lambda q: retrieval.search(index, q, k)
+  times = {
+      "raw": timed(search, raw_queries, repeats=repeats),
+      "linear": timed(lambda: search(map_linear()), repeats=repeats),
+      "mlp": timed(lambda: search(adapters.apply_chain(mlp, queries, top, 0)),
+                   repeats=repeats),
+      "map_linear": timed(map_linear, repeats=repeats),
+      "map_mlp": timed(adapters.apply_chain, mlp, queries, top, 0,
+                       repeats=repeats),
+      "insert": timed(retrieval.with_inserted, index, new_items,
+                      repeats=repeats)}
+  per = lambda t, n, scale: {"median": n * scale / t["median_s"],
+                             "spread": [n * scale / t["max_s"],
+                                        n * scale / t["min_s"]]}
+  cost = lambda t: {"median": 1e6 * t["median_s"] / num_users,
+                    "spread": [1e6 * t["min_s"] / num_users,
+                               1e6 * t["max_s"] / num_users]}
+  figures = {"qps_raw": per(times["raw"], num_users, 1),
+             "qps_linear": per(times["linear"], num_users, 1),
+             "qps_mlp": per(times["mlp"], num_users, 1),
+             "map_linear_us": cost(times["map_linear"]),
+             "map_mlp_us": cost(times["map_mlp"]),
+             "insert_items_per_s": per(times["insert"], len(new_items), 1)}
+  out = {"dims": list(dims), "frozen_items": len(frozen_items),
+         "inserted_items": len(new_items), "queries": num_users, "k": k,
+         "build_s": build["median_s"],
+         "build_s_spread": [build["min_s"], build["max_s"]],
+         "exact_build_s": exact_build["median_s"],
+         "exact_build_s_spread": [exact_build["min_s"], exact_build["max_s"]]}
+  for name, f in figures.items():
+    out[name], out[f"{name}_spread"] = f["median"], f["spread"]
+  return out

@@ -17,7 +17,7 @@ from absl import logging
 import numpy as np
 
 from bcjax import io
-from bcjax.rundir import RunDir
+from bcjax.rundir import METRICS, RunDir
 from bcjax.store import layout
 from bcjax.store.embedding_store import EmbeddingStore
 from bcjax.store.layout import MAX_MANIFEST_BYTES, StoreError
@@ -121,6 +121,12 @@ def export_run(workdir: str | os.PathLike[str], strategy: str,
   versions = _complete_versions(run_dir, strategy)
   for k in versions[1:]:
     path = run_dir.path(strategy, k, "transform.npy")
+    kind = _run_file(lambda: run_dir.metrics(strategy, k),
+                     run_dir.path(strategy, k, METRICS)).get(
+                         "backward", "linear")
+    if kind != "linear":
+      raise StoreError(f"strategy {strategy!r} has a {kind} backward map at "
+                       f"version {k}; the store holds linear chains only")
     if not path.is_file():
       raise StoreError(f"strategy {strategy!r} has no backward transformation "
                        f"at version {k} (no {path})")
