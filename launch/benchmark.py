@@ -43,7 +43,7 @@ from typing import Callable
 import jax
 from absl import app, flags
 
-from bcjax import benchmarks, io
+from bcjax import adapters, benchmarks, io
 from bcjax.data import load_dataset
 from launch import common
 from bcjax.configs import paper, quick
@@ -272,14 +272,14 @@ def table(result: dict) -> str:
     lines += ["", f"extra work per version at version {o['version']} "
               f"(epochs s: {epochs}; joint: (epoch - plain epoch) x epochs, "
               "a difference of medians, noise when small or negative):",
-              "| joint sloss s | joint mloss s | post-hoc SGD s | lstsq s | "
-              "procrustes s |", "|---|---|---|---|---|",
+              "| joint sloss s | joint mloss s | post-hoc SGD s | "
+              + " | ".join(f"{fit} s" for fit in adapters.FITS) + " |",
+              "|---" * (3 + len(adapters.FITS)) + "|",
               f"| {o['joint_sloss_extra_s']:.1f} | "
               f"{o['joint_mloss_extra_s']:.1f} | {o['posthoc_sgd_s']:.1f} | "
-              f"{o['posthoc_lstsq_s']:.3f} "
-              f"[{_range(o['posthoc_lstsq_spread_s'], 3)}] | "
-              f"{o['posthoc_procrustes_s']:.3f} "
-              f"[{_range(o['posthoc_procrustes_spread_s'], 3)}] |"]
+              + " | ".join(f"{o[f'posthoc_{fit}_s']:.3f} "
+                           f"[{_range(o[f'posthoc_{fit}_spread_s'], 3)}]"
+                           for fit in adapters.FITS) + " |"]
   if "sweep" in result:
     w = result["sweep"]
     lines += ["", f"seed sweep, {w['seeds']} seeds x one epoch of version "

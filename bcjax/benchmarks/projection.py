@@ -40,7 +40,7 @@ def paper_wall_time(config, versions: dict, overheads: dict,
     versions: `training_epoch`'s figures by version ("0", "1", ...); every
       version of the preset is needed.
     overheads: `strategy_overheads`' figures (`epochs_s` by objective,
-      `posthoc_lstsq_s`, `posthoc_procrustes_s`).
+      `posthoc_<fit>_s` of every closed-form or adapter fit).
     names: the strategies to count (default all).
 
   Returns:

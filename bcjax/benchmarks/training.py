@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bcjax import keys as key_streams
-from bcjax import sweep, transforms
+from bcjax import adapters, sweep
 from bcjax.benchmarks.measure import spread, timed
 from bcjax.data import DynamicGraph
 from bcjax.experiment import Experiment
@@ -176,8 +176,9 @@ def strategy_overheads(graph: DynamicGraph, config, workdir: str,
   posthoc = epoch_time(Objective(train_model=False, transform="linear"),
                        AlignmentInputs(target=target, embeddings=embeddings))
   x, y = np.asarray(embeddings), np.asarray(target)
-  lstsq = timed(transforms.fit_lstsq, x, y, repeats=repeats)
-  procrustes = timed(transforms.fit_procrustes, x, y, repeats=repeats)
+  # Every closed-form or adapter fit of B_k (`adapters.FITS`): one fit each.
+  fits = {name: timed(adapters.fit, name, x, y, jax.random.key(0),
+                      repeats=repeats) for name in adapters.FITS}
   epochs = {"plain": plain, "sloss": single, "mloss": multi,
             "posthoc": posthoc}
   return {
@@ -191,11 +192,9 @@ def strategy_overheads(graph: DynamicGraph, config, workdir: str,
       "joint_sloss_extra_s": (single - plain) * config.epochs,
       "joint_mloss_extra_s": (multi - plain) * config.epochs,
       "posthoc_sgd_s": posthoc * config.posthoc_epochs,
-      "posthoc_lstsq_s": lstsq["median_s"],
-      "posthoc_lstsq_spread_s": [lstsq["min_s"], lstsq["max_s"]],
-      "posthoc_procrustes_s": procrustes["median_s"],
-      "posthoc_procrustes_spread_s": [procrustes["min_s"],
-                                      procrustes["max_s"]],
+      **{f"posthoc_{name}_s": t["median_s"] for name, t in fits.items()},
+      **{f"posthoc_{name}_spread_s": [t["min_s"], t["max_s"]]
+         for name, t in fits.items()},
   }
 
 
