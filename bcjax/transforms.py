@@ -211,23 +211,39 @@ def blocked_product(table: np.ndarray, matrix: np.ndarray,
   Returns:
     `[r, d_out]` (or `[n, d_out]`), in the result dtype of `table @ matrix`.
   """
+  return blocked_map(table, lambda block: block @ matrix, rows)
+
+
+def blocked_map(table: np.ndarray, fn: Callable[[np.ndarray], Any],
+                rows: np.ndarray | None = None) -> np.ndarray:
+  """`fn(table)[rows]` for a row-wise `fn`, over `blocked_product`'s fixed
+  blocks of rows: any map (a non-linear backward chain) gives a row read
+  alone exactly as the bulk read does.
+
+  Args:
+    table: `[n, d_in]` rows, or one row `[d_in]` (then the result is 1-D).
+    fn: `[b, d_in] -> [b, d_out]`, each output row from its input row only.
+    rows: `[r]` integer row indices into `table`; None for every row.
+
+  Returns:
+    `[r, d_out]` (or `[n, d_out]`), in `fn`'s result dtype.
+  """
   if np.ndim(table) == 1:  # One row.
-    return blocked_product(np.asarray(table)[None], matrix, rows)[0]
+    return blocked_map(np.asarray(table)[None], fn, rows)[0]
   n, block = table.shape[0], PRODUCT_BLOCK_ROWS
+  empty = np.asarray(fn(table[:0]))  # The output width and dtype, no rows.
   if rows is None:
-    out = np.empty((n, matrix.shape[1]),
-                   np.result_type(table.dtype, matrix.dtype))
-    for start in range(0, n, block):  # Written in place: no second copy.
-      np.matmul(table[start:start + block], matrix,
-                out=out[start:start + block])
+    out = np.empty((n, empty.shape[1]), empty.dtype)
+    for start in range(0, n, block):  # Written block by block: no concatenation.
+      out[start:start + block] = fn(table[start:start + block])
     return out
   rows = np.asarray(rows, dtype=np.int64).reshape(-1)
   blocks, position = np.unique(rows // block, return_inverse=True)
-  out = np.empty((rows.size, matrix.shape[1]),
-                 np.result_type(table.dtype, matrix.dtype))
+  out = np.empty((rows.size, empty.shape[1]), empty.dtype)
   for b, start in enumerate(blocks * block):
     picked = position == b
-    out[picked] = (table[start:start + block] @ matrix)[rows[picked] - start]
+    out[picked] = np.asarray(fn(table[start:start + block]))[rows[picked]
+                                                              - start]
   return out
 
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from bcjax import store as store_lib
+from bcjax import adapters, store as store_lib
 from bcjax import transforms
 from bcjax.store import EmbeddingStore, StoreError
 import float32_bounds
@@ -460,17 +460,69 @@ def test_export_run_skips_a_trailing_incomplete_version(tmp_path):
   assert store.latest_version == 2 and store.dataset == "ml100k"
 
 
-def test_export_run_refuses_a_non_linear_chain(tmp_path):
-  """A post-hoc adapter's B_k (`bcjax.adapters`) is no matrix: the store,
-  which serves one composed matrix, refuses it by name."""
-  _fake_run(tmp_path / "run")
-  (tmp_path / "run" / "bc" / "v2" / "transform.npy").unlink()
-  (tmp_path / "run" / "bc" / "v2" / "metrics.json").write_text(
-      '{"backward": "residual-mlp", "backward_params": []}')
-  with pytest.raises(StoreError, match="residual-mlp backward map at version "
-                     "2; the store holds linear chains only"):
-    store_lib.export_run(tmp_path / "run", "bc", tmp_path / "out")
-  assert not (tmp_path / "out").exists()
+def _residual_mlp(rng, d_in, d_out, hidden=5):
+  shapes = {"w": (d_in, d_out), "bias": (d_out,), "w1": (d_in, hidden),
+            "b1": (hidden,), "w2": (hidden, d_out)}
+  return adapters.BackwardMap("residual-mlp", {
+      p: rng.normal(size=s).astype(np.float32) for p, s in shapes.items()})
+
+
+def test_export_run_serves_a_non_linear_chain_map_by_map(tmp_path):
+  """A post-hoc adapter's B_2 (a residual MLP, `bcjax.adapters`) is stored
+  as its parameter files; reads apply B_3, B_2, B_1 in turn, and a row read
+  by id is bit for bit the bulk row."""
+  arrays = _fake_run(tmp_path / "run")
+  v2 = tmp_path / "run" / "bc" / "v2"
+  mlp = _residual_mlp(np.random.default_rng(5), DIMS[2], DIMS[1])
+  (v2 / "transform.npy").unlink()
+  for p, value in mlp.params.items():
+    np.save(v2 / f"backward_{p}.npy", value)
+  (v2 / "metrics.json").write_text(json.dumps(
+      {"backward": "residual-mlp", "backward_params": sorted(mlp.params)}))
+  store = store_lib.export_run(tmp_path / "run", "bc", tmp_path / "out")
+  chain = [adapters.BackwardMap.from_matrix(arrays[1][2]), mlp,
+           adapters.BackwardMap.from_matrix(arrays[3][2])]
+  users3, items3 = arrays[3][0], arrays[3][1]
+  reopened = EmbeddingStore.open(tmp_path / "out")
+  for j in (0, 1, 2):
+    users, items = reopened.embeddings(j)
+    np.testing.assert_allclose(
+        users, adapters.apply_chain(chain, users3, 3, j), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        items, adapters.apply_chain(chain, items3, 3, j), rtol=1e-5, atol=1e-5)
+    one, _ = reopened.lookup(user_ids=[USER_IDS[4]], version=j)
+    np.testing.assert_array_equal(one[0], users[4])
+  # A linear stretch of the chain keeps the one-matrix path (B_3 alone).
+  np.testing.assert_array_equal(
+      store.embeddings(2)[0], transforms.blocked_product(users3, arrays[3][2]))
+  manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+  assert manifest["versions"][2]["transform"] == {
+      "kind": "residual-mlp",
+      "params": {p: f"v2_backward_{p}.npy" for p in sorted(mlp.params)}}
+
+
+def test_a_non_linear_map_of_the_wrong_width_is_refused(tmp_path):
+  arrays = _version_arrays()
+  store = EmbeddingStore.create(tmp_path / "s", arrays[0][0], arrays[0][1],
+                                USER_IDS[:5], ITEM_IDS[:3], "d", "s")
+  wrong = _residual_mlp(np.random.default_rng(0), DIMS[1], DIMS[0] + 1)
+  with pytest.raises(StoreError, match=r"transform has shape \(6, 5\), "
+                     r"expected \[d_1, 4\]"):
+    store.append_version(arrays[1][0], arrays[1][1], wrong, USER_IDS[:7],
+                         ITEM_IDS[:3])
+  # A manifest whose map does not fit its dims is refused on open.
+  good = _residual_mlp(np.random.default_rng(0), DIMS[1], DIMS[0])
+  store.append_version(arrays[1][0], arrays[1][1], good, USER_IDS[:7],
+                       ITEM_IDS[:3])
+  path = tmp_path / "s" / "manifest.json"
+  manifest = json.loads(path.read_text())
+  manifest["versions"][1]["dim"] = 5
+  manifest["files"]["v1_users.npy"]["shape"] = [7, 5]
+  manifest["files"]["v1_items.npy"]["shape"] = [3, 5]
+  path.write_text(json.dumps(manifest))
+  with pytest.raises(StoreError, match="version 1's residual-mlp map goes "
+                     "from 6 to 4 dims, expected 5 to 4"):
+    EmbeddingStore.open(tmp_path / "s")
 
 
 def test_export_run_without_config_names_the_run(tmp_path):

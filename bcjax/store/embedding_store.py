@@ -24,13 +24,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, BinaryIO, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 
 import numpy as np
 
-from bcjax import io
-from bcjax import transforms
-from bcjax.store import layout
+from bcjax import io, transforms
+from bcjax.store import layout, maps
 from bcjax.store.layout import (FORMAT, FORMAT_VERSION, MANIFEST,
                                 StoreError)
 
@@ -52,7 +51,7 @@ class EmbeddingStore:
     self._raw_manifest = raw_manifest
     self._manifest = json.loads(raw_manifest)
     self._arrays: dict[str, np.ndarray] = {}
-    self._chains: dict[tuple[int, int], np.ndarray] = {}
+    self._chains: dict[tuple[int, int], Callable] = {}
     self._pinned = dict(pinned or {})
 
   def close(self) -> None:
@@ -252,15 +251,14 @@ class EmbeddingStore:
                        f"version {self.latest_version}")
     return int(version)
 
-  def _chain(self, from_version: int, to_version: int) -> np.ndarray:
-    """M_{from->to} for from > to as float32 `[d_from, d_to]`, composed once
-    (in float64) and cached."""
+  def _chain(self, from_version: int, to_version: int) -> Callable:
+    """Rows of `from_version` -> rows of `to_version` < it (`maps`), cached."""
     key = (from_version, to_version)
     if key not in self._chains:
       versions = self._manifest["versions"]
-      chain = [self._read(versions[v]["transform"]).astype(np.float64)
-               for v in range(from_version, to_version, -1)]
-      self._chains[key] = transforms.compose(chain).astype(np.float32)
+      self._chains[key] = maps.chain_function(
+          [maps.from_files(versions[v]["transform"], self._read)
+           for v in range(from_version, to_version, -1)])
     return self._chains[key]
 
   def transform(self, z: Any, from_version: int, to_version: int) -> np.ndarray:
@@ -272,7 +270,8 @@ class EmbeddingStore:
       to_version: j <= k.
 
     Returns:
-      `[n, d_to]`, `z @ M_{k->j}` (z itself when j == k).
+      `[n, d_to]`, `z @ M_{k->j}` (z itself when j == k); a chain with a
+      non-linear map applies B_k, ..., B_{j+1} in turn (`maps`).
 
     Raises:
       StoreError: for an unknown version, j > k, or a z of the wrong width.
@@ -286,7 +285,7 @@ class EmbeddingStore:
     if z.ndim not in (1, 2) or z.shape[-1] != self.dims[k]:
       raise StoreError(f"embeddings have shape {z.shape}, expected "
                        f"[n, {self.dims[k]}] for version {k}")
-    return z if j == k else transforms.blocked_product(z, self._chain(k, j))
+    return z if j == k else transforms.blocked_map(z, self._chain(k, j))
 
   def embeddings(self, version: int | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -338,7 +337,7 @@ class EmbeddingStore:
       table, rows = self._read(latest[f"{kind}s"]), order[pos]
       # The rows exactly as `embeddings(j)` computes them (one product path).
       picked.append(table[rows] if j == self.latest_version else
-                    transforms.blocked_product(
+                    transforms.blocked_map(
                         table, self._chain(self.latest_version, j), rows))
     return picked[0], picked[1]
 
@@ -360,7 +359,8 @@ class EmbeddingStore:
 
   def append_version(self, users: Any, items: Any, transform: Any,
                      user_ids: Any, item_ids: Any) -> int:
-    """Adds version K+1: new latest embeddings and W_{K+1}.
+    """Adds version K+1: new latest embeddings and B_{K+1} (W_{K+1}, or any
+    `BackwardMap`, such as a post-hoc adapter).
 
     Older versions' files are never rewritten; the manifest switch is the
     commit point, after which the superseded latest files are removed.
@@ -368,7 +368,8 @@ class EmbeddingStore:
     Args:
       users: `[num_users', d_{K+1}]`; the rows may grow (new users last).
       items: `[num_items', d_{K+1}]`; likewise.
-      transform: `[d_{K+1}, d_K]`, W_{K+1}, applied as `z @ W`.
+      transform: `[d_{K+1}, d_K]`, W_{K+1}, applied as `z @ W`; or a
+        `bcjax.adapters.BackwardMap` from d_{K+1} to d_K dims (`maps`).
       user_ids: `[num_users']` raw ids; the stored ids must be a prefix.
       item_ids: `[num_items']` raw ids; likewise.
 
@@ -384,23 +385,22 @@ class EmbeddingStore:
       raise StoreError(f"store {self._root} changed since it was opened; "
                        "reopen it")
     k, d_prev = self.latest_version + 1, self.dims[-1]
-    transform = layout.as_float32("transform", transform)
-    if transform.shape[1] != d_prev:
-      raise StoreError(f"transform has shape {transform.shape}, expected "
-                       f"[d_{k}, {d_prev}]: version {k - 1} has {d_prev} dims")
+    backward = maps.checked(transform, k, d_prev)
     users, items, user_ids, item_ids = layout.check_latest(
         users, items, user_ids, item_ids)
-    if users.shape[1] != transform.shape[0]:
-      raise StoreError(f"transform has shape {transform.shape} but users have "
-                       f"shape {users.shape}: W_{k} needs one row per column")
+    if users.shape[1] != backward.d_in:
+      raise StoreError(f"transform has shape {(backward.d_in, d_prev)} but "
+                       f"users have shape {users.shape}: W_{k} needs one row "
+                       "per column")
     layout.check_prefix("user", self.user_ids, user_ids)
     layout.check_prefix("item", self.item_ids, item_ids)
 
     old_latest = self._manifest["latest"]
     latest = {role: f"v{k}_{role}.npy" for role in layout.LATEST_ROLES}
-    arrays = {f"v{k}_transform.npy": transform, latest["users"]: users,
-              latest["items"]: items, latest["user_ids"]: user_ids,
-              latest["item_ids"]: item_ids}
+    entry, arrays = maps.to_files(k, backward)
+    arrays.update({latest["users"]: users, latest["items"]: items,
+                   latest["user_ids"]: user_ids,
+                   latest["item_ids"]: item_ids})
     files = {name: info for name, info in self._manifest["files"].items()
              if name not in old_latest.values()}
     files.update({name: layout.write_npy(self._root, name, array)
@@ -408,7 +408,7 @@ class EmbeddingStore:
     manifest = dict(self._manifest, latest_version=k, latest=latest,
                     files=files, versions=self._manifest["versions"] + [
                         {"version": k, "dim": users.shape[1],
-                         "transform": f"v{k}_transform.npy"}])
+                         "transform": entry}])
     self._raw_manifest = self._commit(self._root, manifest)
     self._manifest = manifest
     for name in old_latest.values():

@@ -86,8 +86,10 @@ def export_run(workdir: str | os.PathLike[str], strategy: str,
 
   The run holds `user_ids.npy`, `item_ids.npy` (the full graph's raw ids;
   version k uses the first rows), optionally `config.json` and, per version k,
-  `<strategy>/v<k>/{users,items}.npy`, `transform.npy` (`[d_k, d_{k-1}]`, for
-  k >= 1) and `metrics.json`, written last to mark the version complete.
+  `<strategy>/v<k>/{users,items}.npy`, B_k for k >= 1 (`transform.npy`,
+  `[d_k, d_{k-1}]`, or a non-linear adapter's `backward_<p>.npy` files,
+  stored as they are: `bcjax.store.maps`) and `metrics.json`, written last
+  to mark the version complete.
   Complete versions 0..n-1 are exported; later incomplete ones are skipped.
   The store is built in a temporary sibling directory and renamed into place,
   so `out` either gets the whole store or stays as it was.
@@ -104,7 +106,7 @@ def export_run(workdir: str | os.PathLike[str], strategy: str,
 
   Raises:
     StoreError: for a missing run, strategy or file, a gap in the complete
-      versions, a version k >= 1 without `transform.npy` (a strategy without
+      versions, a version k >= 1 without a backward map (a strategy without
       backward transformations), or anything `create` / `append_version`
       reject.
   """
@@ -121,13 +123,9 @@ def export_run(workdir: str | os.PathLike[str], strategy: str,
   versions = _complete_versions(run_dir, strategy)
   for k in versions[1:]:
     path = run_dir.path(strategy, k, "transform.npy")
-    kind = _run_file(lambda: run_dir.metrics(strategy, k),
-                     run_dir.path(strategy, k, METRICS)).get(
-                         "backward", "linear")
-    if kind != "linear":
-      raise StoreError(f"strategy {strategy!r} has a {kind} backward map at "
-                       f"version {k}; the store holds linear chains only")
-    if not path.is_file():
+    record = _run_file(lambda: run_dir.metrics(strategy, k),
+                       run_dir.path(strategy, k, METRICS))
+    if not path.is_file() and "backward" not in record:
       raise StoreError(f"strategy {strategy!r} has no backward transformation "
                        f"at version {k} (no {path})")
   user_ids, item_ids = (_run_file(lambda: io.load_npy(run_dir.ids_path(kind)),
@@ -142,8 +140,8 @@ def export_run(workdir: str | os.PathLike[str], strategy: str,
     for k in versions[1:]:
       users, items, k_user_ids, k_item_ids = _run_version(
           run_dir, strategy, k, user_ids, item_ids)
-      transform = _run_file(lambda: run_dir.transform(strategy, k),
-                            run_dir.path(strategy, k, "transform.npy"))
+      transform = _run_file(lambda: run_dir.backward_map(strategy, k),
+                            run_dir.version_dir(strategy, k))
       store.append_version(users, items, transform, k_user_ids, k_item_ids)
     os.replace(tmp, out)
   except BaseException:

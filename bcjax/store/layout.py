@@ -5,7 +5,9 @@ A store is a directory:
   manifest.json           format, dataset, strategy, versions and their dims,
                           every file with its sha256, size, shape and dtype
   v<k>_transform.npy      W_k, `[d_k, d_{k-1}]` float32, one per k >= 1,
-                          written once and never rewritten
+                          written once and never rewritten; or, for a
+                          non-linear B_k (a post-hoc adapter), one
+  v<k>_backward_<p>.npy   float32 file per parameter p (`bcjax.store.maps`)
   v<K>_users.npy          `[num_users, d_K]` float32, memory-mapped on read
   v<K>_items.npy          `[num_items, d_K]` float32, memory-mapped on read
   v<K>_user_ids.npy       `[num_users]` raw user ids (numpy unicode)
@@ -23,11 +25,12 @@ import hashlib
 import os
 from pathlib import Path
 import re
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
 from bcjax import io
+from bcjax.adapters import KINDS, BackwardMap
 
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 << 20
@@ -124,6 +127,45 @@ def write_npy(root: Path, name: str, array: np.ndarray) -> dict[str, Any]:
           "shape": list(array.shape), "dtype": array.dtype.str}
 
 
+def transform_files(entry: Any) -> dict[str, str] | None:
+  """A version's "transform" entry as `{param: file name}`: a linear map's
+  one file (its `"w"`), or a non-linear map's `{"kind", "params"}`; None
+  for anything else."""
+  if isinstance(entry, str):
+    return {"w": entry}
+  if (isinstance(entry, dict) and set(entry) == {"kind", "params"}
+      and entry["kind"] in KINDS and entry["kind"] != "linear"
+      and isinstance(entry["params"], dict) and entry["params"]
+      and all(isinstance(p, str) and isinstance(f, str)
+              for p, f in entry["params"].items())):
+    return dict(entry["params"])
+  return None
+
+
+def _map_files(k: int, entry: dict, files: dict, dims: tuple[int, int],
+               fail: Callable[[str], None]) -> dict[str, tuple[list, str]]:
+  """The expected (shape, dtype kind) of a non-linear map's files, as
+  listed; the map they make must read d_k dims and give d_{k-1}."""
+  shapes = {}
+  for param, name in entry["params"].items():
+    info = files.get(name)
+    shape = info.get("shape") if isinstance(info, dict) else None
+    if not (isinstance(shape, list) and 1 <= len(shape) <= 2 and all(
+        type(n) is int and n >= 1 for n in shape)):
+      fail(f"version {k}'s map parameter {param!r} ({name!r}) is not listed "
+           "with a 1-D or 2-D shape")
+    shapes[param] = shape
+  try:
+    backward = BackwardMap(entry["kind"], {p: np.zeros(s, np.float32)
+                                           for p, s in shapes.items()})
+  except ValueError as e:
+    fail(f"version {k}'s map: {e}")
+  if (backward.d_in, backward.d_out) != dims:
+    fail(f"version {k}'s {entry['kind']} map goes from {backward.d_in} to "
+         f"{backward.d_out} dims, expected {dims[0]} to {dims[1]}")
+  return {entry["params"][p]: (s, "f") for p, s in shapes.items()}
+
+
 def as_float32(name: str, x: Any) -> np.ndarray:
   x = np.ascontiguousarray(x, dtype=np.float32)
   if x.ndim != 2:
@@ -213,11 +255,15 @@ def validate(manifest: Any, root: Path) -> None:
       fail(f"versions[{k}] = {entry!r}; expected version {k} with a "
            "positive int dim")
     transform = entry.get("transform")
-    if (transform is None) != (k == 0) or (k and not isinstance(transform,
-                                                                 str)):
-      fail(f"version {k} must {'not ' if k == 0 else ''}name a transform file")
-    if k:
+    named = transform_files(transform)
+    if (transform is None) != (k == 0) or (k and named is None):
+      fail(f"version {k} must {'not ' if k == 0 else ''}name a transform file"
+           " (or a map's kind and parameter files)")
+    if isinstance(transform, str):
       expected[transform] = ([entry["dim"], versions[k - 1]["dim"]], "f")
+    elif k:
+      expected.update(_map_files(k, transform, files,
+                                 (entry["dim"], versions[k - 1]["dim"]), fail))
   rows = {}
   for role in ("users", "items"):
     info = files.get(latest[role])
@@ -234,7 +280,9 @@ def validate(manifest: Any, root: Path) -> None:
       latest["user_ids"]: ([rows["users"]], "U"),
       latest["item_ids"]: ([rows["items"]], "U"),
   })
-  if len(expected) != len(versions) + 3:
+  num_named = sum(len(transform_files(v.get("transform")) or ())
+                  for v in versions)
+  if len(expected) != num_named + 4:
     fail("every version's transform and every latest role needs its own file")
   for name, (shape, kind) in expected.items():
     inside(root, name)
