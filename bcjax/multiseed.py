@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from bcjax import intervals, io, plots, report, retrieval_report
-from bcjax.numbers import finite_mean, fmt
+from bcjax.numbers import entrywise_mean, finite_mean, fmt
 from bcjax.rundir import RunDir, read_json
 from bcjax.strategies import BC_ALIGNER_NAME, PAPER_NAMES
 
@@ -38,13 +38,6 @@ def figures(record: Mapping) -> dict[str, float | None]:
           **{f: record[f] for f in FIGURES[1:]}}
 
 
-def _per_version_mean(lists: Sequence[Sequence]) -> list:
-  """Entry-wise mean over seeds of per-version lists (None where no seed
-  has a value)."""
-  return [finite_mean([v for v in column if v is not None])
-          for column in zip(*lists)]
-
-
 def _mean_compatibility(per_seed: Sequence[Mapping]) -> dict:
   """strategy -> the compatibility summary averaged over the seeds that
   have it: overall and per-task means, matrices entry by entry."""
@@ -55,7 +48,7 @@ def _mean_compatibility(per_seed: Sequence[Mapping]) -> dict:
     for t in dict.fromkeys(t for r in runs for t in r["tasks"]):
       of_task = [r["tasks"][t] for r in runs if t in r["tasks"]]
       tasks[t] = {"mean": finite_mean([r["mean"] for r in of_task]),
-                  "matrix": [_per_version_mean(rows)
+                  "matrix": [entrywise_mean(rows)
                              for rows in zip(*(r["matrix"] for r in of_task))]}
     out[s] = {"mean": finite_mean([r["mean"] for r in runs]), "tasks": tasks,
               "per_seed": [r["mean"] for r in runs]}
@@ -84,11 +77,11 @@ def summarize_seeds(reports: Sequence[Mapping]) -> dict:
     records = [r["strategies"][s] for r in reports]
     tasks = dict.fromkeys(t for r in records for t in r["auc"])
     strategies[s] = {
-        "recall50": _per_version_mean([r["recall50"] for r in records]),
+        "recall50": entrywise_mean([r["recall50"] for r in records]),
         **{f: found[s][f]["mean"] for f in FIGURES[1:]},
-        "alignment": _per_version_mean([r.get("alignment", [])
+        "alignment": entrywise_mean([r.get("alignment", [])
                                         for r in records]),
-        "auc": {t: _per_version_mean([r["auc"][t] for r in records
+        "auc": {t: entrywise_mean([r["auc"][t] for r in records
                                       if t in r["auc"]]) for t in tasks},
         "selected_epoch": [r.get("selected_epoch") for r in records]}
   paired = {}

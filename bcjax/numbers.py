@@ -36,6 +36,12 @@ def finite_mean(values: Any) -> float | None:
   return float(flat.mean()) if flat.size else None
 
 
+def entrywise_mean(lists: Any) -> list:
+  """`finite_mean` of each position of equally long lists (the seeds'
+  per-version figures): None where no list has a finite value."""
+  return [finite_mean(list(column)) for column in zip(*lists)]
+
+
 def percent_change(value: float | None, reference: float | None
                    ) -> float | None:
   """100 (value - reference) / reference; None if either is missing or the

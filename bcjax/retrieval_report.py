@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from bcjax.numbers import finite_mean, fmt, percent_change
+from bcjax.numbers import entrywise_mean, finite_mean, fmt, percent_change
 from bcjax.plots import FIX_M0, plot_versions
 from bcjax.strategies import BC_ALIGNER_NAME, PAPER_NAMES
 
@@ -73,16 +73,14 @@ def mean_over_seeds(records: Sequence[Mapping[str, dict]]) -> dict[str, dict]:
   out = {}
   for s in dict.fromkeys(s for r in records for s in r):
     runs = [r[s] for r in records if s in r]
-    out[s] = {f: [finite_mean(list(column)) for column in
-                  zip(*(r[f] for r in runs))] for f in SERIES}
+    out[s] = {f: entrywise_mean([r[f] for r in runs]) for f in SERIES}
     out[s].update({f: finite_mean([r[f] for r in runs]) for f in SCALARS})
   return out
 
 
 def mean_ceiling(ceilings: Sequence[Mapping[str, list]]) -> dict[str, list]:
   """The ceiling's Recall@K per version, averaged over seeds."""
-  return {key: [finite_mean(list(column))
-                for column in zip(*(c[key] for c in ceilings))]
+  return {key: entrywise_mean([c[key] for c in ceilings])
           for key in ceilings[0]}
 
 
