@@ -88,6 +88,13 @@ class BackwardMap:
     return self.params["w"] if self.kind == "linear" else None
 
 
+def file_stem(kind: str, param: str) -> str:
+  """The file name (without suffix) of a map's parameter, as run
+  directories and stores both name it: a linear map's W is "transform",
+  any other map's parameter p "backward_<p>"."""
+  return "transform" if kind == "linear" else f"backward_{param}"
+
+
 def apply(backward: BackwardMap, z) -> np.ndarray:
   """B(z) for `[n, d_in]` rows, as float32 numpy.
 

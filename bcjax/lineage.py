@@ -257,7 +257,8 @@ class Lineage:
 
 
 def fill_from_neighbours(previous: np.ndarray, known: np.ndarray,
-            neighbours: tuple[Any, Any]) -> tuple[np.ndarray, np.ndarray]:
+                         neighbours: tuple[Any, Any]
+                         ) -> tuple[np.ndarray, np.ndarray]:
   """Fills the rows of unknown nodes from their known neighbours.
 
   Each node that `known` marks False and that has at least one known

@@ -170,7 +170,10 @@ def node_alignment(target: jax.Array, predicted: jax.Array,
     The scalar loss.
   """
   weight = jnp.zeros(target.shape[0], jnp.float32)
-  if isinstance(mask, tuple):  # Each group's rows weigh 1 / its own count.
+  # One mask per group: each group's rows weigh 1 / its own count. A single
+  # mask keeps its own path, one division after the sums, so every run
+  # without `known` computes what it did before, bit for bit.
+  if isinstance(mask, tuple):
     for ids, (keep, count) in zip(index, _group_masks(mask, index[0].shape[0],
                                                    len(index))):
       weight = weight.at[ids].add(keep.astype(jnp.float32) / count,

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from bcjax import io
-from bcjax.adapters import BackwardMap
+from bcjax.adapters import BackwardMap, file_stem
 
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.msgpack"
@@ -206,9 +206,10 @@ class RunDir:
     if "backward" not in record:
       raise FileNotFoundError(f"{self.version_dir(strategy, k)}: no "
                               "transform.npy and no non-linear backward map")
-    return BackwardMap(record["backward"],
-                       {name: self.array(strategy, k, f"backward_{name}")
-                        for name in record["backward_params"]})
+    kind = record["backward"]
+    return BackwardMap(kind, {name: self.array(strategy, k,
+                                               file_stem(kind, name))
+                              for name in record["backward_params"]})
 
   def backward_maps(self, strategy: str, k: int) -> list[BackwardMap]:
     """`[B_1, ..., B_k]` of a strategy's saved versions."""
@@ -219,11 +220,12 @@ class RunDir:
     """How `save_version` stores a B_k: (arrays, metrics.json fields).
     A linear map is `transform.npy`, as the store and the training chain
     read it."""
+    arrays = {file_stem(backward.kind, name): p
+              for name, p in backward.params.items()}
     if backward.kind == "linear":
-      return {"transform": backward.matrix}, {}
-    return ({f"backward_{name}": p for name, p in backward.params.items()},
-            {"backward": backward.kind,
-             "backward_params": sorted(backward.params)})
+      return arrays, {}
+    return arrays, {"backward": backward.kind,
+                    "backward_params": sorted(backward.params)}
 
   def metrics(self, strategy: str, k: int) -> dict:
     """metrics.json of a complete version."""

@@ -59,12 +59,12 @@ def checked(transform: Any, k: int, d_prev: int) -> BackwardMap:
 def to_files(k: int, backward: BackwardMap) -> tuple[Any, dict[str, Any]]:
   """Version k's manifest entry for `backward` and the arrays to write, by
   file name."""
+  names = {p: f"v{k}_{adapters.file_stem(backward.kind, p)}.npy"
+           for p in sorted(backward.params)}
+  arrays = {names[p]: backward.params[p] for p in names}
   if backward.kind == "linear":
-    name = f"v{k}_transform.npy"
-    return name, {name: backward.matrix}
-  names = {p: f"v{k}_backward_{p}.npy" for p in sorted(backward.params)}
-  return ({"kind": backward.kind, "params": names},
-          {names[p]: backward.params[p] for p in names})
+    return names["w"], arrays
+  return {"kind": backward.kind, "params": names}, arrays
 
 
 def from_files(entry: Any, read: Callable[[str], np.ndarray]) -> BackwardMap:
@@ -79,15 +79,13 @@ def chain_function(chain: list[BackwardMap]
                    ) -> Callable[[np.ndarray], np.ndarray]:
   """`[n, d_k] -> [n, d_j]`: B_{j+1}(... B_k(z)), `chain` newest first.
 
-  A linear chain is one float32 matrix, composed in float64; any other is
-  applied map by map (`adapters.apply`)."""
+  A linear chain is one float32 matrix composed in float64 (the store's
+  reads have always been so, a more precise product than
+  `adapters.apply_chain`'s float32 one); any other is applied map by map by
+  `adapters.apply_chain`."""
   if all(m.kind == "linear" for m in chain):
     matrix = transforms.compose(
         [np.asarray(m.matrix, np.float64) for m in chain]).astype(np.float32)
     return lambda z: z @ matrix
-
-  def apply(z):
-    for m in chain:
-      z = adapters.apply(m, z)
-    return z
-  return apply
+  oldest_first = chain[::-1]
+  return lambda z: adapters.apply_chain(oldest_first, z, len(chain), 0)
