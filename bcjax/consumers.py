@@ -1,11 +1,14 @@
 """Consumers of the unintended tasks: training the heads, saving and loading.
 
 Consumers are trained once on fix-m0's version-0 embeddings, for every hidden
-size h, every dropout rate and every seed at once: the trainer's epoch core
-(`bcjax.epoch.epoch_core`, a `lax.scan` of optimizer steps) is `jax.vmap`ped
-over dropout rates and seeds in one compiled epoch; only h changes shapes
-and is looped over. The grid point with the best mean
-validation ROC-AUC is kept, with each seed's best-epoch head. The tasks are
+size h, every dropout rate and every seed: per grid point (h, dropout), the
+trainer's epoch core (`bcjax.epoch.epoch_core`, a `lax.scan` of optimizer
+steps) is `jax.vmap`ped over the seeds in one compiled epoch. The rate is
+static so that rate 0 draws no dropout mask (the draws dominate a step on
+the CPU), and the example orders are shuffled on the host (`epoch_orders`;
+a sort-based permutation under jit cost a tenth of the epoch). The grid
+point with the best mean validation ROC-AUC is kept, with each seed's
+best-epoch head. The tasks are
 `bcjax.unintended`'s; the cross-version scoring is `bcjax.scoring`'s.
 
 In the run directory (`bcjax.rundir`): `consumers/<task>.msgpack` holds the
@@ -34,6 +37,7 @@ from bcjax.epoch import TrainState, adam, epoch_core
 from bcjax.models.consumer import ConsumerMLP
 from bcjax.progress import Progress, to_stderr
 from bcjax.rundir import RunDir, read_json
+from bcjax.data.sampling import numpy_rng
 from bcjax.unintended import (STD_THRESHOLD, TASKS, Examples, TaskData,
                               UnintendedTask, all_task_data,
                               early_stop_version, padded_examples, single_class,
@@ -116,20 +120,21 @@ def init_heads(hidden: int, d_in: int, keys: jax.Array):
 @dataclasses.dataclass(frozen=True)
 class ConsumerLoss:
   """The consumers' `bcjax.epoch.Loss`: binary cross-entropy of a head of
-  width `hidden` with dropout, masked to the batch's real rows.
+  width `hidden` with dropout at `rate`, masked to the batch's real rows.
 
-  `data` is `(tables, rows, labels, rate, dropout_key)` (the training
-  examples, the head's dropout rate and its epoch's dropout key); a batch is
-  `(index [B], real [B], i)`, batch i's examples and mask.
+  `data` is `(tables, rows, labels, dropout_key)` (the training examples and
+  the head's epoch dropout key); a batch is `(index [B], real [B], i)`,
+  batch i's examples and mask.
   """
   hidden: int
+  rate: float
 
   def __call__(self, params, state: TrainState, data, batch):
-    tables, rows, labels, rate, dropout_key = data
+    tables, rows, labels, dropout_key = data
     index, real, i = batch
     logits, updates = ConsumerMLP(self.hidden).apply(
         {"params": params["model"], **state.model_state},
-        features(tables, rows[index]), train=True, rate=rate, mask=real,
+        features(tables, rows[index]), train=True, rate=self.rate, mask=real,
         rngs={"dropout": keys.derive(dropout_key, "batch", i)},
         mutable=["batch_stats"])
     loss = optax.sigmoid_binary_cross_entropy(logits,
@@ -168,41 +173,63 @@ def _predict(model: ConsumerMLP, variables, tables, rows: jax.Array,
   return out.reshape(-1)
 
 
-@functools.partial(jax.jit, static_argnames=("hidden", "batch_size"),
+def epoch_orders(model_keys: Sequence[jax.Array], epoch: int, n: int,
+                 batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Each model's shuffled order of its n examples in `epoch`, on the host.
+
+  Model m's order is a numpy permutation seeded by
+  `keys.derive(keys.derive(model_keys[m], "epoch", epoch), "order")`; the
+  orders are padded to whole batches (padding points at example 0).
+
+  Returns:
+    (`[M, num_batches, batch_size]` int32 example indices, the
+    `[num_batches, batch_size]` bool mask of real rows, shared by the
+    models).
+  """
+  size = padding.round_up(n, batch_size)
+  orders = []
+  for key in model_keys:
+    rng = numpy_rng(keys.derive(keys.derive(key, "epoch", epoch), "order"))
+    (order,), real = padding.pad_rows((rng.permutation(n).astype(np.int32),),
+                                      size)
+    orders.append(order.reshape(-1, batch_size))
+  return np.stack(orders), real.reshape(-1, batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("hidden", "rate"),
                    donate_argnames=("state",))
-def _grid_epoch(state, model_keys, rates, epoch, train_tables, train_rows,
-                train_labels, val_tables, val_rows, val_labels, val_mask, *,
-                hidden: int, batch_size: int):
-  """One epoch of M models (`epoch_core` vmapped), then validation and
-  best-keeping.
+def _grid_epoch(state, model_keys, orders, real, epoch, train_tables,
+                train_rows, train_labels, val_tables, val_rows, val_labels,
+                val_mask, *, hidden: int, rate: float):
+  """One epoch of M models of one grid point (`epoch_core` vmapped), then
+  validation and best-keeping.
 
   Args:
     state: from `_start`, every leaf stacked over the M models.
-    model_keys: `[M]` model keys; epoch e draws from
-      `keys.derive(key, "epoch", e)` its "order" and "dropout" streams.
-    rates: `[M]` dropout rates.
+    model_keys: `[M]` model keys; epoch e's dropout draws from
+      `keys.derive(keys.derive(key, "epoch", e), "dropout")`.
+    orders, real: the models' batches and their shared mask
+      (`epoch_orders`).
     epoch: the (1-based) epoch number.
     train_tables, train_rows, train_labels: the training examples.
     val_tables, val_rows, val_labels, val_mask: the early-stopping examples,
-      padded to a multiple of batch_size.
+      padded to a multiple of the batch size.
+    hidden, rate: the grid point (static).
   """
-  loss, n = ConsumerLoss(hidden), train_rows.shape[0]
-  size = padding.round_up(n, batch_size)
+  loss, batch_size = ConsumerLoss(hidden, rate), real.shape[1]
 
-  def one_model(train, key, rate):
+  def one_model(train, key, order):
     key = keys.derive(key, "epoch", epoch)
-    (order,), real = padding.pad_rows(
-        (jax.random.permutation(keys.derive(key, "order"), n),), size)
-    batches = (order.reshape(-1, batch_size), real.reshape(-1, batch_size),
-               jnp.arange(size // batch_size))
+    batches = (order, real, jnp.arange(order.shape[0]))
     train, means = epoch_core(
-        train, (train_tables, train_rows, train_labels, rate,
+        train, (train_tables, train_rows, train_labels,
                 keys.derive(key, "dropout")), batches, loss=loss)
     logits = _predict(ConsumerMLP(hidden), train.model_variables(),
                       val_tables, val_rows, batch_size)
     return train, means["loss"], metrics.roc_auc(logits, val_labels, val_mask)
 
-  train, mean_loss, auc = jax.vmap(one_model)(state["train"], model_keys, rates)
+  train, mean_loss, auc = jax.vmap(one_model)(state["train"], model_keys,
+                                              orders)
   improved = auc > state["best_auc"]  # NaN never improves.
   keep = lambda new, old: jnp.where(
       improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
@@ -242,31 +269,30 @@ def train_heads(train_tables: Sequence[np.ndarray], train: Examples,
   val_rows, val_labels, val_mask = map(
       jnp.asarray, padded_examples(val, config.batch_size))
   d_in = sum(t.shape[1] for t in train_tables)
-  num_rates, seeds = len(config.dropout), config.seeds
-  rates = jnp.asarray(np.repeat(np.asarray(config.dropout, np.float32), seeds))
   best_mean, chosen, grid = -np.inf, None, {}
   for hidden in config.hidden:
-    # Model m is seed m % seeds: the same keys for every dropout rate.
-    seed_keys = [keys.derive(key, "heads", hidden, s) for s in range(seeds)]
-    model_keys = jnp.stack(seed_keys * num_rates)
-    state = _start(model_keys, hidden, d_in, adam(config.lr))
-    progress = Progress(f"{label} h={hidden}", config.epochs, log=log)
-    for epoch in range(1, config.epochs + 1):
-      state, loss = _grid_epoch(
-          state, model_keys, rates, np.int32(epoch), train_tables, train_rows,
-          train_labels, val_tables, val_rows, val_labels, val_mask,
-          hidden=hidden, batch_size=config.batch_size)
-      progress.update(epoch, float(np.mean(loss)), "best val AUC",
-                      float(np.mean(state["best_auc"])))
-    best_auc = np.asarray(state["best_auc"]).reshape(num_rates, seeds)
-    for r, p in enumerate(config.dropout):
-      grid[f"h={hidden},dropout={p}"] = best_auc[r].tolist()
-      if best_auc[r].mean() > best_mean:
-        best_mean = best_auc[r].mean()
-        pick = lambda a, r=r: np.asarray(a)[r * seeds:(r + 1) * seeds]
-        chosen = Heads(hidden, p, jax.tree.map(pick, state["best"]),
-                       best_auc[r],
-                       pick(state["best_epoch"]), grid)
+    # The same seed keys for every dropout rate.
+    model_keys = jnp.stack([keys.derive(key, "heads", hidden, s)
+                            for s in range(config.seeds)])
+    for rate in config.dropout:
+      state = _start(model_keys, hidden, d_in, adam(config.lr))
+      progress = Progress(f"{label} h={hidden} dropout={rate}", config.epochs,
+                          log=log)
+      for epoch in range(1, config.epochs + 1):
+        orders, real = epoch_orders(model_keys, epoch, len(train),
+                                    config.batch_size)
+        state, loss = _grid_epoch(
+            state, model_keys, orders, real, np.int32(epoch), train_tables,
+            train_rows, train_labels, val_tables, val_rows, val_labels,
+            val_mask, hidden=hidden, rate=rate)
+        progress.update(epoch, float(np.mean(loss)), "best val AUC",
+                        float(np.mean(state["best_auc"])))
+      best_auc = np.asarray(state["best_auc"])
+      grid[f"h={hidden},dropout={rate}"] = best_auc.tolist()
+      if best_auc.mean() > best_mean:
+        best_mean = best_auc.mean()
+        chosen = Heads(hidden, rate, jax.device_get(state["best"]), best_auc,
+                       np.asarray(state["best_epoch"]), grid)
   if chosen is None:
     raise ValueError(f"{label}: no grid point reached a finite validation AUC")
   return chosen

@@ -11,7 +11,8 @@ A run's keys form a tree (method §9):
   │     └─ neighbours                         the sampled trees (fanout > 0)
   └─ consumers:<task>                         a task's consumers (any strategy)
      ├─ heads/h/s                             seed s of hidden size h
-     │  └─ epoch/e/{order,dropout/batch/i}    drawn under jit
+     │  └─ epoch/e/order, epoch/e/dropout     the order on the host, the
+     │        └─ batch/i                      dropout masks under jit
      └─ compat/j                              compatibility row j's consumers
 
 A name is folded in as its CRC32, an index as itself, so two different

@@ -8,7 +8,8 @@
 Every figure is the median of several runs with its spread [min, max]; the
 JAX version, the devices and a dense-matmul peak measured in the same run
 head the record. Sections (`--sections`, default the suite's): the dense
-matmul peak; one training epoch and one evaluation pass at paper sizes on
+matmul peak; the BatchNorm and dropout layers against JAX's own forms
+(`layers`); one training epoch and one evaluation pass at paper sizes on
 MovieLens-100k (`--versions`); each strategy family's extra work per
 version; store reads; the aggregation candidates at multiples of
 MovieLens-100k; a seed sweep (N seeds vmapped against N sequential runs,
@@ -48,7 +49,8 @@ from bcjax.data import load_dataset
 from launch import common
 from bcjax.configs import paper, quick
 
-SECTIONS = ("matmul", "versions", "overheads", "store", "legacy_index",
+SECTIONS = ("matmul", "layers", "versions", "overheads", "store",
+            "legacy_index",
             "aggregation", "sweep", "consumer_eval", "scaling")
 # Computed from the measured sections (versions and overheads), not timed.
 PROJECTION = "projection"
@@ -169,6 +171,10 @@ def run_suite(suite: Suite, graph, sections=None, layout: str = "",
     result["matmul_peak_gflops"] = peak["gflops"]
     result["matmul_peak_spread_gflops"] = peak["gflops_spread"]
     result["matmul_peak_n"] = peak["n"]
+  if "layers" in sections:
+    section("layers", "BatchNorm (hand VJP vs JAX's) and dropout masks "
+            "(16-bit vs bernoulli)")
+    result["layers"] = benchmarks.layer_kernels(repeats=max(30, suite.repeats))
   with tempfile.TemporaryDirectory() as workdir:
     if "versions" in sections:
       result["versions"] = {}
@@ -254,6 +260,14 @@ def table(result: dict) -> str:
     lines += ["", f"dense matmul peak: {result['matmul_peak_gflops']:.0f} "
               f"GFLOP/s [{_range(result['matmul_peak_spread_gflops'], 0)}] "
               f"(n = {result['matmul_peak_n']})"]
+  if "layers" in result:
+    la = result["layers"]
+    ms = lambda name: f"{la[name]:.2f} [{_range(la[name + '_spread'], 2)}]"
+    lines += ["", f"BatchNorm forward + backward at {la['node_shape']}: hand "
+              f"VJP {ms('batchnorm_ms')} ms, JAX's {ms('batchnorm_autodiff_ms')}"
+              f" ms ({la['batchnorm_speedup']:.2f}x); dropout masks at "
+              f"{la['batch_shape']}: 16-bit {ms('dropout_ms')} ms, bernoulli "
+              f"{ms('bernoulli_ms')} ms ({la['dropout_speedup']:.2f}x)"]
   if "versions" in result:
     lines += ["", f"paper sizes on {result['dataset']}:",
               "| version | layout | step ms | epoch s | eval s | compile s | "

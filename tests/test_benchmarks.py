@@ -49,7 +49,7 @@ def test_record_has_every_key(record):
   result, lines = record
   for key in ("jax_version", "devices", "matmul_peak_gflops", "versions",
               "strategy_overheads", "store", "legacy_index", "aggregation",
-              "scaling",
+              "scaling", "layers",
               "sweep", "consumer_eval"):
     assert key in result, key
   assert isinstance(result["jax_version"], str)
@@ -66,6 +66,11 @@ def test_record_has_every_key(record):
   assert _is_spread(v["eval_spread_s"], v["eval_s"])
   assert set(result["strategy_overheads"]["epochs_s"]) == {
       "plain", "sloss", "mloss", "posthoc"}
+  layers = result["layers"]
+  for name in ("batchnorm", "batchnorm_autodiff", "dropout", "bernoulli"):
+    assert _is_spread(layers[f"{name}_ms_spread"], layers[f"{name}_ms"])
+  assert np.isclose(layers["batchnorm_speedup"],
+                    layers["batchnorm_autodiff_ms"] / layers["batchnorm_ms"])
   for row in result["aggregation"]:
     if row["fwd_ms"] is not None:
       assert _is_spread(row["fwd_ms_spread"], row["fwd_ms"])

@@ -295,3 +295,23 @@ def test_train_and_evaluate_run_directory(tmp_path):
   assert activity[:2] == [None, None] and len(activity[2]) == 2
   assert [a is None for a in auc["binary-item-rating-std"]["fix-m0"]] == [
       True, False, False]
+
+
+def test_dropout_keeps_the_expected_share_and_scales_it():
+  """16-bit masks: the kept share matches 1 - rate within sampling error,
+  kept entries are scaled by 1 / (1 - rate), and rate 0 draws nothing."""
+  from bcjax.models.consumer import dropout
+  x = jnp.ones((512, 257))  # An odd width: one 16-bit draw left over.
+  for rate in (0.25, 0.5, 0.1):
+    out = np.asarray(dropout(x, rate, jax.random.key(3)))
+    kept = out != 0
+    # Binomial standard error at 131,584 draws is under 0.0014.
+    assert abs(kept.mean() - (1 - rate)) < 0.006, rate
+    np.testing.assert_allclose(out[kept], 1 / (1 - rate), rtol=1e-6)
+    # Both 16-bit halves of a word are used: neither half of the row is
+    # constant or copies the other.
+    assert 0.5 < kept[:, :128].mean() / kept[:, 128:256].mean() < 2.0
+    assert (kept[:, :128] != kept[:, 128:256]).any()
+  assert dropout(x, 0.0, None) is x
+  with pytest.raises(ValueError, match="dropout rate 1.0"):
+    dropout(x, 1.0, jax.random.key(0))

@@ -1,5 +1,6 @@
 """Training-side figures: aggregation layouts, the epoch per version, the
-extra cost of each strategy, and seeds trained under `vmap`.
+extra cost of each strategy, seeds trained under `vmap`, and the BatchNorm
+and dropout layers against JAX's own forms.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from bcjax.benchmarks.measure import spread, timed
 from bcjax.data import DynamicGraph
 from bcjax.experiment import Experiment
 from bcjax.models import aggregate as agg
+from bcjax.models.batchnorm import (masked_batch_norm,
+                                    masked_batch_norm_autodiff)
+from bcjax.models.consumer import dropout
 from bcjax.training import (AlignmentInputs, EmbeddingLoss, Objective, adam,
                             embed, init_state, train_epoch)
 
@@ -270,3 +274,45 @@ def seed_sweep(graph: DynamicGraph, config, workdir: str, version: int = 0,
           "speedup": sq / vm, "vmapped_compile_s": compile_v,
           "sequential_compile_s": compile_s,
           "loss_max_abs_diff": float(np.max(np.abs(loss_v - loss_s)))}
+
+
+def layer_kernels(node_shape=(2688, 128), batch_shape=(5, 2048, 128),
+                  repeats: int = 5) -> dict:
+  """The two layers whose CPU cost was rewritten, against JAX's own form.
+
+  BatchNorm: forward + backward of `masked_batch_norm` (hand-written VJP)
+  and of `masked_batch_norm_autodiff` on `node_shape` activations (a
+  quick-preset version-4 node array). Dropout: the consumers' 16-bit masks
+  (`bcjax.models.consumer.dropout`) against `jax.random.bernoulli` masks
+  at `batch_shape` (seeds x batch x h), rate 0.5.
+
+  Returns:
+    `{"batchnorm_ms", "batchnorm_autodiff_ms", "dropout_ms",
+    "bernoulli_ms"}` medians with their `_spread` [min, max] and the two
+    ratios.
+  """
+  x, cotangent = jax.random.normal(jax.random.key(0), (2,) + node_shape)
+  w = (jnp.arange(node_shape[0]) < node_shape[0] - 63).astype(jnp.float32)
+  scale, bias = jnp.ones(node_shape[1]), jnp.zeros(node_shape[1])
+
+  def norm_step(norm):  # A linear loss: nothing but the layer is timed.
+    loss = lambda x, s, b: jnp.sum(norm(x, w, s, b, 1e-5)[0] * cotangent)
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+  masks = jax.vmap(lambda k: dropout(jnp.ones(batch_shape[1:]), 0.5, k))
+  coins = jax.vmap(lambda k: jax.random.bernoulli(k, 0.5, batch_shape[1:]))
+  seeds = jax.random.split(jax.random.key(1), batch_shape[0])
+  out = {}
+  for name, fn, args in (
+      ("batchnorm", norm_step(masked_batch_norm), (x, scale, bias)),
+      ("batchnorm_autodiff", norm_step(masked_batch_norm_autodiff),
+       (x, scale, bias)),
+      ("dropout", jax.jit(masks), (seeds,)),
+      ("bernoulli", jax.jit(coins), (seeds,))):
+    t = timed(fn, *args, repeats=repeats)
+    out[f"{name}_ms"] = 1e3 * t["median_s"]
+    out[f"{name}_ms_spread"] = [1e3 * t["min_s"], 1e3 * t["max_s"]]
+  out["batchnorm_speedup"] = out["batchnorm_autodiff_ms"] / out["batchnorm_ms"]
+  out["dropout_speedup"] = out["bernoulli_ms"] / out["dropout_ms"]
+  out.update(node_shape=list(node_shape), batch_shape=list(batch_shape))
+  return out

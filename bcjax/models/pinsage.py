@@ -26,6 +26,7 @@ import scipy.sparse
 
 from bcjax.data.neighbours import SampledInputs, Subgraph
 from bcjax.models.aggregate import Adjacency, aggregate, make_adjacency
+from bcjax.models.batchnorm import MaskedBatchNorm
 
 # PyTorch's nn.Linear default initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
 # as in the paper's reference implementation.
@@ -189,37 +190,6 @@ def make_graph_inputs(train_user: np.ndarray, train_item: np.ndarray,
                  if factorise else None)
   return GraphInputs(adjacency=adjacency, node_mask=jnp.asarray(mask),
                      attributes=attrs, first_layer=first_layer)
-
-
-class MaskedBatchNorm(nn.Module):
-  """BatchNorm over the real rows only, with PyTorch's conventions.
-
-  Normalises with the biased batch variance; the running variance is updated
-  with the unbiased one, running = 0.9 running + 0.1 batch, eps 1e-5.
-  """
-  momentum: float = 0.9
-  epsilon: float = 1e-5
-
-  @nn.compact
-  def __call__(self, x, mask, train: bool):
-    d = x.shape[-1]
-    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (d,))
-    running_var = self.variable("batch_stats", "var", jnp.ones, (d,))
-    scale = self.param("scale", nn.initializers.ones, (d,))
-    bias = self.param("bias", nn.initializers.zeros, (d,))
-    if train:
-      w = mask.astype(x.dtype)[:, None]
-      n = jnp.sum(w)
-      mean = jnp.sum(x * w, axis=0) / n
-      var = jnp.sum(jnp.square(x - mean) * w, axis=0) / n
-      if not self.is_initializing():
-        m = self.momentum
-        running_mean.value = m * running_mean.value + (1 - m) * mean
-        running_var.value = (m * running_var.value
-                             + (1 - m) * var * n / jnp.maximum(n - 1, 1))
-    else:
-      mean, var = running_mean.value, running_var.value
-    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
 
 
 class SAGEConv(nn.Module):
