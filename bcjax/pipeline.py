@@ -9,7 +9,9 @@ With `config.seeds` = S > 1 it does so for the training seeds config.seed ..
 config.seed + S - 1, each in its own run directory `seed<s>/` (the
 cross-version evaluation scores every training seed in one call), and
 writes the report over seeds (`bcjax.multiseed`: intervals and paired
-differences) at the top.
+differences) at the top. With `config.workers` = W > 1 the training stages
+of every seed run first on W worker processes (`bcjax.workers`), and the
+stages below find them complete.
 It is resumable: complete versions, saved consumers and saved compatibility
 matrices are reused; the cross-version evaluation, the legacy retrieval and
 the report (seconds) are always redone. `launch/reproduce.py` is its command
@@ -27,7 +29,7 @@ from typing import Callable, NamedTuple, Sequence
 import ml_collections
 
 from bcjax import (compatibility, configs, consumers, multiseed, report,
-                   retrieval, scoring, strategies)
+                   retrieval, scoring, strategies, workers)
 from bcjax.data import DynamicGraph
 from bcjax.experiment import Experiment
 from bcjax.rundir import RunDir
@@ -87,15 +89,28 @@ def reproduce(graph: DynamicGraph, config: ml_collections.ConfigDict,
   seeds, start = settings.seeds, time.perf_counter()
   stage = lambda message: log(
       f"== {message} ({time.perf_counter() - start:.1f}s elapsed)")
-  runs = []
-  for i, seed in enumerate(seeds, 1):
-    if len(seeds) > 1:
-      log(f"== seed {seed} ({i}/{len(seeds)})")
+  seed_configs = []
+  for seed in seeds:
     seed_config = config.copy_and_resolve_references()
     seed_config.seed, seed_config.seeds = seed, 1
-    runs.append(_train_seed(
-        graph, seed_config, run_dir if len(seeds) == 1 else
-        run_dir.seed_dir(seed), names, settings, log, stage))
+    seed_configs.append(seed_config)
+  seed_dirs = [run_dir if len(seeds) == 1 else run_dir.seed_dir(seed)
+               for seed in seeds]
+  if settings.workers > 1:
+    stage(f"training in {settings.workers} worker processes: "
+          f"{len(seeds)} seed(s) x {len(names)} strategies, consumers, "
+          "compatibility")
+    workers.train_parallel(
+        graph, [job for c, d in zip(seed_configs, seed_dirs)
+                for job in workers.seed_jobs(c, d.root, names)],
+        settings.workers, log)
+  runs = []
+  for i, (seed, seed_config, seed_dir) in enumerate(
+      zip(seeds, seed_configs, seed_dirs), 1):
+    if len(seeds) > 1:
+      log(f"== seed {seed} ({i}/{len(seeds)})")
+    runs.append(_train_seed(graph, seed_config, seed_dir, names, settings,
+                            log, stage))
   stage("cross-version evaluation" + (
       f": {len(seeds)} training seeds in one call" if len(seeds) > 1 else ""))
   tasks = consumers.all_task_data(runs[0].experiment.splits)

@@ -38,11 +38,12 @@ def get(preset: str) -> ml_collections.ConfigDict:
 
 class Settings(NamedTuple):
   """What a validated config means: the versions to train, the consumer and
-  compatibility settings, the training seeds."""
+  compatibility settings, the training seeds, the worker processes."""
   versions: list[int]
   consumer: ConsumerConfig
   compat: CompatConfig
   seeds: list[int]
+  workers: int = 1
 
 
 def validate(config: ml_collections.ConfigDict) -> Settings:
@@ -54,7 +55,8 @@ def validate(config: ml_collections.ConfigDict) -> Settings:
   Returns:
     The `Settings`: `versions` is `config.versions` resolved ("all", or
     comma-separated integers such as "0,2", sorted); `seeds` the training
-    seeds `config.seed, ..., config.seed + config.seeds - 1`.
+    seeds `config.seed, ..., config.seed + config.seeds - 1`; `workers`
+    the training processes of `bcjax.workers` (1: none).
 
   Raises:
     ValueError: naming the first bad field (non-finite numbers included).
@@ -70,6 +72,11 @@ def validate(config: ml_collections.ConfigDict) -> Settings:
                 "posthoc_epochs", "recall_batch_users", "chunk_batches"):
     numbers.positive_int(f"config.{field}", config[field])
   numbers.positive_int("config.seeds", config.get("seeds", 1))
+  workers = numbers.positive_int("config.workers", config.get("workers", 1))
+  if workers > 1 and int(config.devices) != 1:
+    raise ValueError(f"config.workers={workers} trains one device per "
+                     f"worker; it needs config.devices=1, not "
+                     f"{config.devices}")
   for field in ("seed", "min_select_epoch", "checkpoint_every", "devices",
                 "fanout"):
     if numbers.finite_float(f"config.{field}", config[field], 0) % 1:
@@ -87,7 +94,7 @@ def validate(config: ml_collections.ConfigDict) -> Settings:
       strategies.get(s).name for s in compat.strategies))
   seeds = [int(config.seed) + i for i in range(int(config.get("seeds", 1)))]
   return Settings(_versions(config.versions, num_versions),
-                  ConsumerConfig(**config.consumer), compat, seeds)
+                  ConsumerConfig(**config.consumer), compat, seeds, workers)
 
 
 def _versions(versions, num_versions: int) -> list[int]:

@@ -26,6 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.seeds = 1               # training seeds: seed, seed + 1, ... (a run
                                  # directory each, the report over them)
+  config.workers = 1             # training processes (bcjax.workers); a
+                                 # small CPU trains faster with 2 pinned
   config.versions = "all"        # or e.g. "0" / "0,1,2"
   config.layout = ""             # aggregation layout; "" chooses by size
   config.fanout = 0              # neighbour sampling: neighbours per node and
