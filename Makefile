@@ -18,7 +18,11 @@ $(STAMP): setup.py Makefile
 	$(PY) -m pip install -q --no-deps recbole==1.2.1
 	touch $(STAMP)
 
+# The worker processes compile the same programs: JAX's persistent
+# compilation cache lets the second one reuse the first one's.
 reproduce: $(STAMP)
+	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/xla \
+	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
 	$(PY) -m launch.reproduce
 
 # The tests start many processes running the same small programs: JAX's
