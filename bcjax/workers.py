@@ -26,6 +26,7 @@ fork-safe) and get the graph once, at start.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -33,7 +34,7 @@ import sys
 import time
 import types
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import ml_collections
 
@@ -106,22 +107,10 @@ def train_parallel(graph: DynamicGraph, jobs: Sequence[Job], workers: int,
   Raises:
     Whatever a job raised (the others are cancelled first).
   """
-  cpus = sorted(os.sched_getaffinity(0)) if hasattr(
-      os, "sched_getaffinity") else []
-  shares = ([cpus[i::workers] for i in range(workers)]
-            if len(cpus) >= workers else [[] for _ in range(workers)])
-  context = multiprocessing.get_context("spawn")
-  queue = context.Queue()
-  for share in shares:
-    queue.put(share)
   rank = _critical_paths(jobs)
   pending, done, running = list(jobs), set(), {}
   start = time.perf_counter()
-  with concurrent.futures.ProcessPoolExecutor(
-      workers, mp_context=context, initializer=_start_worker,
-      # A plain dict travels (the graph's read-only mapping does not pickle).
-      initargs=(dataclasses.replace(graph, attributes=dict(graph.attributes)),
-                queue)) as pool:
+  with pinned_processes(graph, workers) as pool:
     while pending or running:
       ready = sorted((j for j in pending if set(j.after) <= done),
                      key=lambda j: -rank[j.id])
@@ -145,6 +134,35 @@ def train_parallel(graph: DynamicGraph, jobs: Sequence[Job], workers: int,
         done.add(job.id)
         log(f"== seed {job.seed}: {_describe(job)} done "
             f"({time.perf_counter() - start:.1f}s elapsed)")
+
+
+@contextlib.contextmanager
+def pinned_processes(graph: DynamicGraph, count: int
+                     ) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+  """A pool of `count` spawned processes, each pinned to its own share of
+  the CPUs (none when there are fewer CPUs than processes) and holding
+  `graph` (`worker_graph()`)."""
+  cpus = sorted(os.sched_getaffinity(0)) if hasattr(
+      os, "sched_getaffinity") else []
+  shares = ([cpus[i::count] for i in range(count)]
+            if len(cpus) >= count else [[] for _ in range(count)])
+  context = multiprocessing.get_context("spawn")
+  queue = context.Queue()
+  for share in shares:
+    queue.put(share)
+  with concurrent.futures.ProcessPoolExecutor(
+      count, mp_context=context, initializer=_start_worker,
+      # A plain dict travels (the graph's read-only mapping does not pickle).
+      initargs=(dataclasses.replace(graph, attributes=dict(graph.attributes)),
+                queue)) as pool:
+    yield pool
+
+
+def worker_graph() -> DynamicGraph:
+  """The graph of this worker process (`pinned_processes`)."""
+  if _graph is None:
+    raise RuntimeError("worker_graph: not in a pinned_processes worker")
+  return _graph
 
 
 def _critical_paths(jobs: Sequence[Job]) -> dict:
@@ -211,7 +229,7 @@ def _run_job(job: Job) -> None:
   sys.stderr = _Prefixed(stderr, f"[seed {job.seed}] ")
   try:
     config = ml_collections.ConfigDict(job.config)
-    experiment = Experiment(_graph, config, Path(job.root))
+    experiment = Experiment(worker_graph(), config, Path(job.root))
     if job.kind == "version0":
       experiment.run(NOBC, [0])
     elif job.kind == "strategy":

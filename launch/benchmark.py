@@ -10,7 +10,8 @@ JAX version, the devices and a dense-matmul peak measured in the same run
 head the record. Sections (`--sections`, default the suite's): the dense
 matmul peak; the BatchNorm and dropout layers against JAX's own forms
 (`layers`); one training epoch and one evaluation pass at paper sizes on
-MovieLens-100k (`--versions`); each strategy family's extra work per
+MovieLens-100k (`--versions`); two pinned worker processes against one
+process (`workers`, quick preset, version 4); each strategy family's extra work per
 version; store reads; the aggregation candidates at multiples of
 MovieLens-100k; a seed sweep (N seeds vmapped against N sequential runs,
 quick preset); consumer scoring (vmapped against a Python loop over
@@ -49,7 +50,7 @@ from bcjax.data import load_dataset
 from launch import common
 from bcjax.configs import paper, quick
 
-SECTIONS = ("matmul", "layers", "versions", "overheads", "store",
+SECTIONS = ("matmul", "layers", "versions", "overheads", "workers", "store",
             "legacy_index",
             "aggregation", "sweep", "consumer_eval", "scaling")
 # Computed from the measured sections (versions and overheads), not timed.
@@ -106,6 +107,7 @@ class Suite:
   consumer_strategies: int | None = None          # None: all
   sweep_seeds: int = 4
   sweep_version: int = 0
+  workers_version: int = 4
   scaling_sizes: tuple[int, ...] = (10**5, 10**6, 10**7)   # sampled mode
   full_scaling_sizes: tuple[int, ...] = (10**5, 3 * 10**5, 10**6)
   scaling_fanout: int = 10
@@ -188,6 +190,15 @@ def run_suite(suite: Suite, graph, sections=None, layout: str = "",
       result["strategy_overheads"] = benchmarks.strategy_overheads(
           graph, config, f"{workdir}/overheads", suite.overhead_version,
           repeats=suite.overhead_repeats)
+    if "workers" in sections:
+      section("workers", "2 pinned processes vs "
+              f"one, {sweep_config.preset} preset version "
+              f"{suite.workers_version}")
+      result["workers"] = {"preset": sweep_config.preset,
+                           **benchmarks.worker_throughput(
+                               graph, sweep_config, f"{workdir}/workers",
+                               suite.workers_version,
+                               repeats=suite.repeats)}
     if "sweep" in sections:
       section("sweep", f"{suite.sweep_seeds} seeds vmapped vs sequential, "
               f"version {suite.sweep_version}, {sweep_config.preset} preset")
@@ -294,6 +305,15 @@ def table(result: dict) -> str:
               + " | ".join(f"{o[f'posthoc_{fit}_s']:.3f} "
                            f"[{_range(o[f'posthoc_{fit}_spread_s'], 3)}]"
                            for fit in adapters.FITS) + " |"]
+  if "workers" in result:
+    wk = result["workers"]
+    lines += ["", f"worker processes, {wk['preset']} preset version "
+              f"{wk['version']}: one process on every CPU "
+              f"{wk['one_process_epoch_s']:.3f} s an epoch; {wk['workers']} "
+              "pinned processes at once " + ", ".join(
+                  f"{t:.3f}" for t in wk["worker_epoch_s"]) + " s: "
+              f"{wk['workers_epochs_per_s']:.2f} epochs/s against "
+              f"{wk['one_process_epochs_per_s']:.2f} ({wk['speedup']:.2f}x)"]
   if "sweep" in result:
     w = result["sweep"]
     lines += ["", f"seed sweep, {w['seeds']} seeds x one epoch of version "

@@ -24,6 +24,7 @@ TINY = benchmark.Suite(
     overhead_repeats=2, consumer_tasks=("binary-item-rating-avg",),
     consumer_strategies=3, agg_scales=(1,), agg_dim=8, matmul_sizes=(64,),
     store_dims=(4, 6, 8), store_rows=(20, 30), sweep_seeds=2,
+    workers_version=2,
     scaling_sizes=(3000,), full_scaling_sizes=(3000,), scaling_fanout=3,
     scaling_dim=8, scaling_layers=1,
     scaling_max_steps=1, scaling_repeats=2, scaling_timeout_s=300,
@@ -49,7 +50,7 @@ def test_record_has_every_key(record):
   result, lines = record
   for key in ("jax_version", "devices", "matmul_peak_gflops", "versions",
               "strategy_overheads", "store", "legacy_index", "aggregation",
-              "scaling", "layers",
+              "scaling", "layers", "workers",
               "sweep", "consumer_eval"):
     assert key in result, key
   assert isinstance(result["jax_version"], str)
@@ -66,6 +67,12 @@ def test_record_has_every_key(record):
   assert _is_spread(v["eval_spread_s"], v["eval_s"])
   assert set(result["strategy_overheads"]["epochs_s"]) == {
       "plain", "sloss", "mloss", "posthoc"}
+  workers = result["workers"]
+  assert workers["workers"] == 2 and len(workers["worker_epoch_s"]) == 2
+  assert np.isclose(workers["speedup"], workers["workers_epochs_per_s"]
+                    * workers["one_process_epoch_s"])
+  assert np.isclose(workers["workers_epochs_per_s"],
+                    sum(1 / t for t in workers["worker_epoch_s"]))
   layers = result["layers"]
   for name in ("batchnorm", "batchnorm_autodiff", "dropout", "bernoulli"):
     assert _is_spread(layers[f"{name}_ms_spread"], layers[f"{name}_ms"])

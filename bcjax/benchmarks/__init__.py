@@ -7,7 +7,8 @@ package, and it uses only bcjax's public names.
 
   measure    timers, the dense-matmul peak, peak and available memory
   training   aggregation layouts, epochs per version, strategy overheads,
-             seeds under vmap, the BatchNorm and dropout layers
+             seeds under vmap, worker processes, the BatchNorm and
+             dropout layers
   serving    store reads, consumer evaluation across versions, serving
              through a frozen legacy index
   scaling    the cost curve over graph sizes, one process per size
@@ -20,11 +21,12 @@ from bcjax.benchmarks.scaling import scaling, scaling_point
 from bcjax.benchmarks.serving import consumer_eval, legacy_index, store_read
 from bcjax.benchmarks.training import (aggregation_candidates, layer_kernels,
                                        replicated_graph, seed_sweep,
-                                       strategy_overheads, training_epoch)
+                                       strategy_overheads, training_epoch,
+                                       worker_throughput)
 
 __all__ = ["aggregation_candidates", "consumer_eval", "layer_kernels",
            "legacy_index",
            "matmul_peak_detail", "paper_wall_time", "replicated_graph",
            "scaling", "scaling_point", "seed_sweep", "spread", "store_read",
            "strategy_overheads", "timed",
-           "training_epoch"]
+           "training_epoch", "worker_throughput"]

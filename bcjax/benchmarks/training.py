@@ -1,6 +1,7 @@
 """Training-side figures: aggregation layouts, the epoch per version, the
-extra cost of each strategy, seeds trained under `vmap`, and the BatchNorm
-and dropout layers against JAX's own forms.
+extra cost of each strategy, seeds trained under `vmap`, worker processes
+against one process, and the BatchNorm and dropout layers against JAX's own
+forms.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from bcjax import keys as key_streams
 from bcjax import adapters, sweep
+from bcjax import workers as workers_lib
 from bcjax.benchmarks.measure import spread, timed
 from bcjax.data import DynamicGraph
 from bcjax.experiment import Experiment
@@ -316,3 +319,36 @@ def layer_kernels(node_shape=(2688, 128), batch_shape=(5, 2048, 128),
   out["dropout_speedup"] = out["bernoulli_ms"] / out["dropout_ms"]
   out.update(node_shape=list(node_shape), batch_shape=list(batch_shape))
   return out
+
+
+def worker_throughput(graph: DynamicGraph, config, workdir: str,
+                      version: int, workers: int = 2,
+                      repeats: int = 3) -> dict:
+  """Training epochs per second: `workers` processes pinned to their own
+  CPUs (`bcjax.workers`, what `config.workers` runs), all at once, against
+  one process on every CPU (`training_epoch` of `version`, each).
+
+  Returns:
+    `{"one_process_epoch_s", "worker_epoch_s": [per worker],
+    "one_process_epochs_per_s", "workers_epochs_per_s", "speedup",
+    "workers", "version"}`.
+  """
+  one = training_epoch(graph, config, f"{workdir}/one", version,
+                       repeats=repeats)["epoch_s"]
+  with workers_lib.pinned_processes(graph, workers) as pool:
+    each = [f.result() for f in [
+        pool.submit(_pinned_epoch_s, config.to_dict(), f"{workdir}/w{i}",
+                    version, repeats) for i in range(workers)]]
+  rate = sum(1.0 / t for t in each)
+  return {"one_process_epoch_s": one, "worker_epoch_s": each,
+          "one_process_epochs_per_s": 1.0 / one,
+          "workers_epochs_per_s": rate, "speedup": rate * one,
+          "workers": workers, "version": version}
+
+
+def _pinned_epoch_s(config: dict, workdir: str, version: int,
+                    repeats: int) -> float:
+  """`training_epoch`'s median epoch in a `pinned_processes` worker."""
+  return training_epoch(workers_lib.worker_graph(),
+                        ml_collections.ConfigDict(config), workdir, version,
+                        repeats=repeats)["epoch_s"]
