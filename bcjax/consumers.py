@@ -33,11 +33,11 @@ import numpy as np
 import optax
 
 from bcjax import io, keys, metrics, numbers, padding
+from bcjax.data.sampling import numpy_rng
 from bcjax.epoch import TrainState, adam, epoch_core
 from bcjax.models.consumer import ConsumerMLP
 from bcjax.progress import Progress, to_stderr
 from bcjax.rundir import RunDir, read_json
-from bcjax.data.sampling import numpy_rng
 from bcjax.unintended import (STD_THRESHOLD, TASKS, Examples, TaskData,
                               UnintendedTask, all_task_data,
                               early_stop_version, padded_examples, single_class,
