@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
+import jax
 import ml_collections
 
 from bcjax import (compatibility, configs, consumers, multiseed, report,
@@ -97,6 +98,10 @@ def reproduce(graph: DynamicGraph, config: ml_collections.ConfigDict,
   seed_dirs = [run_dir if len(seeds) == 1 else run_dir.seed_dir(seed)
                for seed in seeds]
   if settings.workers > 1:
+    if jax.process_count() > 1:
+      raise ValueError(f"config.workers={settings.workers} starts its own "
+                       "processes; with several JAX processes use "
+                       "config.workers=1")
     stage(f"training in {settings.workers} worker processes: "
           f"{len(seeds)} seed(s) x {len(names)} strategies, consumers, "
           "compatibility")
