@@ -122,8 +122,11 @@ def train_version(loss: EmbeddingLoss, data, batches: Callable[[jax.Array], Any]
   sign = -1.0 if schedule.lower_is_better else 1.0
 
   def fault(epoch: int, quantity: str):
-    kept = (f"; the last checkpoint is kept in {checkpointing.path}"
-            if checkpointing is not None else "")
+    kept = ""
+    if checkpointing is not None:
+      kept = (f"; the last checkpoint is kept in {checkpointing.path}"
+              if checkpointing.path.exists() else
+              "; no checkpoint was written before it")
     return FloatingPointError(f"{label}: {quantity} is not finite at epoch "
                               f"{epoch}{kept}")
 

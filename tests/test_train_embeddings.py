@@ -84,7 +84,7 @@ def test_bad_configurations_exit_2_with_one_line(tmp_path):
     assert not workdir.exists(), name
 
 
-def test_a_diverging_run_ends_with_one_message_and_keeps_its_checkpoint(
+def test_a_diverging_run_ends_with_one_message_naming_its_checkpoint(
     tmp_path):
   workdir = tmp_path / "run"
   result = subprocess.run(
@@ -96,6 +96,12 @@ def test_a_diverging_run_ends_with_one_message_and_keeps_its_checkpoint(
   last = result.stderr.strip().splitlines()[-1]
   checkpoint = workdir / "nobc" / "v0" / "checkpoint.msgpack"
   assert last.startswith("train_embeddings: error: nobc v0: "), last
-  assert "is not finite at epoch" in last and str(checkpoint) in last
-  assert checkpoint.exists()
+  assert "is not finite at epoch" in last
+  # The message names the checkpoint exactly when one was written (a run
+  # that diverges in its first epoch has none; tests/test_reliability.py
+  # keeps one after a NaN at epoch 3).
+  if checkpoint.exists():
+    assert f"the last checkpoint is kept in {checkpoint}" in last
+  else:
+    assert "is not finite at epoch 1; no checkpoint was written" in last
   assert not (workdir / "nobc" / "v0" / "metrics.json").exists()
