@@ -4,12 +4,12 @@ each.
 On a small CPU one training process leaves part of the machine idle: the
 CSR aggregation product runs on one thread, and the many small operations
 of a step pay a cross-thread handoff. Two processes pinned to one core each
-trained 1.2x the epochs per second of one process on both cores (quick
-preset, version 4, 2-core Xeon; see the README). So `train_parallel` runs
-the jobs of a multi-seed run (every strategy of every seed, each seed's
-consumers and compatibility matrices) on `workers` processes, each pinned
-to its own share of the CPUs, in an order that respects what each job
-reads:
+trained 1.33x the epochs per second of one process on both cores (quick
+preset, version 4, 2-core Xeon; `launch.benchmark --sections=workers`). So
+`train_parallel` runs the jobs of a multi-seed run (every strategy of every
+seed, each seed's consumers and compatibility matrices) on `workers`
+processes, each pinned to its own share of the CPUs, in an order that
+respects what each job reads:
 
   version 0 of nobc      before every other job of its seed
   a post-hoc strategy    after its base strategy (nobc)
