@@ -52,7 +52,8 @@ _COST = {"scratch": 120, "finetune": 20, "posthoc": 20, "consumers": 70,
 class Job:
   """One unit of work: `kind` ("version0", "strategy", "consumers" or
   "compatibility") of `name` (a strategy, or "") for the seed whose config
-  and run directory are `config` and `root`."""
+  and run directory are `config` and `root`, once the jobs whose ids are
+  `after` are done."""
   seed: int
   kind: str
   name: str

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from bcjax import io
+from bcjax import benchmarks, io
 from bcjax.data.synthetic import make_synthetic
 from launch import benchmark
 from bcjax.configs import test as test_config
@@ -129,7 +129,7 @@ def test_store_and_scaling(record):
 
 
 def test_table_shows_every_section(record):
-  text = benchmark.table(record[0])
+  text = benchmarks.record_table(record[0])
   for needle in ("dense matmul peak", "| version |", "extra work",
                  "seed sweep", "consumer scoring", "store,",
                  "frozen version-0 HNSW index", "| aggregation",
@@ -183,7 +183,7 @@ def test_accelerator_suite_projects_the_paper_preset_at_reduced_size():
              + evaluations * versions[k]["eval_s"] + versions[k]["compile_s"]
              for k in ("1", "2"))
   assert np.isclose(p["by_strategy"]["nobc"], nobc)
-  assert "projected wall time of the test preset" in benchmark.table(result)
+  assert "projected wall time of the test preset" in benchmarks.record_table(result)
   with pytest.raises(ValueError, match=r"no epoch figures for versions \[1\]"):
     benchmarks.paper_wall_time(config, {"0": versions["0"],
                                         "2": versions["2"]},
