@@ -165,7 +165,7 @@ def _finish_seed(run: _SeedRun, names: list[str], settings: configs.Settings,
   """One seed's compatibility matrices and report, once it is scored."""
   experiment, config = run.experiment, run.experiment.config
   compat = settings.compat
-  compat_names = [s for s in compat.strategies if s in names]
+  compat_names = settings.compat_strategies(names)
   if compat_names:
     stage(f"compatibility (seed {config.seed}): {', '.join(compat_names)}; "
           f"consumers at every version, {compat.epochs} epochs x "

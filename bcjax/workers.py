@@ -88,7 +88,7 @@ def seed_jobs(config: ml_collections.ConfigDict, root: str | os.PathLike,
   if consumers.REFERENCE in names:
     jobs.append(job("consumers", after=[(seed, "strategy",
                                          consumers.REFERENCE)]))
-    compat = [s for s in settings.compat.strategies if s in names]
+    compat = settings.compat_strategies(names)
     if compat:
       jobs.append(job("compatibility", after=[(seed, "consumers", "")] + [
           (seed, "strategy", s) for s in compat]))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import ml_collections
 
@@ -44,6 +44,10 @@ class Settings(NamedTuple):
   compat: CompatConfig
   seeds: list[int]
   workers: int = 1
+
+  def compat_strategies(self, names: Sequence[str]) -> list[str]:
+    """The compatibility matrix's strategies among those a run trains."""
+    return [s for s in self.compat.strategies if s in names]
 
 
 def validate(config: ml_collections.ConfigDict) -> Settings:
