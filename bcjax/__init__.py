@@ -1,12 +1,14 @@
 """bcjax: backward compatible embeddings (Hu et al., KDD 2022) in JAX.
 
-The model-agnostic surface (see the README's "Bring your own model"):
+The model-agnostic surface (see the README's "Bring your own model")::
 
   EmbeddingModel, FlaxModel, FunctionalModel   what a model provides
   Task, BPRTask, TripleSampler, epoch_batches  what a model is trained for
   Lineage, fill_from_neighbours                a sequence of versions: the
                                                previous model, the chain,
                                                new nodes, publishing
+  previous_ids, split_nodes                    the node layout (users, then
+                                               items) across versions
   fit, Objective, BC_ALIGNER, Result, Schedule train one version compatibly
   keys                                         named PRNG key streams
   transforms, losses                           backward maps and alignment
@@ -18,6 +20,7 @@ from bcjax import data, keys, losses, metrics, transforms
 from bcjax.data import TripleSampler
 from bcjax.lineage import Lineage, fill_from_neighbours
 from bcjax.models.interface import EmbeddingModel, FlaxModel, FunctionalModel
+from bcjax.nodes import previous_ids, split_nodes
 from bcjax.store import EmbeddingStore, StoreError
 from bcjax.tasks import BPRTask, Task, epoch_batches
 from bcjax.training import (BC_ALIGNER, Checkpointing, Objective, Result,
@@ -30,5 +33,5 @@ __all__ = [
     "EmbeddingStore", "FlaxModel", "FunctionalModel", "Lineage", "Objective",
     "Result", "Schedule", "StoreError", "Task", "TripleSampler", "data",
     "embed", "epoch_batches", "fill_from_neighbours", "fit", "keys", "losses",
-    "metrics", "transforms",
+    "metrics", "previous_ids", "split_nodes", "transforms",
 ]

@@ -17,7 +17,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from bcjax import io
+from bcjax import io, keys, numbers
 from bcjax.epoch import TrainState
 
 
@@ -44,15 +44,25 @@ class Checkpointing:
   randomness is `keys.derive(key, "epoch", e)`, so the epoch is the whole PRNG
   position: a run resumed from the file is bitwise the run never stopped.
 
+  The file also records what identifies the training (its label, its key's
+  fingerprint, the state's shapes): `restore` refuses a file of another.
+
   Attributes:
-    path: the checkpoint file (msgpack).
+    path: the checkpoint file (msgpack); a str is taken as a path.
     every: save after every `every` epochs.
+
+  Raises:
+    ValueError: `every` is not an integer >= 1.
   """
   path: Path
   every: int = 1
 
+  def __post_init__(self):
+    object.__setattr__(self, "path", Path(self.path))
+    numbers.positive_int("Checkpointing.every", self.every)
+
   def save(self, label: str, epoch: int, state: TrainState, best: Selection,
-           history: list) -> None:
+           history: list, *, key: jax.Array) -> None:
     """Writes the progress after `epoch` to `path`, atomically.
 
     Args:
@@ -61,9 +71,12 @@ class Checkpointing:
       state: the current train state (copied to host).
       best: the selection so far.
       history: the evaluations so far.
+      key: the training's PRNG key; its fingerprint is recorded and
+        `restore` checks it.
     """
     # Arrays as msgpack; the rest as JSON (exact floats, key order kept).
-    record = {"label": label, "epoch": epoch, "history": history,
+    record = {"label": label, "key": keys.fingerprint(key), "epoch": epoch,
+              "history": history,
               "best": {"score": best.score, "epoch": best.epoch,
                        "metrics": best.metrics}}
     payload = {"record": json.dumps(record), "state": host_copy(state),
@@ -72,20 +85,32 @@ class Checkpointing:
     io.save_bytes(self.path, flax.serialization.msgpack_serialize(
         flax.serialization.to_state_dict(payload)))
 
-  def restore(self, label: str, state: TrainState
+  def restore(self, label: str, state: TrainState, *,
+              key: jax.Array | None = None, epochs: int | None = None
               ) -> tuple[int, TrainState, Selection, list] | None:
     """(epoch, state, selection, history) from the file, or None if absent.
 
+    A checkpoint resumes only the training that wrote it: the same label
+    and key, and a model of the same shapes (a dim-8 checkpoint must not
+    seed a dim-10 model).
+
     Args:
       label: the training's label; must match the saved one.
-      state: a train state of the same structure (the restore template).
+      state: a fresh train state of this training (the restore template):
+        every saved array must have its leaf's shape and dtype.
+      key: the training's PRNG key; must match the saved fingerprint (None:
+        not checked).
+      epochs: the schedule's epochs; the saved epoch must lie in 1..epochs
+        (None: any epoch from 1).
 
     Returns:
       `(epoch, state, selection, history)` as saved by `save` (arrays on
       host), or None when the file does not exist.
 
     Raises:
-      ValueError: the file is not a checkpoint of this training.
+      ValueError: the file is not a checkpoint of this training (another
+        label, key or model shape, an epoch out of range, not a checkpoint
+        at all); the message names the file and the mismatch.
     """
     if not Path(self.path).exists():
       return None
@@ -94,8 +119,18 @@ class Checkpointing:
       record = json.loads(raw["record"])
       if record["label"] != label:
         raise ValueError(f"it belongs to {record['label']!r}")
-      restored = flax.serialization.from_state_dict(state, raw["state"])
-      best_state = (flax.serialization.from_state_dict(state, raw["best_state"])
+      if key is not None and record.get("key") != keys.fingerprint(key):
+        raise ValueError("it records no key (an older bcjax wrote it)"
+                         if record.get("key") is None else
+                         "it was trained with another key (seed) than this "
+                         "call's")
+      epoch = record["epoch"]
+      if (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1
+          or (epochs is not None and epoch > epochs)):
+        raise ValueError(f"its epoch {epoch!r} is not one of this schedule's "
+                         f"epochs ({'>= 1' if epochs is None else epochs})")
+      restored = _restore_like(state, raw["state"])
+      best_state = (_restore_like(state, raw["best_state"])
                     if raw["best_state"] else None)
     except (KeyError, TypeError, ValueError) as error:
       raise ValueError(f"{self.path}: not a checkpoint of {label!r} ({error}); "
@@ -103,4 +138,20 @@ class Checkpointing:
     best = record["best"]
     selection = Selection(float(best["score"]), int(best["epoch"]), best_state,
                           best["metrics"])
-    return int(record["epoch"]), restored, selection, record["history"]
+    return epoch, restored, selection, record["history"]
+
+
+def _restore_like(template, saved):
+  """The state dict `saved` in `template`'s structure, each array checked
+  against the template leaf's shape and dtype (flax restores any shape)."""
+  restored = flax.serialization.from_state_dict(template, saved)
+  expected = jax.tree_util.tree_flatten_with_path(template)[0]
+  for (path, want), got in zip(expected, jax.tree.leaves(restored)):
+    got = np.asarray(got)
+    shape = np.shape(want)
+    dtype = want.dtype if hasattr(want, "dtype") else np.result_type(want)
+    if got.shape != shape or got.dtype != dtype:
+      raise ValueError(f"state{jax.tree_util.keystr(path)} is {got.dtype}"
+                       f"{list(got.shape)} in the file but {dtype}"
+                       f"{list(shape)} here: a model of another shape")
+  return restored

@@ -21,6 +21,34 @@ from bcjax.models.interface import EmbeddingModel, Variables
 from bcjax.tasks import Task
 
 
+def prng_key(label: str, key) -> None:
+  """`key` must be one JAX PRNG key: a typed key (`jax.random.key`) or a
+  raw `uint32[2]` one, not an int seed or None."""
+  dtype, shape = getattr(key, "dtype", None), np.shape(key)
+  typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+  if not ((typed and shape == ()) or (dtype == np.uint32 and shape == (2,))):
+    shown = f"{dtype}{list(shape)}" if dtype is not None else repr(key)
+    raise TypeError(f"{label}: `key` must be one JAX PRNG key, got "
+                    f"{type(key).__name__} {shown}; make it from a seed with "
+                    "bcjax.keys.root(seed)")
+
+
+def finite_inputs(label: str, inputs) -> None:
+  """Every float array of `inputs` must be finite: a NaN feature would
+  surface only as a NaN loss after the first epoch."""
+  leaves = jax.tree_util.tree_flatten_with_path(inputs)[0]
+  for path, x in leaves:
+    if not jnp.issubdtype(getattr(x, "dtype", np.int32), jnp.inexact):
+      continue
+    bad = ~jnp.isfinite(jnp.asarray(x))
+    if bool(bad.any()):
+      where = np.unravel_index(int(jnp.argmax(bad.ravel())), bad.shape)
+      raise ValueError(
+          f"{label}: inputs{jax.tree_util.keystr(path)} has {int(bad.sum())} "
+          f"NaN or Inf entries, the first at index {list(map(int, where))}; "
+          "clean or impute them before training")
+
+
 def embedding_rows(label: str, model: EmbeddingModel, inputs,
                    variables: Variables | None) -> int:
   """The model's node count on `inputs`, its output shape checked against
@@ -60,11 +88,16 @@ def checked_ids(label: str, task: Task, batches, num_nodes: int,
     out = batches(key)
     if unchecked[0] and not isinstance(out, collections.abc.Iterator):
       unchecked[0] = False
+      stacked(label, task, out)
       index, mask = task.nodes(out)
       mask = np.asarray(mask, bool)
       used = []
       for field, ids in enumerate(index):
         real = np.asarray(ids)[mask]
+        if not np.issubdtype(real.dtype, np.integer):
+          raise TypeError(f"{label}: the batches' node ids (field {field} of "
+                          f"task.nodes(batch)) are {real.dtype}; they must "
+                          "be integers")
         if real.size and (real.min() < 0 or real.max() >= num_nodes):
           bad = real.max() if real.max() >= num_nodes else real.min()
           raise ValueError(
@@ -77,6 +110,24 @@ def checked_ids(label: str, task: Task, batches, num_nodes: int,
                          np.unique(np.concatenate(used)))
     return out
   return epoch
+
+
+def stacked(label: str, task: Task, epoch) -> None:
+  """An epoch must stack its batches on a leading `[num_batches]` axis that
+  every array shares: `task.nodes(epoch)` then gives `[num_batches, B]`
+  ids and mask (one unstacked batch gives `[B]`, and the scan inside the
+  jitted epoch would hand the task scalars)."""
+  sizes = {np.shape(x)[:1] for x in jax.tree.leaves(epoch)}
+  index, mask = task.nodes(epoch)
+  shapes = [np.shape(mask), *map(np.shape, index)]
+  if len(sizes) != 1 or () in sizes or len(shapes[0]) != 2 or any(
+      shape != shapes[0] for shape in shapes):
+    raise ValueError(
+        f"{label}: one epoch's batches must be stacked on a leading axis "
+        "that every array shares, [num_batches, batch_size, ...], so that "
+        f"task.nodes(epoch) is [num_batches, batch_size]; got the mask "
+        f"{list(shapes[0])} and ids {[list(s) for s in shapes[1:]]} (one "
+        "batch? np.stack a list of batches, or reshape(num_batches, -1))")
 
 
 def refuse_zero_rows(label: str, target: np.ndarray, nodes: np.ndarray):

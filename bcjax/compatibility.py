@@ -78,11 +78,11 @@ class StrategyTables:
   Args:
     tables: per version, (users, items) as in `tables` below.
     backward: B_1 ... B_K, one fewer than the versions: matrices W_k or
-      `adapters.BackwardMap`s.
+      `adapters.BackwardMap` instances.
 
   Attributes:
     tables: per version k, (users `[U1_k, d_k]`, items `[I1_k, d_k]`).
-    maps: `[B_1, ..., B_K]` as `adapters.BackwardMap`s.
+    maps: `[B_1, ..., B_K]` as `adapters.BackwardMap` instances.
 
   Raises:
     ValueError: the transforms do not number one fewer than the versions.

@@ -37,7 +37,7 @@ from bcjax.data.sampling import numpy_rng
 from bcjax.epoch import TrainState, adam, epoch_core
 from bcjax.models.consumer import ConsumerMLP
 from bcjax.progress import Progress, to_stderr
-from bcjax.rundir import RunDir, read_json
+from bcjax.rundir import SHA256, RunDir, listed_digest, read_record
 from bcjax.unintended import (STD_THRESHOLD, TASKS, Examples, TaskData,
                               UnintendedTask, all_task_data,
                               early_stop_version, padded_examples, single_class,
@@ -299,22 +299,36 @@ def train_heads(train_tables: Sequence[np.ndarray], train: Examples,
 
 
 def save_heads(path_stem: Path, heads: Heads, extra: dict) -> None:
-  """`<stem>.msgpack` then `<stem>.json` (which marks the task complete)."""
-  io.save_bytes(path_stem.with_suffix(".msgpack"),
-                flax.serialization.to_bytes(heads.variables))
+  """`<stem>.msgpack` then `<stem>.json` (which marks the task complete and
+  lists the msgpack's sha256)."""
+  path = path_stem.with_suffix(".msgpack")
+  digest = io.save_bytes(path, flax.serialization.to_bytes(heads.variables))
   io.save_json(path_stem.with_suffix(".json"), {
       **extra, "hidden": heads.hidden, "dropout": heads.dropout,
       "seeds": len(heads.val_auc), "val_auc": heads.val_auc.tolist(),
-      "best_epoch": heads.best_epoch.tolist(), "grid_val_auc": heads.grid})
+      "best_epoch": heads.best_epoch.tolist(), "grid_val_auc": heads.grid,
+      SHA256: {path.name: digest}})
 
 
 def load_heads(path_stem: Path) -> Heads:
-  meta = read_json(path_stem.with_suffix(".json"))
-  template = jax.eval_shape(lambda: init_heads(
-      meta["hidden"], meta["d_in"],
-      jax.random.split(jax.random.key(0), meta["seeds"])))
-  variables = flax.serialization.from_bytes(
-      template, path_stem.with_suffix(".msgpack").read_bytes())
+  """The heads `save_heads` wrote, checked against the listed sha256.
+
+  Raises:
+    ValueError: a file that fails its checksum or does not hold the heads
+      its `.json` describes (naming the file).
+  """
+  record = path_stem.with_suffix(".json")
+  path = path_stem.with_suffix(".msgpack")
+  meta = read_record(record)
+  data = io.read_bytes(path, listed_digest(record, path.name))
+  try:
+    template = jax.eval_shape(lambda: init_heads(
+        meta["hidden"], meta["d_in"],
+        jax.random.split(jax.random.key(0), meta["seeds"])))
+    variables = flax.serialization.from_bytes(template, data)
+  except (ValueError, TypeError, KeyError) as error:
+    raise ValueError(f"{path}: not the heads {record} describes "
+                     f"({type(error).__name__}: {error})") from None
   return Heads(meta["hidden"], meta["dropout"], variables,
                np.asarray(meta["val_auc"]), np.asarray(meta["best_epoch"]),
                meta["grid_val_auc"])
@@ -355,7 +369,7 @@ def train_consumers(workdir: RunDir | str | os.PathLike, data: Mapping[str, Task
     d_in = sum(embeddings[0][0 if kind == "user" else 1].shape[1]
                for kind in d.task.inputs)
     if stem.with_suffix(".json").exists():
-      meta = read_json(stem.with_suffix(".json"))
+      meta = read_record(stem.with_suffix(".json"))
       if meta.get("config") == settings and meta.get("d_in") == d_in:
         heads[name] = load_heads(stem)
         continue

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bcjax import losses, transforms
+from bcjax import losses, numbers, transforms
 from bcjax.models.interface import EmbeddingModel, Variables, state_of
 from bcjax.tasks import Task
 
@@ -42,12 +42,22 @@ class Objective:
       (`bcjax.transforms.get`) whose output is aligned to the target.
     multi_step: use the multi-step alignment loss (else single-step).
     lam: weight of the alignment term (next to the intended-task loss; the
-      post-hoc strategies, without a task loss, use 1).
+      post-hoc strategies, without a task loss, use 1), finite and >= 0: a
+      negative weight would maximise the misalignment.
+
+  Raises:
+    ValueError: an unknown `transform`, or a `lam` that is negative or not
+      finite.
   """
   train_model: bool = True
   transform: str | None = None
   multi_step: bool = False
   lam: float = 16.0
+
+  def __post_init__(self):
+    numbers.finite_float("Objective.lam", self.lam, 0)
+    if self.transform is not None:
+      transforms.get(self.transform)
 
   @property
   def aligns(self) -> bool:

@@ -24,8 +24,9 @@ from bcjax import adapters, io, keys, sharding
 from bcjax.adapters import BackwardMap, apply_chain
 from bcjax.data import DynamicGraph
 from bcjax.lineage import Lineage
+from bcjax.progress import to_stderr
 from bcjax.run_data import RunData
-from bcjax.rundir import CHECKPOINT, VARIABLES, RunDir
+from bcjax.rundir import CHECKPOINT, GRAPH, VARIABLES, RunDir
 from bcjax.strategies import Strategy, get as get_strategy
 from bcjax.training import Checkpointing, Schedule, adam, embed, fit
 
@@ -60,7 +61,8 @@ class Experiment(RunData):
   Raises:
     ValueError: `dims` or `layers` do not have one entry per version, an
       unknown model family, more devices than there are, or a `workdir`
-      trained with other training settings (`rundir.TRAINING_FIELDS`).
+      trained with other training settings (`rundir.TRAINING_FIELDS`) or
+      on another graph (refused before any file is written).
     DataError: bad `config.times`, or a version without validation
       interactions.
   """
@@ -74,8 +76,9 @@ class Experiment(RunData):
     # all of them): one device each would be N separate trainings.
     self.mesh = (sharding.make_mesh(devices)
                  if devices != 1 or jax.process_count() > 1 else None)
-    self.run_dir.write_config({**config.to_dict(), "dataset": graph.name})
-    self.run_dir.save_ids(graph.user_ids, graph.item_ids)
+    self.run_dir.write_config(
+        {**config.to_dict(), "dataset": graph.name, GRAPH: graph.fingerprint()},
+        graph.user_ids, graph.item_ids)
 
   # Run directory.
 
@@ -98,7 +101,8 @@ class Experiment(RunData):
     model = self.model(k, strategy)
     inputs = self.data(k).inputs  # Built outside the trace below.
     template = jax.eval_shape(lambda: model.init(jax.random.key(0), inputs))
-    variables = _load_variables(self.run_dir.path(strategy, k, VARIABLES),
+    variables = _load_variables(self.run_dir.variables(strategy, k),
+                                self.run_dir.path(strategy, k, VARIABLES),
                                 template)
     backward = self.run_dir.backward_map(strategy, k) if k else None
     return Artifacts(variables, None if backward is None else backward.matrix,
@@ -215,8 +219,13 @@ class Experiment(RunData):
              if objective.aligns else ())
     late = strategy.selects_late and k > 0
     layers = self.config.layers[self._size_version(k, strategy.name)]
+    epochs = self.config[strategy.epochs if k else "epochs"]
+    # A first line before the first epoch's, which a large graph delays.
+    to_stderr(f"[{strategy.name} v{k}] training: {epochs} epochs of "
+              f"{self.num_batches} batches of {self.config.batch_size} over "
+              f"{self.num_users_pad + self.num_items_pad} nodes")
     schedule = Schedule(
-        epochs=self.config[strategy.epochs if k else "epochs"],
+        epochs=epochs,
         eval_every=eval_every, select=select, lower_is_better=lower_is_better,
         min_select_epoch=self.config.min_select_epoch if late else 0)
     return fit(self.model(k, strategy.name), self.training_task,
@@ -335,15 +344,15 @@ _KINDS = {"scratch": Experiment._scratch, "finetune": Experiment._finetune,
           "closed": Experiment._closed}
 
 
-def _load_variables(path: Path, template) -> Any:
-  """Model variables from msgpack (never pickle), checked leaf by leaf
-  against the model's shapes and dtypes.
+def _load_variables(data: bytes, path: Path, template) -> Any:
+  """Model variables from the msgpack `data` of the file `path` (never
+  pickle), checked leaf by leaf against the model's shapes and dtypes.
 
   Raises:
     ValueError: naming the file and the first leaf that does not fit.
   """
   try:
-    variables = flax.serialization.from_bytes(template, path.read_bytes())
+    variables = flax.serialization.from_bytes(template, data)
   except (ValueError, TypeError, KeyError) as error:
     raise ValueError(f"{path}: not the variables of this model ({error})"
                      ) from None

@@ -13,9 +13,11 @@ and no process reads a file before process 0 has written it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import stat
 import uuid
@@ -27,6 +29,8 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 MAX_NPY_HEADER = 10000  # bytes; numpy's own limit for untrusted files
+# A temporary name (`temporary_name`), left behind when a writer is killed.
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
                    (2, 0): np.lib.format.read_array_header_2_0}
 
@@ -100,27 +104,77 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
 
 
 def _write_and_rename(path: Path, write: Callable[[BinaryIO], None]) -> None:
-  """`atomic_write`'s work, on the writing process."""
-  tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+  """`atomic_write`'s work, on the writing process; an `OSError` (a full
+  disk, a missing folder) names `path`."""
+  tmp = temporary_name(path)
   try:
     with open(tmp, "xb") as f:
       write(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
+  except OSError as error:
+    tmp.unlink(missing_ok=True)
+    if error.filename is not None or error.errno is None:
+      raise
+    raise type(error)(error.errno, error.strerror, str(path)) from None
   except BaseException:
     tmp.unlink(missing_ok=True)
     raise
 
 
-def save_npy(path: str | os.PathLike, array: Any) -> None:
+def temporary_name(path: str | os.PathLike) -> Path:
+  """A fresh temporary name beside `path`, `.<name>.<uuid>.tmp`, which
+  `clear_temporaries` recognises."""
+  path = Path(path)
+  return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def clear_temporaries(directory: str | os.PathLike,
+                      name: str | None = None) -> None:
+  """Removes what a killed writer left in `directory`: the temporaries of
+  `temporary_name` (only those of the file `name`, when given). Called by
+  the writer that resumes the work, never while another one writes there."""
+  directory = Path(directory)
+  with change(f"clear temporaries {directory}") as here:
+    if here and directory.is_dir():
+      for path in directory.iterdir():
+        if _TEMPORARY.fullmatch(path.name) and (
+            name is None or path.name.startswith(f".{name}.")):
+          if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+          else:
+            path.unlink(missing_ok=True)
+
+
+def save_npy(path: str | os.PathLike, array: Any) -> str:
   """Saves one array as `.npy` atomically, never with pickle.
 
   Args:
     path: the file to write.
     array: anything `np.asarray` takes, of a non-object dtype.
+
+  Returns:
+    The file's sha256 (`sha256`), for its reader to check (`load_npy`).
   """
   atomic_write(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False))
+  return sha256(path)
+
+
+def sha256_of(f: BinaryIO) -> str:
+  """The sha256 of an open file's whole content, read in chunks: the one
+  checksum every writer records and every reader checks."""
+  f.seek(0)
+  digest = hashlib.sha256()
+  for chunk in iter(lambda: f.read(1 << 20), b""):
+    digest.update(chunk)
+  return digest.hexdigest()
+
+
+def sha256(path: str | os.PathLike) -> str:
+  """`sha256_of` the regular file `path`."""
+  with open_regular(path) as f:
+    return sha256_of(f)
 
 
 def open_regular(path: str | os.PathLike) -> BinaryIO:
@@ -183,17 +237,19 @@ def read_npy_header(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype, int]:
   return shape, fortran_order, dtype, f.tell()
 
 
-def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
+def load_npy(path: str | os.PathLike, mmap: bool = False,
+             digest: str | None = None) -> np.ndarray:
   """Loads a `.npy` written by `save_npy`, never with pickle.
 
   The header is checked against the file before any data is read or
   allocated: a regular file, no object (pickled) dtype, and exactly the bytes
-  its shape needs.
+  its shape needs; then, given `digest`, the file's sha256.
 
   Args:
     path: the `.npy` file.
     mmap: map the data read-only instead of reading it (an empty array is
       read).
+    digest: the sha256 that `save_npy` returned, or None (not checked).
 
   Returns:
     The array (a read-only `np.memmap` with `mmap`).
@@ -217,7 +273,21 @@ def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
     if needed != size:
       raise FileFormatError(f"{path}: its header says {dtype.str} {shape}, "
                             f"{needed} bytes, but the file has {size}")
+    check_digest(path, f, digest)
     return read_npy_data(f, shape, fortran_order, dtype, start, mmap)
+
+
+def check_digest(path: str | os.PathLike, f: BinaryIO,
+                 digest: str | None) -> None:
+  """Checks the open file `f` (at `path`) against the sha256 its writer
+  recorded (nothing when `digest` is None).
+
+  Raises:
+    FileFormatError: the content differs, naming the file.
+  """
+  if digest is not None and sha256_of(f) != digest:
+    raise FileFormatError(f"{path}: checksum mismatch (the file changed "
+                          "since it was written)")
 
 
 def npy_size(shape: tuple[int, ...], dtype: np.dtype, start: int) -> int:
@@ -254,14 +324,32 @@ def save_json(path: str | os.PathLike, obj: Any) -> None:
   atomic_write(path, lambda f: f.write(data))
 
 
-def save_bytes(path: str | os.PathLike, data: bytes) -> None:
+def save_bytes(path: str | os.PathLike, data: bytes) -> str:
   """Saves `data` to `path` atomically (see `atomic_write`).
 
   Args:
     path: the file to write.
     data: its whole content.
+
+  Returns:
+    Its sha256 (`sha256_of`), for its reader to check (`read_bytes`).
   """
   atomic_write(path, lambda f: f.write(data))
+  return hashlib.sha256(data).hexdigest()
+
+
+def read_bytes(path: str | os.PathLike, digest: str | None = None) -> bytes:
+  """The content of the regular file `path`, checked against `digest` (the
+  sha256 `save_bytes` returned; None: not checked).
+
+  Raises:
+    FileNotFoundError: no file at `path`.
+    FileFormatError: not a regular file, or a checksum mismatch.
+  """
+  with open_regular(path) as f:
+    check_digest(path, f, digest)
+    f.seek(0)
+    return f.read()
 
 
 def staging_dir(root: str | os.PathLike) -> Path:

@@ -1,7 +1,7 @@
 """Named PRNG key streams: every random draw of a run derives from its seed
 through `derive`, one name per purpose.
 
-A run's keys form a tree (method §9):
+A run's keys form a tree (method §9)::
 
   root(seed)                                  the run
   ├─ version/k                                shared by every strategy
@@ -28,6 +28,7 @@ they are indices folded into a listed stream).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import zlib
 from typing import Iterator
 
@@ -84,6 +85,13 @@ def derive(key: jax.Array, name: str, *indices: int) -> jax.Array:
   if _recording and _data(key) is not None:  # Traced keys are not listed.
     _note(key, "/".join([_path_of(parent), name, *map(str, indices)]))
   return key
+
+
+def fingerprint(key: jax.Array) -> str:
+  """A short digest of a concrete key's data: what a checkpoint records of
+  the key it was trained with, so that a run of another seed never resumes
+  from it (`bcjax.checkpointing`)."""
+  return hashlib.sha256(_data(key)).hexdigest()[:16]
 
 
 @contextlib.contextmanager

@@ -4,20 +4,21 @@ Version k's BC-Aligner training reads two things from the versions before
 it: the previous model applied to version k's inputs, E_k(M_{k-1}) (the
 alignment target), and the chain W_1 ... W_{k-1} of earlier backward
 matrices (the multi-step loss). `Lineage` keeps exactly that state as
-versions are added, and publishes each version to an embedding store:
+versions are added, and publishes each version to an embedding store::
 
   lineage = bcjax.Lineage()
   for k in range(num_versions):
     result = lineage.fit(model_k, task, inputs_k, batches_k, key_k,
                          schedule=bcjax.Schedule(epochs=30))
-    users, items = ...                         # rows of lineage.embed(inputs_k)
+    users, items = bcjax.split_nodes(lineage.embed(inputs_k),
+                                     (num_users_k, num_items_k))
     lineage.publish("store/", users, items, user_ids_k, item_ids_k)
 
 Any model of the `bcjax.models.interface` protocol works; `Experiment` uses
 the same class for the strategies of a run.
 
 Nodes new in version k (users and items that arrived since version k-1)
-have no embedding in version k-1, and there are three ways to treat them:
+have no embedding in version k-1, and there are three ways to treat them::
 
   inductive   the previous model applied to version k's inputs embeds them
               itself (PinSAGE from attributes, LightGCN by propagation, a
@@ -25,8 +26,9 @@ have no embedding in version k-1, and there are three ways to treat them:
               E_k(M_{k-1});
   left out    a transductive model (a learned row per node) cannot:
               `fit(..., previous_ids=ids)` maps each node of version k to
-              its row in version k-1 (-1 for a new node), and the
-              alignment term covers only the nodes that had one;
+              its row in version k-1 (-1 for a new node;
+              `bcjax.previous_ids` builds it from node counts or raw ids),
+              and the alignment term covers only the nodes that had one;
   folded in   `fit(..., previous_ids=ids, neighbours=(src, dst))` also
               gives each new node the mean previous embedding of its known
               neighbours (`fill_from_neighbours`), and aligns it there.
@@ -44,10 +46,17 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from bcjax import transforms
+from bcjax import checks, transforms
 from bcjax.models.interface import EmbeddingModel, Variables
 from bcjax.store import EmbeddingStore, StoreError
 from bcjax.training import BC_ALIGNER, Objective, Result, embed, fit
+
+# The fix for a previous model that cannot embed the new version's nodes.
+_TRANSDUCTIVE = ("a model with a learned row per node (transductive) knows "
+                 "only its own version's nodes: pass `previous_ids`, each "
+                 "node's row in the previous version or -1 if new "
+                 "(bcjax.previous_ids builds it from the node counts or raw "
+                 "ids)")
 
 
 class Lineage:
@@ -104,7 +113,8 @@ class Lineage:
 
     Raises:
       ValueError: no version yet, `neighbours` without `previous_ids`, ids
-        out of range, or `previous_ids` without the newest inputs.
+        out of range, `previous_ids` without the newest inputs, or (without
+        `previous_ids`) a newest model that cannot embed `inputs`.
     """
     k = self.num_versions
     if self.last is None:
@@ -113,6 +123,14 @@ class Lineage:
       if neighbours is not None:
         raise ValueError(f"version {k}: `neighbours` folds in the nodes that "
                          "`previous_ids` marks new; pass both")
+      model, variables = self.last
+      try:  # Abstractly: a transductive Flax model fails on the new count.
+        checks.embedding_rows(f"version {k - 1}", model, inputs, variables)
+      except Exception as error:  # The model's own error, chained.
+        raise ValueError(
+            f"version {k}: version {k - 1}'s model cannot embed version "
+            f"{k}'s inputs ({type(error).__name__}); {_TRANSDUCTIVE}"
+        ) from error
       return self.previous(inputs), None
     if self.last_inputs is None:
       raise ValueError(f"version {k}: `previous_ids` reads version {k - 1}'s "
@@ -152,16 +170,18 @@ class Lineage:
         (`target`; the module docstring): default, the previous model
         embeds them.
       **kwargs: the rest of `training.fit`'s arguments (schedule, evaluate,
-        tx, ...); not `previous`, `known` or `chain`, which are the
-        lineage's.
+        tx, label (default "version k"), ...); not `previous`, `known` or
+        `chain`, which are the lineage's.
 
     Returns:
       The version's `Result` (its W_k is also kept here).
 
     Raises:
       ValueError: at version k >= 1 an objective that learns no backward
-        transformation (nothing would map the version back), or a
-        `previous` / `chain` argument.
+        transformation (nothing would map the version back); a `previous` /
+        `chain` argument; `previous_ids` at version 0, or not one per node
+        of this version; without `previous_ids`, a previous model that
+        cannot embed this version's nodes (one with a row per node).
     """
     k = self.num_versions
     if objective is None:
@@ -173,9 +193,28 @@ class Lineage:
     if k and not objective.aligns:
       raise ValueError(f"version {k}: objective {objective} learns no "
                        "backward transformation; use add() with a fixed W_k")
+    if not objective.aligns and (previous_ids is not None
+                                 or neighbours is not None):
+      raise ValueError(f"version {k}: `previous_ids` and `neighbours` shape "
+                       "the alignment target, and this version aligns to "
+                       "nothing (version 0: pass None)")
+    kwargs.setdefault("label", f"version {k}")
     aligned = {}
     if objective.aligns:
+      num_nodes = checks.embedding_rows(kwargs["label"], model, inputs,
+                                        kwargs.get("init_variables"))
       previous, known = self.target(inputs, previous_ids, neighbours)
+      if len(previous) != num_nodes and previous_ids is not None:
+        raise ValueError(
+            f"version {k}: `previous_ids` has {len(previous)} entries, but "
+            f"version {k}'s model embeds {num_nodes} nodes; give one per node "
+            f"(its row in version {k - 1}, -1 if new): bcjax.previous_ids "
+            "builds it from the node counts or raw ids")
+      if len(previous) != num_nodes:
+        raise ValueError(
+            f"version {k}: version {k - 1}'s model embeds {len(previous)} "
+            f"nodes of version {k}'s inputs, but version {k}'s model "
+            f"{num_nodes}; {_TRANSDUCTIVE}")
       aligned = {"previous": previous, "known": known, "chain": self.chain()}
     result = fit(model, task, inputs, batches, key, objective=objective,
                  **aligned, **kwargs)
@@ -194,7 +233,7 @@ class Lineage:
 
     Raises:
       ValueError: a transform at version 0, none at version k >= 1, or a W_k
-        that is not `[d_k, d_{k-1}]` (the models' declared `dim`s).
+        that is not `[d_k, d_{k-1}]` (the models' declared `dim` values).
     """
     k = self.num_versions
     if (transform is None) != (k == 0):

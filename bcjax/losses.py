@@ -47,10 +47,11 @@ def _zero_padding(x: jax.Array, keep: jax.Array) -> jax.Array:
 
 def bpr_loss(z_user: jax.Array, z_pos: jax.Array, z_neg: jax.Array,
              mask: jax.Array | None = None, reg: float = 0.01) -> jax.Array:
-  """BPR loss with L2 regularisation of the batch embeddings (method §5).
+  """BPR loss with L2 regularisation of the batch embeddings (method §5)::
 
-  loss = mean_b softplus(<z_u, z_neg> - <z_u, z_pos>)
-       + reg * (||z_u||_F^2 + ||z_pos||_F^2 + ||z_neg||_F^2) / (2 * n),
+    loss = mean_b softplus(<z_u, z_neg> - <z_u, z_pos>)
+         + reg * (||z_u||_F^2 + ||z_pos||_F^2 + ||z_neg||_F^2) / (2 * n),
+
   with the mean, the Frobenius norms and n over the real rows.
 
   Args:

@@ -157,8 +157,8 @@ def batch_hits(users: jax.Array, items: jax.Array, item_mask: jax.Array,
     ks: the cut-offs K, static.
 
   Returns:
-    hits: `[B, len(ks)]` int32, |top-K ∩ V_u| for each K.
-    num_val: `[B]` int32, |V_u|, the distinct validation items of each user.
+    hits: `[B, len(ks)]` int32, ``|top-K ∩ V_u|`` for each K.
+    num_val: `[B]` int32, ``|V_u|``, the distinct validation items of each user.
   """
   num_rows, num_items = users.shape[0], items.shape[0]
   scores = users @ items.T
@@ -180,9 +180,10 @@ def recall_at_k(user_emb: jax.Array, item_emb: jax.Array,
                 ks: Sequence[int] = RECALL_KS) -> dict[int, float]:
   """Recall@K averaged over the evaluation users (method §5).
 
-  Recall of a user = |top-K ∩ V_u| / |V_u| with V_u its distinct validation
-  items; its training items are never ranked. Compiles `batch_hits` once for
-  a given item table shape, whatever the number of batches.
+  Recall of a user = ``|top-K ∩ V_u| / |V_u|`` with V_u its distinct
+  validation items; its training items are never ranked. Compiles
+  `batch_hits` once for a given item table shape, whatever the number of
+  batches.
 
   Args:
     user_emb: `[num_users, d]` user embeddings (rows beyond the evaluation
@@ -193,7 +194,7 @@ def recall_at_k(user_emb: jax.Array, item_emb: jax.Array,
     ks: the cut-offs K, each >= 1.
 
   Returns:
-    `{K: recall@K}` as Python floats.
+    ``{K: recall@K}`` as Python floats.
 
   Raises:
     ValueError: a K below 1, or an embedding table too small.
@@ -219,6 +220,15 @@ def recall_at_k(user_emb: jax.Array, item_emb: jax.Array,
   recall = hits / np.maximum(num_val, 1)[..., None]
   total = np.sum(recall * eval_inputs.user_mask[..., None], axis=(0, 1))
   return {k: float(t) / eval_inputs.num_users for k, t in zip(ks, total)}
+
+
+def recall_metrics(user_emb: jax.Array, item_emb: jax.Array,
+                   eval_inputs: RecallInputs,
+                   ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+  """`recall_at_k` named as `fit`'s `evaluate` returns metrics:
+  `{"recall@10": ..., ...}`, what `Schedule(select="recall@10")` reads."""
+  result = recall_at_k(user_emb, item_emb, eval_inputs, ks)
+  return {f"recall@{k}": value for k, value in result.items()}
 
 
 def roc_auc(scores: jax.Array, labels: jax.Array,

@@ -2,8 +2,8 @@
 
 With `config.seeds` = S > 1 the pipeline trains S complete runs, one run
 directory per seed (`RunDir.seed_dir`), each with its own report. This
-module reads their `report.json`s and writes the run's report at the top:
-every figure of method §8 (mean R@50, intended, unintended and total
+module reads their `report.json` files and writes the run's report at the
+top: every figure of method §8 (mean R@50, intended, unintended and total
 degradation, alignment error) as the mean over seeds with a 95% Student-t
 interval, and the paired differences BC-Aligner minus every other strategy
 (`bcjax.intervals`). Plots show the per-version means with a band.

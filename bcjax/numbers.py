@@ -58,7 +58,8 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 def positive_int(name: str, value: Any) -> int:
   """`value` as an int >= 1; a ValueError naming the field `name` otherwise."""
-  if (isinstance(value, bool) or not isinstance(value, (int, float)) or
+  if (isinstance(value, bool) or
+      not isinstance(value, (int, float, np.integer)) or
       not math.isfinite(value) or int(value) != value or value < 1):
     raise ValueError(f"{name} must be a positive integer, got {value!r}")
   return int(value)
@@ -68,7 +69,8 @@ def finite_float(name: str, value: Any, minimum: float = -math.inf,
                  strict: bool = False) -> float:
   """`value` as a finite float >= `minimum` (> with `strict`); a ValueError
   naming the field `name` otherwise (NaN and infinities included)."""
-  ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and
+  ok = (not isinstance(value, bool) and
+        isinstance(value, (int, float, np.integer)) and
         math.isfinite(value) and
         (value > minimum if strict else value >= minimum))
   if not ok:

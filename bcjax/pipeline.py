@@ -62,8 +62,9 @@ def reproduce(graph: DynamicGraph, config: ml_collections.ConfigDict,
     config: a run config (`bcjax.configs`); `config.versions` must be "all"
       (the report needs every version). Its `dataset` is set to the graph's.
     workdir: the run directory; default `default_workdir(graph, config)`.
-    strategy_names: the strategies (default all of `strategies.STRATEGIES`);
-      fix-m0, the consumers' reference, is always added.
+    strategy_names: the strategies (None: all of `strategies.STRATEGIES`;
+      an empty list is refused); fix-m0, the consumers' reference, is
+      always added.
     log: one line per stage with the elapsed time (default stdout); the
       training progress lines go to stderr.
 
@@ -71,14 +72,16 @@ def reproduce(graph: DynamicGraph, config: ml_collections.ConfigDict,
     The `Report`.
 
   Raises:
-    ValueError: a bad config or strategy name (before any work), or a run
-      directory trained under other settings.
+    ValueError: a bad config, strategy name or empty strategy list (before
+      any work), or a run directory trained under other settings.
     DataError: a version without validation interactions.
     FloatingPointError: a training that diverges (its checkpoint is kept).
   """
   log = log or (lambda line: print(line, flush=True))
-  names = [strategies.get(s).name
-           for s in (strategy_names or strategies.STRATEGIES)]
+  if strategy_names is not None and not list(strategy_names):
+    raise ValueError("no strategy given (None means all of them)")
+  names = [strategies.get(s).name for s in (
+      strategies.STRATEGIES if strategy_names is None else strategy_names)]
   settings = configs.validate(config)
   if len(settings.versions) != len(config.times) - 1:
     raise ValueError(f"config.versions={config.versions!r}: the report needs "

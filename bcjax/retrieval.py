@@ -15,10 +15,10 @@ inner-product scores, at the fixed parameters `HNSW_M`,
 `HNSW_EF_CONSTRUCTION` and `HNSW_EF_SEARCH`. Recall@K follows method §5 on
 the candidates an index returns: the user's training items are filtered out
 of a candidate list deep enough to leave K others, ties go to the lower item
-index, and recall is |top-K ∩ V_u| / |V_u| over the users with validation
-items (`metrics.RecallInputs` supplies them, so the users and pairs are the
-intended task's). `evaluate_run` measures a finished run and writes
-`retrieval.json`; the report's section is `bcjax.retrieval_report`'s.
+index, and recall is ``|top-K ∩ V_u| / |V_u|`` over the users with
+validation items (`metrics.RecallInputs` supplies them, so the users and
+pairs are the intended task's). `evaluate_run` measures a finished run and
+writes `retrieval.json`; the report's section is `bcjax.retrieval_report`'s.
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def recall(index: faiss.Index, user_vectors, queries: Queries,
     ks: the cut-offs, each >= 1.
 
   Returns:
-    `{K: recall@K}`, averaged over the evaluation users.
+    ``{K: recall@K}``, averaged over the evaluation users.
 
   Raises:
     ValueError: a K below 1, fewer items in the index than the version
@@ -252,9 +252,9 @@ def evaluate_run(workdir: RunDir | str | os.PathLike,
     strategies: the strategies to measure.
 
   Returns:
-    `{"strategies": {s: {"exact": {"recall@10": [...], "recall@50": [...]},
-    "hnsw": {...}, "refreshed": {...}}}, "ceiling":
-    {"recall@10": [...], "recall@50": [...]}}`, one value per version 1..K:
+    ``{"strategies": {s: {"exact": {"recall@10": [...],``
+    ``"recall@50": [...]}, "hnsw": {...}, "refreshed": {...}}}, "ceiling":
+    {"recall@10": [...], "recall@50": [...]}}``, one value per version 1..K:
     frozen exact and HNSW indexes with the new items inserted, the refreshed
     exact index, and nobc's version-k model through its own exact index
     (None when the run has no complete nobc).

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from bcjax import keys, metrics
+from bcjax import keys, memory, metrics
 from bcjax.data import (DynamicGraph, TripleSampler, VersionSplit, make_splits,
                         numpy_rng)
 from bcjax.data.neighbours import (NeighbourSampler, SampledTask,
@@ -46,8 +46,9 @@ class RunData:
       `layers`, `batch_size`, `seed`, `model`, `fanout`, ...).
 
   Raises:
-    ValueError: `dims` or `layers` do not have one entry per version, or an
-      unknown model family.
+    ValueError: `dims` or `layers` do not have one entry per version, an
+      unknown model family, or a training that would need more memory than
+      there is (`bcjax.memory`: the estimate in the message).
     DataError: bad `config.times`, or a version without validation
       interactions.
   """
@@ -65,6 +66,12 @@ class RunData:
     self.num_items_pad = self.budget.num_items_pad
     self.num_batches = -(-max(s.num_train for s in self.splits)
                          // config.batch_size)
+    num_nodes = self.num_users_pad + self.num_items_pad
+    memory.check(memory.training_bytes(
+        num_nodes, sum(self.vocab_sizes), max(config.dims), max(config.layers),
+        config.batch_size, self.num_batches),
+        f"training {num_nodes} nodes with config.batch_size="
+        f"{config.batch_size} and config.dims={tuple(config.dims)}")
     self.root_key = keys.root(config.seed)
     self.family = families.check(config.get("model", "pinsage"))
     self.task = BPRTask(reg=config.weight_decay)
@@ -217,11 +224,10 @@ class RunData:
       k: the version.
 
     Returns:
-      `{"recall@K": value}` for every K of `metrics.RECALL_KS`.
+      ``{"recall@K": value}`` for every K of `metrics.RECALL_KS`.
     """
-    result = metrics.recall_at_k(z[:self.num_users_pad],
-                                 z[self.num_users_pad:], self.data(k).recall)
-    return {f"recall@{K}": v for K, v in result.items()}
+    return metrics.recall_metrics(z[:self.num_users_pad],
+                                  z[self.num_users_pad:], self.data(k).recall)
 
   def key(self, k: int) -> jax.Array:
     """Version k's key; shared by strategies so they see the same triples

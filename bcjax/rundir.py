@@ -1,6 +1,8 @@
-"""The run directory: the one module that knows its layout.
+"""The run directory: the one module that knows its layout::
 
-  config.json, user_ids.npy, item_ids.npy     the run's settings and raw ids
+  config.json, user_ids.npy, item_ids.npy     the run's settings, the
+                                              fingerprint of its graph and
+                                              its raw ids
   <strategy>/v<k>/variables.msgpack           M_k (params and batch statistics)
                   users.npy, items.npy        E_k(M_k), `[U_k, d_k]`, `[I_k, d_k]`
                   transform.npy               W_k `[d_k, d_{k-1}]` (k >= 1), or
@@ -8,7 +10,9 @@
                                               (its kind in metrics.json)
                   bc_users.npy, bc_items.npy  the BC embedding, in version 0's
                                               space
-                  metrics.json                written last: marks v<k> complete
+                  metrics.json                written last: marks v<k>
+                                              complete; lists the sha256 of
+                                              every file above
                   checkpoint.msgpack          training in progress (removed
                                               when the version completes)
   consumers/<task>.msgpack, <task>.json       the version-0 consumer heads
@@ -26,11 +30,14 @@
 
 Every module that reads or writes a run (training, export to a store,
 consumers, compatibility, report) goes through `RunDir`, so paths, the
-completeness rule and the settings check live here once. Every file is
-written atomically (`bcjax.io`), and in a run of several processes by
-process 0 alone, between barriers of all processes (`bcjax.io.change`): the
-others read what it wrote. JSON that cannot be read raises a `ValueError`
-naming the file.
+completeness rule, the settings check and the checksums live here once.
+Every file is written atomically (`bcjax.io`), and in a run of several
+processes by process 0 alone, between barriers of all processes
+(`bcjax.io.change`): the others read what it wrote. Every array and the
+variables are checked against the sha256 their record (config.json or
+metrics.json) lists when read; records written before checksums list none.
+JSON that cannot be read, or is not an object, raises a `ValueError` naming
+the file.
 """
 
 from __future__ import annotations
@@ -57,6 +64,10 @@ TRAINING_FIELDS = ("dataset", "model", "times", "dims", "layers", "epochs",
                    "lam", "seed", "layout", "fanout")
 # Values of fields added later, for run directories written before them.
 FIELD_DEFAULTS = {"model": "pinsage", "fanout": 0}
+# config.json's field holding the graph's fingerprint
+# (`DynamicGraph.fingerprint`), and the records' field of file checksums.
+GRAPH = "graph"
+SHA256 = "sha256"
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -64,13 +75,25 @@ def read_json(path: str | os.PathLike) -> Any:
 
   Raises:
     FileNotFoundError: the file does not exist.
-    ValueError: it is not valid UTF-8 JSON (naming the file).
+    ValueError: it is not a regular file or not valid UTF-8 JSON (naming
+      the file).
   """
   path = Path(path)
+  with io.open_regular(path) as f:
+    data = f.read()
   try:
-    return json.loads(path.read_bytes().decode("utf-8"))
+    return json.loads(data.decode("utf-8"))
   except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
     raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
+def read_record(path: str | os.PathLike) -> dict:
+  """A JSON file that must hold an object (`read_json`; a `ValueError`
+  naming the file otherwise)."""
+  record = read_json(path)
+  if not isinstance(record, dict):
+    raise ValueError(f"{path}: not a JSON object")
+  return record
 
 
 class RunDir:
@@ -113,46 +136,84 @@ class RunDir:
     return self.root / "config.json"
 
   def config(self) -> dict:
-    """config.json's content (the run's settings and dataset name)."""
-    return read_json(self.config_path)
+    """config.json's content (the run's settings, dataset name and graph
+    fingerprint; its checksums left out)."""
+    return _without_checksums(read_record(self.config_path))
 
-  def write_config(self, record: dict) -> None:
-    """Writes config.json, refusing a directory trained under other settings.
+  def write_config(self, record: dict, user_ids: np.ndarray,
+                   item_ids: np.ndarray) -> None:
+    """Starts (or resumes) the run: checks an existing config.json before
+    any file is touched, then writes the raw ids and config.json with their
+    checksums; removes what a killed writer left at the top.
+
+    Args:
+      record: the settings, with `GRAPH`, the graph's fingerprint.
+      user_ids, item_ids: the graph's raw ids.
 
     Raises:
-      ValueError: config.json exists and one of `TRAINING_FIELDS` differs
-        (naming the field, both values and the directory).
+      ValueError: config.json exists and is not a JSON object, one of
+        `TRAINING_FIELDS` differs, or it records another graph (naming the
+        field, both values and the directory).
     """
     if self.config_path.exists():
-      old = self.config()
-      for field in TRAINING_FIELDS:
-        before = old.get(field, FIELD_DEFAULTS.get(field))
-        now = record.get(field, FIELD_DEFAULTS.get(field))
-        if isinstance(now, tuple):
-          now = list(now)
-        if before != now:
-          raise ValueError(f"{self.root} was trained with {field}={before!r}, "
-                           f"not {now!r}; use a new workdir")
+      self._check_resumable(self.config(), record, (user_ids, item_ids))
     io.make_dir(self.root)
-    io.save_json(self.config_path, record)
+    io.clear_temporaries(self.root)
+    digests = {self.ids_path(kind).name: io.save_npy(self.ids_path(kind), ids)
+               for kind, ids in (("user", user_ids), ("item", item_ids))}
+    io.save_json(self.config_path, {**record, SHA256: digests})
+
+  def _check_resumable(self, old: dict, record: dict, ids) -> None:
+    """Refuses to resume a run under other settings or on another graph; a
+    config.json written before graph fingerprints is checked by its ids."""
+    for field in TRAINING_FIELDS:
+      before = old.get(field, FIELD_DEFAULTS.get(field))
+      now = record.get(field, FIELD_DEFAULTS.get(field))
+      if isinstance(now, tuple):
+        now = list(now)
+      if before != now:
+        raise ValueError(f"{self.root} was trained with {field}={before!r}, "
+                         f"not {now!r}; use a new workdir")
+    if GRAPH in old:
+      same = old[GRAPH] == record.get(GRAPH)
+    else:
+      same = all(path.is_file() and np.array_equal(io.load_npy(path), new)
+                 for path, new in zip(map(self.ids_path, ("user", "item")),
+                                      ids))
+    if not same:
+      raise ValueError(f"{self.root} was trained on another graph named "
+                       f"{record.get('dataset')!r} (other interactions, ids "
+                       f"or attributes: {GRAPH} {old.get(GRAPH)}, this one "
+                       f"{record.get(GRAPH)}); use a new workdir")
 
   def ids_path(self, kind: str) -> Path:
     """`user_ids.npy` or `item_ids.npy` (kind "user" or "item")."""
     return self.root / f"{kind}_ids.npy"
 
-  def save_ids(self, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
-    io.make_dir(self.root)
-    io.save_npy(self.ids_path("user"), user_ids)
-    io.save_npy(self.ids_path("item"), item_ids)
+  def ids(self, kind: str) -> np.ndarray:
+    """The run's raw user or item ids (kind "user" or "item"), checked
+    against config.json's checksums."""
+    path = self.ids_path(kind)
+    return io.load_npy(path, digest=listed_digest(self.config_path, path.name))
 
   # Versions of a strategy.
 
   def strategy_dir(self, strategy: str) -> Path:
+    """`<root>/<strategy>`.
+
+    Raises:
+      ValueError: `strategy` is not a plain name (a path such as `../x`
+        would lead out of the run).
+    """
+    if not isinstance(strategy, str) or not re.fullmatch(r"\w[\w.+-]*",
+                                                         strategy):
+      raise ValueError(f"strategy {strategy!r} is not a plain name (letters, "
+                       "digits, '_', '-', '.', '+')")
     return self.root / strategy
 
   def version_dir(self, strategy: str, k: int) -> Path:
     """`<root>/<strategy>/v<k>`."""
-    return self.root / strategy / f"v{k}"
+    return self.strategy_dir(strategy) / f"v{k}"
 
   def path(self, strategy: str, k: int, name: str) -> Path:
     """File `name` of version k of `strategy`."""
@@ -176,8 +237,18 @@ class RunDir:
                   if p.is_dir() and re.fullmatch(r"v\d+", p.name))
 
   def array(self, strategy: str, k: int, name: str) -> np.ndarray:
-    """`<name>.npy` of a version, checked by `io.load_npy` (no pickle)."""
-    return io.load_npy(self.path(strategy, k, f"{name}.npy"))
+    """`<name>.npy` of a version, checked by `io.load_npy` (no pickle)
+    against the sha256 its metrics.json lists."""
+    return io.load_npy(self.path(strategy, k, f"{name}.npy"),
+                       digest=listed_digest(self.path(strategy, k, METRICS),
+                                            f"{name}.npy"))
+
+  def variables(self, strategy: str, k: int) -> bytes:
+    """variables.msgpack of a version, checked against the sha256 its
+    metrics.json lists."""
+    return io.read_bytes(self.path(strategy, k, VARIABLES),
+                         listed_digest(self.path(strategy, k, METRICS),
+                                       VARIABLES))
 
   def tables(self, strategy: str, k: int) -> tuple[np.ndarray, np.ndarray]:
     """`(users [U_k, d_k], items [I_k, d_k])`, version k's own embeddings."""
@@ -228,19 +299,22 @@ class RunDir:
                     "backward_params": sorted(backward.params)}
 
   def metrics(self, strategy: str, k: int) -> dict:
-    """metrics.json of a complete version."""
-    return read_json(self.path(strategy, k, METRICS))
+    """metrics.json of a complete version (its checksums left out)."""
+    return _without_checksums(read_record(self.path(strategy, k, METRICS)))
 
   def save_version(self, strategy: str, k: int, variables: bytes,
                    arrays: dict[str, np.ndarray], record: dict) -> None:
-    """Writes a version: variables, `<name>.npy` per array, metrics.json last
-    (the commit point); then removes its checkpoint."""
-    io.make_dir(self.version_dir(strategy, k))
-    io.save_bytes(self.path(strategy, k, VARIABLES), variables)
+    """Writes a version: variables, `<name>.npy` per array, metrics.json
+    last (the commit point, with every file's sha256); then removes its
+    checkpoint and what a killed writer left in the version's directory."""
+    folder = self.version_dir(strategy, k)
+    io.make_dir(folder)
+    digests = {VARIABLES: io.save_bytes(folder / VARIABLES, variables)}
     for name, array in arrays.items():
-      io.save_npy(self.path(strategy, k, f"{name}.npy"), array)
-    io.save_json(self.path(strategy, k, METRICS), record)
-    io.remove(self.path(strategy, k, CHECKPOINT))
+      digests[f"{name}.npy"] = io.save_npy(folder / f"{name}.npy", array)
+    io.save_json(folder / METRICS, {**record, SHA256: digests})
+    io.remove(folder / CHECKPOINT)
+    io.clear_temporaries(folder)
 
   # Consumers, compatibility and the report.
 
@@ -271,3 +345,25 @@ class RunDir:
   def report_path(self, name: str) -> Path:
     """A report file: `report.json`, `report.csv` or a plot."""
     return self.root / name
+
+
+def _without_checksums(record: dict) -> dict:
+  return {key: value for key, value in record.items() if key != SHA256}
+
+
+def listed_digest(record: Path, name: str) -> str | None:
+  """The sha256 that `record` (config.json or a metrics.json) lists for its
+  file `name`; None when `record` is absent (a version not yet complete) or
+  was written before checksums.
+
+  Raises:
+    ValueError: `record` lists checksums but none of `name` (naming both).
+  """
+  if not record.exists():
+    return None
+  digests = read_record(record).get(SHA256)
+  if digests is None:
+    return None
+  if not isinstance(digests, dict) or not isinstance(digests.get(name), str):
+    raise ValueError(f"{record}: lists no sha256 of {name}")
+  return digests[name]

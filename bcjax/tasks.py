@@ -94,7 +94,7 @@ class BPRTask:
 
 
 def epoch_batches(sampler: TripleSampler, key: jax.Array, batch_size: int,
-                  item_offset: int,
+                  item_offset: int | None = None,
                   num_batches: int | None = None) -> tuple[np.ndarray, ...]:
   """One epoch of `BPRTask` batches: `[num_batches, batch_size]` arrays.
 
@@ -102,7 +102,9 @@ def epoch_batches(sampler: TripleSampler, key: jax.Array, batch_size: int,
     sampler: the version's triple sampler.
     key: the epoch's PRNG key.
     batch_size: triples per batch.
-    item_offset: added to item indices to make node ids (users come first).
+    item_offset: added to item indices to make node ids (users come first);
+      default the sampler's `num_users`. A padded graph may place its items
+      further on, never before (items would share node ids with users).
     num_batches: pad the epoch with empty batches (all-False mask) up to a
       count shared by every version of a run, so one program serves them all.
 
@@ -110,8 +112,16 @@ def epoch_batches(sampler: TripleSampler, key: jax.Array, batch_size: int,
     `(user, pos, neg, mask)`, each `[num_batches, batch_size]`.
 
   Raises:
-    ValueError: the epoch needs more batches than `num_batches`.
+    ValueError: `item_offset` below the sampler's `num_users`, or the epoch
+      needs more batches than `num_batches`.
   """
+  if item_offset is None:
+    item_offset = sampler.num_users
+  if item_offset < sampler.num_users:
+    raise ValueError(f"epoch_batches: item_offset={item_offset} would give "
+                     f"items the node ids of users 0..{sampler.num_users - 1};"
+                     f" users come first: pass item_offset >= num_users "
+                     f"({sampler.num_users}), or leave it out")
   user, pos, neg = sampler.sample(numpy_rng(key))
   n = len(user)
   needed = padding.num_blocks(n, batch_size)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import warnings
 from typing import Any, Callable, Sequence
 
 import jax
@@ -59,8 +60,25 @@ class Schedule:
     min_select_epoch: only evaluations strictly after this epoch select
       (method §6: the alignment term has had time to shrink).
 
+  Selecting on Recall@10 of held-out interactions (`bcjax.metrics`; users
+  are nodes `0..num_users-1`, items the nodes after them):
+
+    recall_inputs = bcjax.metrics.prepare_recall_inputs(
+        train_user, train_item, val_user, val_item, num_items)
+
+    def evaluate(variables, transform):
+      z = bcjax.embed(model, variables, inputs)
+      users, items = bcjax.split_nodes(z, (num_users, num_items))
+      return bcjax.metrics.recall_metrics(users, items, recall_inputs)
+
+    bcjax.fit(..., evaluate=evaluate,
+              schedule=bcjax.Schedule(epochs=30, select="recall@10"))
+
   Raises:
-    ValueError: `epochs` or `eval_every` below 1.
+    ValueError: `epochs` or `eval_every` not an integer >= 1,
+      `min_select_epoch` not one >= 0.
+    TypeError: `select` neither None nor a metric name. A name that
+      `evaluate` does not return is refused at the first evaluation.
   """
   epochs: int = 1
   eval_every: int = 1
@@ -69,9 +87,18 @@ class Schedule:
   min_select_epoch: int = 0
 
   def __post_init__(self):
-    for name in ("epochs", "eval_every"):
-      if int(getattr(self, name)) < 1:
-        raise ValueError(f"Schedule: {name}={getattr(self, name)} must be >= 1")
+    for name, low in (("epochs", 1), ("eval_every", 1),
+                      ("min_select_epoch", 0)):
+      value = getattr(self, name)
+      if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+          or value < low):
+        raise ValueError(f"Schedule: {name}={value!r} must be an integer "
+                         f">= {low}")
+    if self.select is not None and not (isinstance(self.select, str)
+                                        and self.select):
+      raise TypeError(f"Schedule: select={self.select!r} must be None or the "
+                      "name of a metric that `evaluate` returns, e.g. "
+                      "'recall@10'")
 
 
 def train_version(loss: EmbeddingLoss, data, batches: Callable[[jax.Array], Any],
@@ -105,10 +132,16 @@ def train_version(loss: EmbeddingLoss, data, batches: Callable[[jax.Array], Any]
     FloatingPointError: the loss, the parameters or a metric is NaN or Inf;
       the message names `label`, the epoch and the quantity, and the last
       checkpoint (written before the fault) is kept.
+    KeyboardInterrupt: Ctrl-C, wherever it lands, re-raised with a message
+      naming the last checkpoint (the same call resumes from it).
+    ValueError: a checkpoint of another training (`Checkpointing.restore`),
+      or a `schedule.select` that `evaluate` does not return.
+    TypeError: `evaluate` names a metric with other than a str.
   """
   best, history, start = Selection(), [], 1
   if checkpointing is not None:
-    restored = checkpointing.restore(label, state)
+    restored = checkpointing.restore(label, state, key=key,
+                                     epochs=schedule.epochs)
     if restored is not None:
       done, restored_state, best, history = restored
       # Back where the fresh state lives (one device, or a mesh).
@@ -130,33 +163,67 @@ def train_version(loss: EmbeddingLoss, data, batches: Callable[[jax.Array], Any]
     return FloatingPointError(f"{label}: {quantity} is not finite at epoch "
                               f"{epoch}{kept}")
 
-  for epoch in range(start, epochs + 1):
-    state, means = _run_epoch(
-        state, data, batches(keys.derive(key, "epoch", epoch)), loss)
-    mean_loss = means["loss"]
-    if not np.isfinite(mean_loss):
-      raise fault(epoch, f"the loss ({mean_loss})")
-    leaf = int(_first_non_finite(state.params))
-    if leaf >= 0:
-      path = jax.tree_util.tree_flatten_with_path(state.params)[0][leaf][0]
-      raise fault(epoch, "parameter " + jax.tree_util.keystr(path))
-    if not (epoch % schedule.eval_every and epoch != epochs):
-      metrics = {k: float(v) for k, v in evaluate(state).items()}
-      bad = [k for k, v in metrics.items() if not np.isfinite(v)]
-      if bad:
-        raise fault(epoch, f"metric {bad[0]} (embeddings with NaN/Inf?)")
-      history.append({"epoch": epoch, **means, **metrics})
-      progress.update(epoch, mean_loss, select_key, metrics.get(select_key))
-      score = sign * metrics[select_key] if select_key else -np.inf
-      if epoch > schedule.min_select_epoch and score > best.score:
-        best = Selection(score, epoch, host_copy(state), metrics)
-    if checkpointing is not None and epoch % checkpointing.every == 0:
-      checkpointing.save(label, epoch, state, best, history)
+  def interrupted(epoch: int):
+    if checkpointing is None:
+      kept = ("nothing was saved (fit(..., checkpointing=bcjax.Checkpointing("
+              "path)) makes a run resumable)")
+    elif saved is None:
+      kept = (f"no checkpoint was written yet (every {checkpointing.every} "
+              "epochs)")
+    else:
+      kept = (f"the last checkpoint, {checkpointing.path}, holds epoch "
+              f"{saved}: run the same call again to resume from it")
+    return KeyboardInterrupt(f"{label}: interrupted in epoch {epoch}; {kept}")
+
+  saved = start - 1 if start > 1 else None  # The epoch the checkpoint holds.
+  epoch = start
+  try:
+    for epoch in range(start, epochs + 1):
+      state, means = _run_epoch(
+          state, data, batches(keys.derive(key, "epoch", epoch)), loss)
+      mean_loss = means["loss"]
+      if not np.isfinite(mean_loss):
+        raise fault(epoch, f"the loss ({mean_loss})")
+      leaf = int(_first_non_finite(state.params))
+      if leaf >= 0:
+        path = jax.tree_util.tree_flatten_with_path(state.params)[0][leaf][0]
+        raise fault(epoch, "parameter " + jax.tree_util.keystr(path))
+      if not (epoch % schedule.eval_every and epoch != epochs):
+        metrics = _checked_metrics(label, evaluate(state), select_key)
+        bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+        if bad:
+          raise fault(epoch, f"metric {bad[0]} (embeddings with NaN/Inf?)")
+        history.append({"epoch": epoch, **means, **metrics})
+        progress.update(epoch, mean_loss, select_key, metrics.get(select_key))
+        score = sign * metrics[select_key] if select_key else -np.inf
+        if epoch > schedule.min_select_epoch and score > best.score:
+          best = Selection(score, epoch, host_copy(state), metrics)
+      if checkpointing is not None and epoch % checkpointing.every == 0:
+        checkpointing.save(label, epoch, state, best, history, key=key)
+        saved = epoch
+  except KeyboardInterrupt:  # Ctrl-C: say where the run can resume.
+    raise interrupted(epoch) from None
   if best.state is None:  # Nothing selectable: keep the last epoch.
     last = history[-1]
     best = Selection(sign * last.get(select_key, np.nan), last["epoch"],
                      host_copy(state), last)
   return best, history
+
+
+def _checked_metrics(label: str, metrics: dict, select: str | None
+                     ) -> dict[str, float]:
+  """`evaluate`'s metrics as floats, their names checked: strings (they
+  become history columns and JSON keys) and `select` among them."""
+  for name in metrics:
+    if not isinstance(name, str):
+      raise TypeError(f"{label}: `evaluate` must return {{name: value}} with "
+                      f"str names, got {name!r} (bcjax.metrics.recall_metrics "
+                      "names Recall@K 'recall@K')")
+  if select is not None and select not in metrics:
+    raise ValueError(f"{label}: Schedule(select={select!r}) names no metric "
+                     f"of `evaluate`, which returned {list(metrics)}; select "
+                     "one of those")
+  return {name: float(value) for name, value in metrics.items()}
 
 
 def _run_epoch(state, data, epoch, loss: EmbeddingLoss
@@ -264,9 +331,16 @@ def fit(model: EmbeddingModel, task: Task, inputs,
     The `Result`.
 
   Raises:
-    ValueError: inconsistent arguments (named).
-    FloatingPointError: see `train_version`.
+    ValueError: inconsistent arguments (named), NaN or Inf in `inputs`.
+    TypeError: `key` is not a JAX PRNG key (an int seed, None).
+    FloatingPointError, KeyboardInterrupt: see `train_version`.
+
+  Warns:
+    UserWarning: the model's `dim` is below the previous version's: W_k
+      then maps into a subspace, and the previous version's embeddings can
+      only be approximated.
   """
+  checks.prng_key(label, key)
   if objective.aligns and previous is None:
     raise ValueError(f"{label}: objective {objective} aligns, so `previous` "
                      "(the previous version's embeddings) is required")
@@ -278,6 +352,7 @@ def fit(model: EmbeddingModel, task: Task, inputs,
     raise ValueError(f"{label}: post-hoc training needs `init_variables`, "
                      "the fixed model")
   chain = () if chain is None else tuple(chain)
+  checks.finite_inputs(label, inputs)
   num_nodes = checks.embedding_rows(label, model, inputs, init_variables)
   align, d_prev = AlignmentInputs(), None
   if objective.aligns:
@@ -290,6 +365,11 @@ def fit(model: EmbeddingModel, task: Task, inputs,
           "embeddings")
     d_prev = target.shape[1]
     checks.check_chain(label, [np.shape(w) for w in chain], d_prev)
+    if model.dim < d_prev:
+      warnings.warn(f"{label}: dim={model.dim} is below the previous "
+                    f"version's {d_prev}: W_k maps into a {model.dim}-dim "
+                    "subspace, so the previous embeddings (and the consumers "
+                    "reading them) are only approximated", stacklevel=2)
     fixed = None
     if not objective.train_model:
       fixed = embed(model, init_variables, inputs)

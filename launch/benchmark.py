@@ -284,7 +284,9 @@ def main(argv):
       sections):
     common.fail("--sections: projection needs the sections versions and "
                 "overheads")
-  out = Path(FLAGS.out or Path(FLAGS.workdir) / "benchmark.json")
+  out = Path(common.output_path("out", FLAGS.out or
+                                Path(FLAGS.workdir) / "benchmark.json"))
+  common.output_path("out", out.with_suffix(".md"))
   try:
     result = run_suite(suite, load_dataset("ml100k"), sections=sections,
                        layout=FLAGS.layout)

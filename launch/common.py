@@ -9,6 +9,7 @@ import sys
 import jax
 from absl import flags
 
+from bcjax import store
 from bcjax.data import DataError, load_dataset
 from bcjax.models import families
 
@@ -155,9 +156,30 @@ def describe(error: BaseException) -> str:
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, but a bad flag is a one-line error and exit status 2.
 
+  Also a `--config` file that cannot be loaded (`OSError`, or an error of
+  its code) and an override of a field the config lacks (`--config.x=1`:
+  ml_collections raises `AttributeError` or `KeyError`).
+
   Pass as `app.run(main, flags_parser=parse_flags)`.
   """
   try:
     return FLAGS(argv)
   except flags.Error as error:
     fail(error)
+  except (AttributeError, KeyError) as error:
+    fail(f"a --config override names a field the config lacks: {error}")
+  except (OSError, ValueError, TypeError, SyntaxError, ImportError) as error:
+    fail(f"{type(error).__name__}: {error}")
+
+
+def output_path(flag: str, path, directory: bool = False):
+  """`path`, which a command writes (a file, or a directory with
+  `directory`) as the flag `--flag` asks, checked before any work by the
+  one check of every command's output (`bcjax.store.check_output`: not
+  empty, not a FIFO, device or other non-regular file, not inside an
+  embedding store); a refused path ends the command (`fail`)."""
+  try:
+    store.check_output(path, directory)
+  except store.StoreError as error:
+    fail(f"--{flag}: {error}")
+  return path

@@ -5,10 +5,10 @@
 Version 0 creates the store and every later complete version (one with
 `metrics.json`) is appended with its backward transformation. A bad request
 (no such run or strategy, a strategy without backward transformations,
-incomplete versions) exits with code 2 and a one-line message.
+incomplete versions, a run file that fails its checksum, an `--out` that
+`bcjax.store.check_output` refuses) exits with code 2 and a one-line
+message.
 """
-
-import sys
 
 from absl import app
 from absl import flags
@@ -34,8 +34,7 @@ def main(argv):
     store = store_lib.export_run(_WORKDIR.value, _STRATEGY.value, _OUT.value,
                                  _DATASET.value)
   except (store_lib.StoreError, OSError) as e:
-    print(f"export_store: {e}", file=sys.stderr)
-    sys.exit(2)
+    common.fail(e)
   print(f"exported {_STRATEGY.value} versions 0..{store.latest_version} "
         f"(dims {store.dims}) to {store.path}")
 

@@ -10,10 +10,9 @@ J's space) atomically; the second prints the rows of the given user ids (and
 builds version J's item index (`--index=hnsw` or `exact`) and prints the
 user's top k items through it, one per line: rank, item id, inner product
 (the user read from the latest version and mapped into version J). A bad
-request exits with code 2 and a one-line message.
+request, or an `--out` that `bcjax.store.check_output` refuses (a FIFO, a
+device, a file inside a store), exits with code 2 and a one-line message.
 """
-
-import sys
 
 from absl import app
 from absl import flags
@@ -59,8 +58,7 @@ def main(argv):
       raise store_lib.StoreError("nothing to do: give --out, --ids / "
                                  "--item_ids, or --neighbours")
   except (store_lib.StoreError, OSError) as e:
-    print(f"read_store: {e}", file=sys.stderr)
-    sys.exit(2)
+    common.fail(e)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ def main(argv):
   start = time.perf_counter()
   common.apply_model_flag(FLAGS.config)
   common.apply_runtime_flags()
+  if FLAGS.workdir is not None:
+    common.output_path("workdir", FLAGS.workdir, directory=True)
   try:
     graph = common.dataset_from_flags()
     result = pipeline.reproduce(graph, FLAGS.config, FLAGS.workdir,

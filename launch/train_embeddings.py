@@ -34,16 +34,19 @@ def main(argv):
   config = FLAGS.config
   common.apply_model_flag(config)
   common.apply_runtime_flags()
+  workdir = common.output_path("workdir", FLAGS.workdir, directory=True)
   try:
     strategies.get(FLAGS.strategy)
     versions = configs.validate(config).versions
     graph = common.dataset_from_flags()
-    experiment = Experiment(graph, config, FLAGS.workdir)
+    experiment = Experiment(graph, config, workdir)
     experiment.run(FLAGS.strategy, versions)
+    # Read back (checked) from the run directory, as a resumed run's are.
+    summary = [(k, experiment.load(FLAGS.strategy, k).metrics["best"])
+               for k in versions]
   except common.run_errors() as e:
     common.fail(common.describe(e))
-  for k in versions:
-    best = experiment.load(FLAGS.strategy, k).metrics["best"]
+  for k, best in summary:
     print(f"{FLAGS.strategy} v{k}: " + " ".join(
         f"{name} {value:.4f}" for name, value in best.items()))
 

@@ -38,6 +38,7 @@ import optax
 
 import bcjax
 from bcjax import data, metrics
+from launch import common
 
 TIMES = (0.5, 0.6, 0.7, 0.8)  # Three versions.
 SIZES = {
@@ -179,7 +180,8 @@ def run(workdir: str, size: str = "test", seed: int = 0) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  run(flags.FLAGS.workdir, flags.FLAGS.size, flags.FLAGS.seed)
+  run(common.output_path("workdir", flags.FLAGS.workdir, directory=True),
+      flags.FLAGS.size, flags.FLAGS.seed)
 
 
 if __name__ == "__main__":

@@ -35,3 +35,20 @@ def assert_matches_product(actual, a, b) -> None:
   assert np.all(error <= bound), (
       f"|actual - a @ b| = {error[worst]:.3g} at {worst} exceeds the float32 "
       f"bound {bound[worst]:.3g} of a {np.shape(a)[-1]}-term sum")
+
+
+def tolerance(terms: int, scale: float = 1.0, depth: int = 1) -> dict:
+  """`rtol` and `atol` for two float32 computations of the same value.
+
+  Each side is `depth` chained reductions (sums, dot products, means) of at
+  most `terms` terms, plus a few elementwise roundings; `scale` is the size of
+  the result had nothing cancelled (for a sum, the sum of the terms' absolute
+  values; for a mean, their mean). Each side is then within
+  depth * gamma(terms + 2) * scale of the exact value, so the two within
+  twice that: the `atol` part, which covers results near zero, where an
+  `rtol` alone demands more than float32 can give. Use as
+  `np.testing.assert_allclose(a, b, **tolerance(...))` or
+  `pytest.approx(b, rel=t["rtol"], abs=t["atol"])`.
+  """
+  bound = 2 * depth * gamma(terms + 2)
+  return dict(rtol=bound, atol=bound * scale)

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+import bcjax
 from bcjax import training
 from bcjax.models.interface import FlaxModel, FunctionalModel
 
@@ -227,8 +228,13 @@ def test_fit_checks_the_known_mask_and_refuses_zero_target_rows(planted):
   unmasked = training.fit(TABLE, task, inputs, _batches(z_star), key,
                           previous=padded, chain=(), schedule=schedule,
                           known=True)
+  # Not the same program: one shared mask divided after the sums against
+  # per-group weights. Each evaluation rounds differently (up to
+  # 2 gamma(160) = 2e-5 relative: 40 nodes x 4 dims), and the epoch's 4 Adam
+  # steps carry that into the mean; leaving the zero rows out moves it 29 %.
   np.testing.assert_allclose(unmasked.history[0]["alignment"],
-                             zeroed.history[0]["alignment"], rtol=1e-5)
+                             zeroed.history[0]["alignment"], rtol=1e-4,
+                             atol=1e-6)
 
 
 def test_functional_model_init_is_given_the_dimension():
@@ -297,3 +303,40 @@ def test_flax_models_fit_the_same_protocol():
                         jax.random.key(0), objective=training.Objective(),
                         schedule=training.Schedule(epochs=2))
   assert int(result.variables["counts"]["calls"]) == 2 * NUM_NODES // 10
+
+
+def test_recall_at_k_plugs_into_evaluate_and_selects_the_epoch():
+  """`Schedule`'s docstring example: `bcjax.metrics.recall_metrics` as
+  `evaluate`, selecting on recall@10 (a planted preference, four training
+  and two held-out items per user)."""
+  rng = np.random.default_rng(0)
+  num_users, num_items = 40, 60
+  scores = rng.normal(size=(num_users, 4)) @ rng.normal(size=(4, num_items))
+  top = np.argsort(-scores, axis=1)
+  user = np.repeat(np.arange(num_users), 4)
+  val_user = np.repeat(np.arange(num_users), 2)
+  train_item, val_item = top[:, :4].ravel(), top[:, 4:6].ravel()
+  recall_inputs = bcjax.metrics.prepare_recall_inputs(
+      user, train_item, val_user, val_item, num_items)
+  sampler = bcjax.TripleSampler(user, train_item, num_users, num_items)
+  inputs = np.zeros(num_users + num_items)
+
+  def evaluate(variables, transform):
+    z = bcjax.embed(TABLE, variables, inputs)
+    users, items = bcjax.split_nodes(z, (num_users, num_items))
+    return bcjax.metrics.recall_metrics(users, items, recall_inputs)
+
+  result = bcjax.fit(
+      TABLE, bcjax.BPRTask(), inputs,
+      lambda key: bcjax.epoch_batches(sampler, key, 32), bcjax.keys.root(0),
+      objective=bcjax.Objective(), evaluate=evaluate, tx=optax.adam(0.05),
+      schedule=bcjax.Schedule(epochs=30, select="recall@10"),
+      log=lambda _: None)
+  recalls = [h["recall@10"] for h in result.history]
+  assert set(result.metrics) >= {"recall@10", "recall@50"}
+  # The first best epoch (here 29 of 30: not simply the last one).
+  assert result.epoch == 1 + int(np.argmax(recalls)) < 30
+  z = np.asarray(bcjax.embed(TABLE, result.variables, inputs))
+  direct = bcjax.metrics.recall_at_k(z[:num_users], z[num_users:],
+                                     recall_inputs, ks=(10,))
+  assert result.metrics["recall@10"] == direct[10] == max(recalls)

@@ -1,6 +1,10 @@
 """The notebooks in colabs/: committed without outputs, and each runs top to
 bottom in a fresh kernel at the test sizes (BCJAX_PRESET=test)."""
 
+import json
+import re
+import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +33,37 @@ def test_committed_without_outputs(path):
   assert code and all(not c.outputs and c.execution_count is None for c in code)
   # The first code cell installs bcjax where it is not importable (Colab).
   assert "except ImportError:" in code[0].source and "%pip install" in code[0].source
+
+
+def _install_cell(path) -> str:
+  return next(c.source for c in nbformat.read(path, as_version=4).cells
+              if c.cell_type == "code")
+
+
+def test_the_notebooks_share_one_install_cell():
+  assert len({_install_cell(path) for path in NOTEBOOKS}) == 1
+
+
+def _pip_install(arguments: str) -> None:
+  subprocess.run([sys.executable, "-m", "pip", "install",
+                  *shlex.split(arguments)], check=True)
+
+
+def test_install_cell_keeps_the_installed_jax(tmp_path):
+  """The install cell, run where bcjax is missing (as on Colab), asks pip for
+  bcjax alone: the jax and jaxlib already here are in range and pinned, so
+  neither is replaced. A dry run of this checkout, offline."""
+  report = tmp_path / "report.json"
+  source = _install_cell(NOTEBOOKS[0])
+  source = source.replace("import bcjax\n", "raise ImportError\n", 1)
+  source = source.replace(
+      '"bcjax @ git+https://github.com/bcjax/bcjax"',
+      f"--dry-run --no-index --no-build-isolation --report {report} {ROOT}")
+  # IPython's `%pip install ARGS` (with its {name} expansion) as a call.
+  source = re.sub(r"%pip install (.*)", r'pip_install(f"""\1""")', source)
+  exec(compile(source, "install cell", "exec"), {"pip_install": _pip_install})
+  installs = json.loads(report.read_text())["install"]
+  assert [i["metadata"]["name"] for i in installs] == ["bcjax"]
 
 
 @pytest.fixture(scope="module")

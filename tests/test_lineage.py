@@ -69,9 +69,10 @@ def test_each_version_is_fit_with_the_previous_model_and_the_chain():
   jax.tree.map(np.testing.assert_array_equal, by_hand.variables,
                results[2].variables)
   assert results[0].transform is None  # Version 0: the task alone.
-  np.testing.assert_allclose(
+  # The same call on the same matrices: the same bits.
+  np.testing.assert_array_equal(
       lineage.to_version_zero(),
-      transforms.chain_matrix(lineage.chain(), 2, 0), rtol=1e-6)
+      transforms.chain_matrix(lineage.chain(), 2, 0))
 
 
 def test_publish_fills_a_store_version_by_version(tmp_path):
@@ -144,3 +145,31 @@ def test_target_reads_previous_rows_by_id_and_marks_new_nodes():
   stranger = bcjax.Lineage(lineage.last, lineage.backward)
   with pytest.raises(ValueError, match="no inputs of it"):
     stranger.target(INPUTS, np.arange(NUM_NODES))
+
+
+def test_previous_ids_map_nodes_by_count_or_by_raw_id():
+  # Counts (users, items): old nodes keep their indices, new ones come after.
+  np.testing.assert_array_equal(bcjax.previous_ids((2, 3), (3, 4)),
+                                [0, 1, -1, 2, 3, 4, -1])
+  # Raw ids, matched by value: user u0 moved, item x left, u2 and z are new.
+  np.testing.assert_array_equal(
+      bcjax.previous_ids((["u0", "u1"], ["x", "y"]),
+                         (["u1", "u2", "u0"], ["y", "z"])),
+      [1, -1, 0, 3, -1])
+  for previous, current, message in [
+      ((2, 3), (3,), "2 kinds of nodes before, 1 now"),
+      ((2,), (-1,), "integer >= 0, got -1"),
+      ((["a", "b"],), (["a", "a"],), "raw id 'a' more than once"),
+      ((2,), (["0", "1"],), "give counts or raw ids of one type")]:
+    with pytest.raises(ValueError, match=message):
+      bcjax.previous_ids(previous, current)
+
+
+def test_split_nodes_by_kind():
+  z = np.arange(14).reshape(7, 2)
+  users, items = bcjax.split_nodes(z, (3, 4))
+  np.testing.assert_array_equal(users, z[:3])
+  np.testing.assert_array_equal(items, z[3:])
+  with pytest.raises(ValueError, match=r"sizes \[3, 3\] add up to 6, but z "
+                     "has 7 rows"):
+    bcjax.split_nodes(z, (3, 3))

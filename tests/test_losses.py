@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bcjax import losses
+from float32_bounds import tolerance
 
 B, D = 9, 5
 
@@ -25,6 +26,28 @@ def _numpy_alignment(diff_rows):
   return sum(np.mean(x**2) for x in diff_rows)
 
 
+def _alignment_size(diff_rows, earlier=()):
+  """The multi-step alignment of |D| through |W_{k-1}|, |W_{k-2}|, ...: its
+  value had no product cancelled, the scale of its float32 rounding. An
+  empty row group counts zero."""
+  rows = [np.abs(np.asarray(x, np.float64)) for x in diff_rows]
+  size = lambda rows: sum(np.mean(x**2) if x.size else 0.0 for x in rows)
+  total = size(rows)
+  for w in earlier:
+    rows = [x @ np.abs(np.asarray(w, np.float64)) for x in rows]
+    total += size(rows)
+  return total / (1 + len(earlier))
+
+
+def _bpr_tolerance(rows):
+  """XLA against numpy, both float32: each row's margin is 2D products that
+  may cancel (the atol part, at their absolute sum averaged over the rows),
+  then means over B rows and squared norms of B x D terms (depth 2)."""
+  u, p, n = (np.abs(r) for r in rows)
+  return tolerance(terms=B * D, scale=float(np.mean(np.sum(u * (p + n), -1))),
+                   depth=2)
+
+
 def _with_garbage(rows, num_pad):
   """Appends num_pad rows of huge values and NaN to each array."""
   garbage = np.full((num_pad, rows[0].shape[1]), 1e30, np.float32)
@@ -40,7 +63,7 @@ def _mask(num_real, num_pad):
 def test_bpr_matches_numpy(reg):
   rows = _rows(np.random.default_rng(0), B, D)
   np.testing.assert_allclose(losses.bpr_loss(*rows, reg=reg),
-                             _numpy_bpr(*rows, reg), rtol=1e-5)
+                             _numpy_bpr(*rows, reg), **_bpr_tolerance(rows))
 
 
 @pytest.mark.parametrize("mask_dtype", [bool, np.float32])
@@ -49,7 +72,8 @@ def test_bpr_ignores_padding_rows(mask_dtype):
   padded = _with_garbage(rows, 4)
   mask = _mask(B, 4).astype(mask_dtype)
   loss = losses.bpr_loss(*padded, mask=mask)
-  np.testing.assert_allclose(loss, _numpy_bpr(*rows, 0.01), rtol=1e-5)
+  np.testing.assert_allclose(loss, _numpy_bpr(*rows, 0.01),
+                             **_bpr_tolerance(rows))
   grads = jax.grad(lambda z: losses.bpr_loss(*z, mask=mask))(padded)
   for grad in grads:
     assert np.isfinite(grad).all()
@@ -58,20 +82,24 @@ def test_bpr_ignores_padding_rows(mask_dtype):
 
 def test_alignment_ignores_padding_rows():
   rows = _rows(np.random.default_rng(2), B, D)
+  # Means of B x D squares against numpy's float32, padded or not.
+  bound = tolerance(terms=(B + 3) * D, scale=_alignment_size(rows))
   np.testing.assert_allclose(losses.alignment(rows), _numpy_alignment(rows),
-                             rtol=1e-5)
+                             **bound)
   padded = _with_garbage(rows, 3)
   np.testing.assert_allclose(losses.alignment(padded, _mask(B, 3)),
-                             _numpy_alignment(rows), rtol=1e-5)
+                             _numpy_alignment(rows), **bound)
 
 
 def test_single_step_is_alignment_of_difference():
   rng = np.random.default_rng(3)
   target, predicted = _rows(rng, B, D), _rows(rng, B, D)
   diff = tuple(t - p for t, p in zip(target, predicted))
+  # The same float32 differences; means of B x D squares as numpy's.
   np.testing.assert_allclose(
       losses.single_step_alignment(target, predicted),
-      _numpy_alignment(diff), rtol=1e-5)
+      _numpy_alignment(diff),
+      **tolerance(terms=B * D, scale=_alignment_size(diff)))
 
 
 def _earlier(rng, dims):
@@ -96,7 +124,11 @@ def test_multi_step_matches_explicit_formula(k):
     expected += _numpy_alignment([x @ chain for x in diff])
   expected /= k
   loss = jax.jit(losses.multi_step_alignment)(target, predicted, earlier)
-  np.testing.assert_allclose(loss, expected, rtol=1e-4)
+  # float32 against float64: up to k - 1 chained products (<= 7 terms) that
+  # may cancel, then means of B x d squares.
+  np.testing.assert_allclose(
+      loss, expected, **tolerance(terms=B * dims[-1], depth=k,
+                                  scale=_alignment_size(diff, earlier)))
 
 
 @pytest.mark.parametrize("k", [2, 3])
@@ -109,16 +141,21 @@ def test_multi_step_ignores_padding_rows(k):
   loss = losses.multi_step_alignment(_with_garbage(target, 2),
                                      _with_garbage(predicted, 2), earlier,
                                      mask=_mask(B, 2))
-  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  # 11 rows (2 zeroed) against 9: the sums may run in another order.
+  diff = [t - p for t, p in zip(target, predicted)]
+  np.testing.assert_allclose(
+      loss, expected, **tolerance(terms=(B + 2) * dims[-1], depth=k,
+                                  scale=_alignment_size(diff, earlier)))
 
 
 def test_multi_step_with_k1_is_single_step():
   rng = np.random.default_rng(4)
   target, predicted = _rows(rng, B, D), _rows(rng, B, D)
   mask = _mask(B - 2, 2)
-  np.testing.assert_allclose(
+  # The same computation, A(D) / 1: the same bits.
+  np.testing.assert_array_equal(
       losses.multi_step_alignment(target, predicted, [], mask=mask),
-      losses.single_step_alignment(target, predicted, mask=mask), rtol=1e-6)
+      losses.single_step_alignment(target, predicted, mask=mask))
 
 
 def test_multi_step_gradient_skips_earlier():
@@ -154,7 +191,14 @@ def test_node_alignment_equals_row_alignment_of_gathered_rows():
         tuple(target[i] for i in index), tuple(predicted[i] for i in index),
         chain, mask=mask)
     got = losses.node_alignment(target, predicted, index, chain, mask=mask)
-    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # Weighted sums over 11 nodes x 5 dims against means over the gathered
+    # rows, after the same chained products (<= 5 terms) that may cancel.
+    real = [(np.asarray(target) - np.asarray(predicted))[np.asarray(i)][:4]
+            for i in index]
+    np.testing.assert_allclose(
+        got, expected,
+        **tolerance(terms=num_nodes * dims[0], depth=len(chain) + 1,
+                    scale=_alignment_size(real, chain)))
 
 
 @pytest.mark.parametrize("batch", [2, 5])  # 6 rows < 10 nodes; 15 rows > 10.
@@ -176,7 +220,13 @@ def test_batch_alignment_is_the_gathered_multi_step_loss_in_either_form(batch):
   diff = [np.asarray(target)[np.asarray(i)] -
           np.asarray(z)[np.asarray(i)] @ np.asarray(w) for i in index]
   want = (a(diff) + a([x @ np.asarray(earlier[0]) for x in diff])) / 2
-  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # Against numpy's float32: products through W (4 terms) and W_1 (3 terms)
+  # that may cancel, then sums over up to 10 nodes x 3 dims.
+  size = _alignment_size(
+      [(np.abs(np.asarray(target)) + np.abs(np.asarray(z)) @ np.abs(
+          np.asarray(w)))[np.asarray(i)][keep] for i in index], earlier)
+  np.testing.assert_allclose(
+      got, want, **tolerance(terms=n * d_prev, scale=size, depth=3))
 
 
 @pytest.mark.parametrize("batch", [2, 5])  # node form, then gathered form
@@ -204,7 +254,12 @@ def test_batch_alignment_leaves_out_unknown_nodes_group_by_group(batch):
   diff = [target[i] - z[i] @ w for i in index]
   want = (a(diff) + a([x @ earlier[0] for x in diff])) / 2
   assert np.isfinite(got)
-  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # As in the test above, over each group's real, known rows.
+  size = _alignment_size(
+      [(np.abs(target) + np.abs(z) @ np.abs(w))[i][mask & known[i]]
+       for i in index], earlier)
+  np.testing.assert_allclose(
+      got, want, **tolerance(terms=n * d_prev, scale=size, depth=3))
 
 
 def test_batch_alignment_with_every_node_known_is_the_plain_loss():
@@ -217,7 +272,10 @@ def test_batch_alignment_with_every_node_known_is_the_plain_loss():
   plain = losses.batch_alignment(target, z, lambda x: x, index, mask=mask)
   every = losses.batch_alignment(target, z, lambda x: x, index, mask=mask,
                                  known=jnp.ones(n, bool))
-  np.testing.assert_allclose(every, plain, rtol=1e-6)
+  # Per-group weights against one shared mask: sums of squares over up to
+  # 8 nodes x 3 dims (no cancellation: the value is its own scale).
+  np.testing.assert_allclose(every, plain,
+                             **tolerance(terms=n * 3, scale=float(plain)))
   # No known node in the batch: the term is zero, not NaN.
   none = losses.batch_alignment(target, z, lambda x: x, index, mask=mask,
                                 known=jnp.zeros(n, bool))

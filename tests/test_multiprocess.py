@@ -151,12 +151,15 @@ def test_two_processes_match_one_process_of_four_devices(two_processes,
     # mean loss over its first two epochs agrees to float rounding (1e-5
     # relative; 1.4e-7 measured); Adam then amplifies rounding (see
     # tests/test_sharding.py) and v1 aligns to a v0 that differs slightly:
-    # every loss to 1e-3 relative (1.2e-4 measured), embeddings and W_1 to
-    # 3e-2 absolute (5.5e-3 measured; they are of order 1).
+    # every loss to 1e-2 relative, as in tests/test_sharding.py (2.4e-4
+    # measured, 9.3e-4 with XLA_FLAGS=--xla_cpu_max_isa=SSE4_2), embeddings
+    # and W_1 to 3e-2 absolute (6.3e-3 and 1.3e-2 measured; they are of
+    # order 1).
     losses = [[h["loss"] for h in m["history"]] for m in (a, b)]
     if name == "nobc/v0":
-      np.testing.assert_allclose(losses[0][0], losses[1][0], rtol=1e-5)
-    np.testing.assert_allclose(*losses, rtol=1e-3, err_msg=name)
+      np.testing.assert_allclose(losses[0][0], losses[1][0], rtol=1e-5,
+                                 atol=1e-6)
+    np.testing.assert_allclose(*losses, rtol=1e-2, atol=1e-3, err_msg=name)
     for array in ("users", "items", "transform"):
       path = two / name / f"{array}.npy"
       if path.exists():

@@ -113,6 +113,23 @@ def test_same_seed_same_bits_other_seed_other_bits(tmp_path):
   assert arrays and all(files["a"][k] != files["c"][k] for k in arrays)
 
 
+def test_two_processes_under_the_deterministic_ops_flag_write_the_same_bits(
+    tmp_path):
+  """The CPU half of the accelerator promise (README, "Accelerators"): with
+  XLA's deterministic-ops flag, which a GPU run needs for bitwise repeats,
+  two separate processes of one command write byte-identical files."""
+  env = _env()
+  env["XLA_FLAGS"] += " --xla_gpu_deterministic_ops=true"
+  command = [sys.executable, "-m", "launch.train_embeddings", *TRAIN,
+             "--config.epochs=4"]
+  for name in ("a", "b"):
+    subprocess.run([*command, f"--workdir={tmp_path / name}"], cwd=ROOT,
+                   env=env, check=True, capture_output=True)
+  first = _artifacts(tmp_path / "a")
+  assert any(k.endswith(".npy") for k in first)
+  assert first == _artifacts(tmp_path / "b")
+
+
 def test_injected_nan_stops_with_a_named_error_and_keeps_the_checkpoint(
     tmp_path, monkeypatch):
   """Parameters poisoned after epoch 3: the error names the strategy,

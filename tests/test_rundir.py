@@ -69,22 +69,25 @@ def test_saving_a_version_commits_metrics_last_and_drops_its_checkpoint(
   assert not run_dir.path("s", 0, CHECKPOINT).exists()
 
 
+IDS = (np.array(["u0", "u1"]), np.array(["i0"]))
+
+
 def test_settings_check_names_the_field(tmp_path):
   run_dir = RunDir(tmp_path)
-  run_dir.write_config({"dataset": "toy", "dims": (4, 8), "lr": 0.1})
+  run_dir.write_config({"dataset": "toy", "dims": (4, 8), "lr": 0.1}, *IDS)
   # Fields that do not change trained artifacts may change.
   run_dir.write_config({"dataset": "toy", "dims": [4, 8], "lr": 0.1,
-                        "preset": "other"})
+                        "preset": "other"}, *IDS)
   assert run_dir.config()["preset"] == "other"
   with pytest.raises(ValueError, match=r"trained with dims=\[4, 8\], not "
                      r"\[4, 16\]; use a new workdir"):
-    run_dir.write_config({"dataset": "toy", "dims": (4, 16), "lr": 0.1})
+    run_dir.write_config({"dataset": "toy", "dims": (4, 16), "lr": 0.1}, *IDS)
   # A field added later compares with its default.
   run_dir.write_config({"dataset": "toy", "dims": [4, 8], "lr": 0.1,
-                        "model": "pinsage"})
+                        "model": "pinsage"}, *IDS)
   with pytest.raises(ValueError, match="model='pinsage', not 'lightgcn'"):
     run_dir.write_config({"dataset": "toy", "dims": [4, 8], "lr": 0.1,
-                          "model": "lightgcn"})
+                          "model": "lightgcn"}, *IDS)
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe", b""])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bcjax import sharding
+from float32_bounds import tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,8 +89,12 @@ def test_four_devices_match_one(tmp_path):
   import json
   out = json.loads((tmp_path / "out.json").read_text())
   # One step: the same loss and gradients up to float summation order.
+  # The loss's sums (the largest: alignment squares of 150 nodes x 8 dims)
+  # are split over the devices; positive terms, so the loss is its own scale.
   step = out["step"]
-  np.testing.assert_allclose(step["loss"][1], step["loss"][0], rtol=1e-5)
+  np.testing.assert_allclose(
+      step["loss"][1], step["loss"][0],
+      **tolerance(terms=150 * 8, scale=abs(step["loss"][0])))
   for g4, g1 in zip(step["grads4"], step["grads1"], strict=True):
     # Some gradients are 0 in exact arithmetic (biases before BatchNorm):
     # compare at the scale of the whole tensor.
@@ -104,7 +109,7 @@ def test_four_devices_match_one(tmp_path):
   for name in one:
     assert four[name]["epoch"] == one[name]["epoch"], name
     np.testing.assert_allclose(four[name]["losses"], one[name]["losses"],
-                               rtol=1e-2, err_msg=name)
+                               rtol=1e-2, atol=1e-3, err_msg=name)
     for field in ("users", "items", "transform"):
       if one[name][field] is not None:
         np.testing.assert_allclose(four[name][field], one[name][field],

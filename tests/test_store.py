@@ -260,7 +260,7 @@ BAD_REQUESTS = {
     "create on non-empty": (
         lambda s, a: EmbeddingStore.create(s.path, *a[0][:2], USER_IDS[:5],
                                            ITEM_IDS[:3], "d", "s"),
-        "exists and is not an empty directory"),
+        "a store exists at"),
     "open missing": (lambda s, a: EmbeddingStore.open(s.path / "nope"),
                      "no embedding store at"),
 }
@@ -640,9 +640,15 @@ def test_create_replaces_a_store_only_when_asked(tmp_path):
   old.close()
   users = np.ones((9, 4), np.float32)
   items = np.full((6, 4), 2.0, np.float32)
-  with pytest.raises(StoreError, match=r"replace=True\?"):
+  # Version 0 again: the store is kept, and the message says how to publish
+  # the next version (not how to wipe it).
+  with pytest.raises(StoreError, match=r"a store exists at .* \(version 0 is "
+                     r"published\); publish the next version with .*"
+                     r"append_version") as error:
     EmbeddingStore.create(tmp_path / "s", users, items, USER_IDS, ITEM_IDS,
                           "d", "s")
+  assert "replace=True" not in str(error.value)
+  assert EmbeddingStore.open(tmp_path / "s").latest_version == 3
   new = EmbeddingStore.create(tmp_path / "s", users, items, USER_IDS,
                               ITEM_IDS, "d", "new", replace=True)
   assert new.versions == [0] and new.strategy == "new"

@@ -79,7 +79,7 @@ def _set_manifest(root, manifest):
 
 def _entry(array, path):
   """A manifest entry that matches `path` exactly (size and checksum)."""
-  return {"sha256": store_layout.sha256(Path(path)),
+  return {"sha256": io.sha256(Path(path)),
           "size": Path(path).stat().st_size, "shape": list(array.shape),
           "dtype": array.dtype.str}
 
@@ -268,7 +268,7 @@ def test_a_trillion_rows_are_refused_before_allocation(tmp_path,
   manifest = _manifest(root)
   manifest["files"]["v2_users.npy"].update(
       shape=[rows, DIM], size=path.stat().st_size,
-      sha256=store_layout.sha256(path))
+      sha256=io.sha256(path))
   manifest["files"]["v2_user_ids.npy"]["shape"] = [rows]
   _set_manifest(root, manifest)
   store = EmbeddingStore.open(root)

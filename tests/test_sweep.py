@@ -55,8 +55,12 @@ def test_vmapped_seeds_equal_sequential_fits(pinsage):
     fitted = training.fit(model, task, data.inputs, batches, key,
                           objective=training.Objective(),
                           schedule=training.Schedule(epochs=2), tx=tx)
+    # Training trajectories, vmapped against one seed alone: the kernels
+    # round differently at every step and Adam carries it on (2e-7 relative
+    # measured after 2 epochs); seeds differ by 0.2.
     np.testing.assert_allclose(result.losses[:, i],
-                               [h["loss"] for h in fitted.history], rtol=1e-5)
+                               [h["loss"] for h in fitted.history], rtol=1e-4,
+                               atol=1e-6)
     # Train-mode embeddings: BatchNorm makes the pre-norm biases' gradient
     # zero up to rounding, which Adam amplifies to +-lr per step; the
     # normalised output does not see them.
@@ -79,7 +83,9 @@ def test_vmapped_seeds_equal_sequential_lightgcn(graph, tmp_path_factory):
   sequential = sweep.train_sequential(model, experiment.task, data.inputs,
                                       experiment.batches(0), keys, epochs=2)
   for i, (state, losses) in enumerate(sequential):
-    np.testing.assert_allclose(result.losses[:, i], losses, rtol=1e-5)
+    # Trajectories, vmapped against sequential (see above).
+    np.testing.assert_allclose(result.losses[:, i], losses, rtol=1e-4,
+                               atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
                  result.variables(i), jax.device_get(state.model_variables()))
   first, second = (jax.tree.leaves(result.variables(i)["params"])
@@ -103,7 +109,9 @@ def test_aligned_sweep_equals_sequential(pinsage):
   sequential = sweep.train_sequential(model, pinsage.task, data.inputs,
                                       pinsage.batches(k), keys, **kwargs)
   for i, (state, losses) in enumerate(sequential):
-    np.testing.assert_allclose(result.losses[:, i], losses, rtol=1e-5)
+    # Trajectories, vmapped against sequential (see above).
+    np.testing.assert_allclose(result.losses[:, i], losses, rtol=1e-4,
+                               atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
                  sweep.unstack(result.states.params["transform"], i),
                  jax.device_get(state.params["transform"]))

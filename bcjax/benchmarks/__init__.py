@@ -3,7 +3,7 @@
 Every figure is the median of several runs, with its spread `[min, max]`
 next to it (keys ending in `_spread...`); every timing blocks on its result
 and excludes compilation (timed apart). Nothing else in bcjax imports this
-package, and it uses only bcjax's public names.
+package, and it uses only bcjax's public names. ::
 
   measure    timers, the dense-matmul peak, peak and available memory
   training   aggregation layouts, epochs per version, strategy overheads,

@@ -44,8 +44,8 @@ def paper_wall_time(config, versions: dict, overheads: dict,
     names: the strategies to count (default all).
 
   Returns:
-    `{"total_s", "total_h", "by_strategy": {name: seconds}, "version0_s",
-    "trainings", "excluded"}`; version 0 is counted once, in `version0_s`.
+    ``{"total_s", "total_h", "by_strategy": {name: seconds}, "version0_s",``
+    ``"trainings", "excluded"}``; version 0 is counted once, in `version0_s`.
 
   Raises:
     ValueError: a version of the preset without figures.

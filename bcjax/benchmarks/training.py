@@ -329,9 +329,9 @@ def worker_throughput(graph: DynamicGraph, config, workdir: str,
   one process on every CPU (`training_epoch` of `version`, each).
 
   Returns:
-    `{"one_process_epoch_s", "worker_epoch_s": [per worker],
-    "one_process_epochs_per_s", "workers_epochs_per_s", "speedup",
-    "workers", "version"}`.
+    ``{"one_process_epoch_s", "worker_epoch_s": [per worker],``
+    ``"one_process_epochs_per_s", "workers_epochs_per_s", "speedup",
+    "workers", "version"}``.
   """
   one = training_epoch(graph, config, f"{workdir}/one", version,
                        repeats=repeats)["epoch_s"]

@@ -27,6 +27,7 @@ from bcjax.consumers import ConsumerConfig
 from bcjax.models import families
 
 PRESETS = ("paper", "quick", "test")
+MAX_SEED = 2**32 - 1
 
 
 def get(preset: str) -> ml_collections.ConfigDict:
@@ -86,6 +87,10 @@ def validate(config: ml_collections.ConfigDict) -> Settings:
     if numbers.finite_float(f"config.{field}", config[field], 0) % 1:
       raise ValueError(f"config.{field} must be an integer >= 0, got "
                        f"{config[field]!r}")
+  if int(config.seed) + int(config.get("seeds", 1)) > MAX_SEED + 1:
+    raise ValueError(f"config.seed={config.seed!r}: every training seed must "
+                     f"be at most {MAX_SEED} (a JAX key keeps 32 bits of its "
+                     "seed; larger seeds would repeat smaller ones)")
   numbers.positive_float("config.lr", config.lr)
   for field in ("weight_decay", "lam"):
     numbers.finite_float(f"config.{field}", config[field], 0)

@@ -10,6 +10,7 @@ kind in CSR form with rare values dropped.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import types
 from typing import Mapping, Sequence
 
@@ -105,6 +106,22 @@ class DynamicGraph:
   def num_items(self) -> int:
     """The number of items over the whole graph."""
     return len(self.item_ids)
+
+  def fingerprint(self) -> str:
+    """The sha256 of the canonical interactions, ids and attributes (not
+    the name): the graph's identity, which a run directory records so that
+    it is never resumed on another graph of the same name."""
+    digest = hashlib.sha256()
+    arrays = [self.user, self.item, self.rating, self.timestamp,
+              self.user_ids, self.item_ids]
+    for name, kind in self.attributes.items():
+      arrays += [np.asarray([name, *kind.vocab], str), kind.offsets,
+                 kind.values]
+    for array in arrays:
+      array = np.ascontiguousarray(array)
+      digest.update(f"{array.dtype.str}{array.shape};".encode())
+      digest.update(array.tobytes())
+    return digest.hexdigest()
 
   @property
   def edge_ratio(self) -> np.ndarray:

@@ -66,8 +66,8 @@ class SampledBatch:
 
 @dataclasses.dataclass(frozen=True)
 class SampledTask:
-  """A task whose batches are `SampledBatch`es: the model embeds each
-  batch's trees' roots instead of every node.
+  """A task whose batches are `SampledBatch` instances: the model embeds
+  each batch's trees' roots instead of every node.
 
   The trainer sees an ordinary task (`bcjax.tasks.Task`) plus the
   `batch_inputs` hook, so sampling is a wrapper of the task and its
@@ -178,8 +178,9 @@ def sampled_bpr_chunks(sampler: NeighbourSampler, batches: tuple[np.ndarray, ...
     rng: the source of randomness.
 
   Yields:
-    `SampledBatch`es whose leaves are stacked on a leading `[chunk]` axis;
-    each batch is `(user, pos, neg, mask)` of local root ids, `[B]` each.
+    `SampledBatch` instances whose leaves are stacked on a leading `[chunk]`
+    axis; each batch is `(user, pos, neg, mask)` of local root ids, `[B]`
+    each.
   """
   user, pos, neg, mask = batches
   num_batches, size = user.shape

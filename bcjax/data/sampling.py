@@ -20,6 +20,27 @@ def numpy_rng(key: jax.Array) -> np.random.Generator:
   return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
 
 
+def _indices(what: str, values, size: int, size_name: str) -> np.ndarray:
+  """`values` as `[n]` int64 indices in `0..size-1`; a DataError naming
+  them otherwise (a fractional id would be truncated, one out of range
+  would index another node)."""
+  values = np.asarray(values)
+  if values.ndim != 1 or not (np.issubdtype(values.dtype, np.integer) or
+                              np.issubdtype(values.dtype, np.floating)):
+    raise DataError(f"triple sampler: `{what}` must be a 1-D array of "
+                    f"indices, got {values.dtype} {list(values.shape)}")
+  with np.errstate(invalid="ignore"):
+    whole = values.astype(np.int64)
+  bad = np.flatnonzero((whole != values) | (whole < 0) | (whole >= size))
+  if bad.size:
+    raise DataError(
+        f"triple sampler: {what} ids must be whole numbers in 0..{size - 1} "
+        f"({size_name}={size}), but row {bad[0]} holds "
+        f"{values[bad[0]].item()!r} (users and items each count from 0; "
+        "epoch_batches makes the node ids)")
+  return whole
+
+
 class TripleSampler:
   """Draws one epoch of (user, positive, negative) triples.
 
@@ -41,13 +62,19 @@ class TripleSampler:
       num_items: items of the version's graph; negatives are drawn from them.
 
     Raises:
-      DataError: no training interactions, or a user with every item.
+      DataError: no training interactions, arrays of different lengths, an
+        id that is not a whole number in range (it would train another
+        node), or a user with every item.
     """
-    user, item = np.asarray(user, np.int64), np.asarray(item, np.int64)
+    user = _indices("user", user, num_users, "num_users")
+    item = _indices("item", item, num_items, "num_items")
+    if len(user) != len(item):
+      raise DataError(f"triple sampler: {len(user)} users but {len(item)} "
+                      "items; one of each per training interaction")
     if len(user) == 0:
       raise DataError("triple sampler: no training interactions")
     self.num_samples = len(user)
-    self.num_items = num_items
+    self.num_users, self.num_items = num_users, num_items
     order = np.argsort(user, kind="stable")
     self._items_by_user = item[order]
     degree = np.bincount(user, minlength=num_users)

@@ -3,7 +3,7 @@
 Used by the embedding model (padded nodes) and the consumer heads (the last,
 partial batch). The statistics are weighted by the row mask `w`:
 mean = w x / n and var = w (x - mean)^2 / n with n = sum(w), as row-vector
-products. The backward is written out instead of differentiated by JAX:
+products. The backward is written out instead of differentiated by JAX::
 
   dbias = sum_i g_i        dscale = sum_i g_i xhat_i      dxhat = g scale
   dx = r (dxhat - (w / n) scale (dbias + xhat dscale))

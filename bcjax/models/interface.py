@@ -41,7 +41,7 @@ class EmbeddingModel(Protocol):
       inputs: the model's inputs (a pytree of arrays).
 
     Returns:
-      The variables, `{"params": ..., **other collections}`.
+      The variables, ``{"params": ..., **other collections}``.
     """
     ...
 

@@ -245,7 +245,11 @@ class SAGEConv(nn.Module):
 
 
 def _item_mean(table, attr: AttributeInputs, num_items: int):
-  """`[num_items, d]` per item, the mean of its rows of `table`."""
+  """`[num_items, d]` per item, the mean of its rows of `table`; zeros for
+  a kind that kept no value (every value on too few items): it contributes
+  nothing."""
+  if not table.shape[0]:
+    return jnp.zeros((num_items, table.shape[1]), table.dtype)
   return jax.ops.segment_sum(table[attr.value] * attr.weight[:, None],
                              attr.item, num_segments=num_items)
 

@@ -7,8 +7,10 @@ transformations W_1..W_K; a consumer of version j reads `z_K @ M_{K->j}`
 Every file is written under a temporary name, fsynced and renamed; the
 manifest is renamed last, so it is the commit point of `append_version` and a
 crash at any moment leaves the previous state readable. Files are verified
-against the manifest (size, `.npy` header, then sha256) when first read.
-The store has a single writer; readers may open it at any time. `open` holds
+against the manifest (size, `.npy` header, then sha256) when first read, and
+their content checked as the writer checks it (finite values, unique
+printable ids). One writer at a time holds the store's lock (`guard`);
+readers may open it at any time. `open` holds
 the latest files open (retrying if an append replaces them meanwhile), so a
 reader sees one complete version even though an append removes the
 superseded latest files; a reader wanting newer versions reopens the store.
@@ -29,7 +31,7 @@ from typing import Any, BinaryIO, Callable, Sequence
 import numpy as np
 
 from bcjax import io, transforms
-from bcjax.store import layout, maps
+from bcjax.store import guard, layout, maps
 from bcjax.store.layout import (FORMAT, FORMAT_VERSION, MANIFEST,
                                 StoreError)
 
@@ -89,38 +91,49 @@ class EmbeddingStore:
       The open store, at version 0.
 
     Raises:
-      StoreError: `path` is a file or a non-empty directory (not a store,
-        with `replace`); bad shapes, non-finite values, duplicate ids or
-        non-string names. A crash midway leaves a directory without
-        manifest, which `open` rejects and `create` will not reuse.
+      StoreError: `path` holds a store (without `replace`: publish the next
+        version with `append_version`), is a file or a non-empty directory;
+        another writer at work; bad shapes, non-finite values, ids that are
+        not unique printable strings, or non-string names. A crash midway
+        leaves a directory without manifest, which `open` rejects and
+        `create` will not reuse.
     """
     root = Path(path)
     if not isinstance(dataset, str) or not isinstance(strategy, str):
       raise StoreError(f"dataset {dataset!r} and strategy {strategy!r} must "
                        "be strings")
-    replacing = replace and (root / MANIFEST).is_file()
-    if not replacing and root.exists() and (not root.is_dir() or any(
-        root.iterdir())):
-      raise StoreError(f"cannot create a store at {root}: it exists and is "
-                       "not an empty directory" + (" holding a store" if replace
-                                                   else " (replace=True?)"))
     users, items, user_ids, item_ids = layout.check_latest(
         users, items, user_ids, item_ids)
-    final, root = root, io.staging_dir(root) if replacing else root
+    replacing = replace and (root / MANIFEST).is_file()
+    if (root / MANIFEST).is_file() and not replace:
+      raise StoreError(f"a store exists at {root} (version 0 is published); "
+                       "publish the next version with EmbeddingStore.open("
+                       "path).append_version(...)")
+    empty = not root.exists() or root.is_dir() and all(
+        p.name == guard.LOCK for p in root.iterdir())
+    if not (replacing or empty):
+      raise StoreError(f"cannot create a store at {root}: it exists and is "
+                       "not an empty directory" + (" holding a store"
+                                                   if replace else ""))
     io.make_dir(root)
-    arrays = dict(zip(layout.LATEST_ROLES, (users, items, user_ids, item_ids)))
-    latest = {role: f"v0_{role}.npy" for role in layout.LATEST_ROLES}
-    files = {latest[r]: layout.write_npy(root, latest[r], arrays[r])
-             for r in arrays}
-    manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "dataset": dataset, "strategy": strategy, "latest_version": 0,
-        "versions": [{"version": 0, "dim": users.shape[1], "transform": None}],
-        "latest": latest, "files": files,
-    }
-    raw = cls._commit(root, manifest)
-    if replacing:
-      io.replace_dir(root, final)
+    with guard.writer_lock(root):
+      if not replacing and (root / MANIFEST).exists():
+        raise StoreError(f"another writer created a store at {root} meanwhile")
+      final, root = root, io.staging_dir(root) if replacing else root
+      io.make_dir(root)
+      arrays = dict(zip(layout.LATEST_ROLES, (users, items, user_ids,
+                                              item_ids)))
+      latest = {role: f"v0_{role}.npy" for role in layout.LATEST_ROLES}
+      raw = layout.commit(root, {
+          "format": FORMAT, "format_version": FORMAT_VERSION,
+          "dataset": dataset, "strategy": strategy, "latest_version": 0,
+          "versions": [{"version": 0, "dim": users.shape[1],
+                        "transform": None}],
+          "latest": latest, "files": {
+              latest[r]: layout.write_npy(root, latest[r], arrays[r])
+              for r in arrays}})
+      if replacing:
+        io.replace_dir(root, final)
     return cls.open(final) if replacing else cls(root, raw)
 
   @classmethod
@@ -159,15 +172,6 @@ class EmbeddingStore:
       layout.close_all(pinned)
     raise StoreError(f"store {root} changed {_OPEN_ATTEMPTS} times while "
                      "being opened")
-
-  @staticmethod
-  def _commit(root: Path, manifest: dict[str, Any]) -> bytes:
-    """Makes the written files durable, then switches to `manifest`."""
-    layout.fsync_dir(root)
-    raw = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    io.atomic_write(root / MANIFEST, lambda f: f.write(raw))
-    layout.fsync_dir(root)
-    return raw
 
   @property
   def path(self) -> Path:
@@ -213,30 +217,15 @@ class EmbeddingStore:
     """Loads file `name`, verified against the manifest on first read."""
     if name in self._arrays:
       return self._arrays[name]
-    info = self._manifest["files"][name]
     f = self._pinned.pop(name, None) or layout.open_file(self._root, name)
     with f:
-      size = os.fstat(f.fileno()).st_size
-      if size != info["size"]:
-        raise StoreError(f"store file {name} has {size} bytes, the manifest "
-                         f"says {info['size']}")
-      try:
-        shape, fortran_order, dtype, data_start = io.read_npy_header(f)
-      except ValueError as e:
-        raise StoreError(f"store file {name} is not a valid .npy file: {e}"
-                         ) from None
-      if list(shape) != info["shape"] or dtype.str != info["dtype"]:
-        raise StoreError(f"store file {name} holds {dtype.str} {shape}, the "
-                         f"manifest says {info['dtype']} "
-                         f"{tuple(info['shape'])}")
-      if fortran_order or io.npy_size(shape, dtype, data_start) != size:
-        raise StoreError(f"store file {name}: its header does not describe "
-                         f"its {size} bytes in C order")
-      if layout.sha256_of(f) != info["sha256"]:
-        raise StoreError(f"checksum mismatch for store file {name}")
-      # Mapped or read from this open file: the bytes just verified.
-      array = io.read_npy_data(f, shape, fortran_order, dtype, data_start,
-                               mmap=dtype.str == layout.FLOAT)
+      array = layout.read_verified(f, name, self._manifest["files"][name])
+    # What the writer refuses, whatever the checksums say.
+    if array.dtype.str == layout.FLOAT:
+      layout.check_finite(f"store file {name}", array)
+    else:
+      kind = "user" if name == self._manifest["latest"]["user_ids"] else "item"
+      layout.check_ids(kind, array, f"store file {name}")
     array.flags.writeable = False
     self._arrays[name] = array
     return array
@@ -350,10 +339,12 @@ class EmbeddingStore:
       version: j, in `0..K`; None for the latest K.
 
     Raises:
-      StoreError: for an unknown version or a file that fails verification.
+      StoreError: for an unknown version, a file that fails verification,
+        or an `out` refused by `guard.check_output` (not a regular file, or
+        inside a store).
     """
+    out = guard.check_output(out)
     users, items = self.embeddings(version)
-    out = Path(out)
     io.atomic_write(out, lambda f: np.savez(f, users=users, items=items))
     layout.fsync_dir(out.parent)
 
@@ -378,12 +369,19 @@ class EmbeddingStore:
 
     Raises:
       StoreError: for a transform or embeddings whose shape does not fit,
-        ids that do not extend the stored ones, or a store changed on disk
-        since it was opened.
+        ids that do not extend the stored ones, a store changed on disk
+        since it was opened, or another writer at work (`guard.writer_lock`:
+        refused at once, the store unchanged).
     """
-    if (self._root / MANIFEST).read_bytes() != self._raw_manifest:
-      raise StoreError(f"store {self._root} changed since it was opened; "
-                       "reopen it")
+    with guard.writer_lock(self._root):
+      if layout.read_manifest(self._root) != self._raw_manifest:
+        raise StoreError(f"store {self._root} changed since it was opened; "
+                         "reopen it")
+      return self._append(users, items, transform, user_ids, item_ids)
+
+  def _append(self, users: Any, items: Any, transform: Any, user_ids: Any,
+              item_ids: Any) -> int:
+    """`append_version`'s work, under the writer lock."""
     k, d_prev = self.latest_version + 1, self.dims[-1]
     backward = maps.checked(transform, k, d_prev)
     users, items, user_ids, item_ids = layout.check_latest(
@@ -409,7 +407,7 @@ class EmbeddingStore:
                     files=files, versions=self._manifest["versions"] + [
                         {"version": k, "dim": users.shape[1],
                          "transform": entry}])
-    self._raw_manifest = self._commit(self._root, manifest)
+    self._raw_manifest = layout.commit(self._root, manifest)
     self._manifest = manifest
     for name in old_latest.values():
       self._arrays.pop(name, None)

@@ -7,11 +7,12 @@ temporary sibling directory, then renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 import shutil
-import uuid
+from typing import Iterator
 
 from absl import logging
 import numpy as np
@@ -20,6 +21,7 @@ from bcjax import io
 from bcjax.rundir import METRICS, RunDir
 from bcjax.store import layout
 from bcjax.store.embedding_store import EmbeddingStore
+from bcjax.store.guard import check_output
 from bcjax.store.layout import MAX_MANIFEST_BYTES, StoreError
 
 
@@ -33,9 +35,20 @@ def _run_file(read, path: Path):
     raise StoreError(f"run file {path} cannot be read: {e}") from None
 
 
+@contextlib.contextmanager
+def _naming(where: Path) -> Iterator[None]:
+  """A `StoreError` of the block (bad values or ids) starts with `where`,
+  the run's version directory they came from."""
+  try:
+    yield
+  except StoreError as e:
+    raise StoreError(f"{where}: {e}") from None
+
+
 def _run_version(run_dir: RunDir, strategy: str, k: int, user_ids: np.ndarray,
                  item_ids: np.ndarray) -> tuple[np.ndarray, ...]:
-  """`(users, items, user_ids, item_ids)` of version k of a run."""
+  """`(users, items, user_ids, item_ids)` of version k of a run, each
+  checked against the checksums the run lists."""
   users, items = (_run_file(lambda: run_dir.array(strategy, k, name),
                             run_dir.path(strategy, k, f"{name}.npy"))
                   for name in ("users", "items"))
@@ -92,7 +105,8 @@ def export_run(workdir: str | os.PathLike[str], strategy: str,
   to mark the version complete.
   Complete versions 0..n-1 are exported; later incomplete ones are skipped.
   The store is built in a temporary sibling directory and renamed into place,
-  so `out` either gets the whole store or stays as it was.
+  so `out` either gets the whole store or stays as it was; the temporary
+  directory of an export to `out` killed before is removed first.
 
   Args:
     workdir: the run directory.
@@ -105,19 +119,27 @@ def export_run(workdir: str | os.PathLike[str], strategy: str,
     The open store at `out`.
 
   Raises:
-    StoreError: for a missing run, strategy or file, a gap in the complete
+    StoreError: for a missing run, strategy or file, a file that fails the
+      run's checksums, a strategy that is not a plain name, an `out`
+      refused by `check_output` or not empty, a gap in the complete
       versions, a version k >= 1 without a backward map (a strategy without
       backward transformations), or anything `create` / `append_version`
-      reject.
+      reject (naming the version's directory).
   """
-  run_dir, out = RunDir.of(workdir), Path(out)
-  run, strategy_dir = run_dir.root, run_dir.strategy_dir(strategy)
+  if not os.fspath(workdir):
+    raise StoreError("an empty path names no run directory")
+  run_dir, out = RunDir.of(workdir), check_output(out, directory=True)
+  try:
+    strategy_dir = run_dir.strategy_dir(strategy)
+  except ValueError as e:
+    raise StoreError(str(e)) from None
+  run = run_dir.root
   if not run.is_dir():
     raise StoreError(f"no run directory {run}")
   if not strategy_dir.is_dir():
     raise StoreError(f"run {run} has no strategy {strategy!r} (no directory "
                      f"{strategy_dir})")
-  if out.exists() and (not out.is_dir() or any(out.iterdir())):
+  if out.exists() and any(out.iterdir()):
     raise StoreError(f"cannot export to {out}: it exists and is not an empty "
                      "directory")
   versions = _complete_versions(run_dir, strategy)
@@ -128,21 +150,25 @@ def export_run(workdir: str | os.PathLike[str], strategy: str,
     if not path.is_file() and "backward" not in record:
       raise StoreError(f"strategy {strategy!r} has no backward transformation "
                        f"at version {k} (no {path})")
-  user_ids, item_ids = (_run_file(lambda: io.load_npy(run_dir.ids_path(kind)),
+  dataset = dataset or _run_dataset(run_dir)
+  user_ids, item_ids = (_run_file(lambda: run_dir.ids(kind),
                                   run_dir.ids_path(kind))
                         for kind in ("user", "item"))
   out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+  io.clear_temporaries(out.parent, out.name)  # Of an export killed before.
+  tmp = io.temporary_name(out)
   try:
-    store = EmbeddingStore.create(
-        tmp, *_run_version(run_dir, strategy, 0, user_ids, item_ids),
-        dataset=dataset or _run_dataset(run_dir), strategy=strategy)
+    arrays = _run_version(run_dir, strategy, 0, user_ids, item_ids)
+    with _naming(run_dir.version_dir(strategy, 0)):
+      store = EmbeddingStore.create(tmp, *arrays, dataset=dataset,
+                                    strategy=strategy)
     for k in versions[1:]:
       users, items, k_user_ids, k_item_ids = _run_version(
           run_dir, strategy, k, user_ids, item_ids)
       transform = _run_file(lambda: run_dir.backward_map(strategy, k),
                             run_dir.version_dir(strategy, k))
-      store.append_version(users, items, transform, k_user_ids, k_item_ids)
+      with _naming(run_dir.version_dir(strategy, k)):
+        store.append_version(users, items, transform, k_user_ids, k_item_ids)
     os.replace(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)

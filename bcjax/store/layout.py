@@ -1,6 +1,6 @@
 """The embedding store's on-disk format: manifest, files and their checks.
 
-A store is a directory:
+A store is a directory::
 
   manifest.json           format, dataset, strategy, versions and their dims,
                           every file with its sha256, size, shape and dtype
@@ -12,6 +12,7 @@ A store is a directory:
   v<K>_items.npy          `[num_items, d_K]` float32, memory-mapped on read
   v<K>_user_ids.npy       `[num_users]` raw user ids (numpy unicode)
   v<K>_item_ids.npy       `[num_items]` raw item ids (numpy unicode)
+  .lock                   the writer lock (`bcjax.store.guard`)
 
 This module validates a manifest before anything it names is opened (paths
 inside the directory, shapes and dtypes consistent across versions), opens
@@ -21,7 +22,7 @@ manifest, then sha256) and checks the arrays a writer is given.
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
 from pathlib import Path
 import re
@@ -52,18 +53,14 @@ def fsync_dir(path: Path) -> None:
     os.close(fd)
 
 
-def sha256(path: Path) -> str:
-  with open(path, "rb") as f:
-    return sha256_of(f)
-
-
-def sha256_of(f: BinaryIO) -> str:
-  """The sha256 of an open file's whole content, read in chunks."""
-  f.seek(0)
-  digest = hashlib.sha256()
-  for chunk in iter(lambda: f.read(1 << 20), b""):
-    digest.update(chunk)
-  return digest.hexdigest()
+def commit(root: Path, manifest: dict[str, Any]) -> bytes:
+  """Makes the files written in `root` durable, then switches to
+  `manifest` (renamed last: the commit point); returns its bytes."""
+  fsync_dir(root)
+  raw = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+  io.atomic_write(root / MANIFEST, lambda f: f.write(raw))
+  fsync_dir(root)
+  return raw
 
 
 def open_file(root: Path, name: str) -> BinaryIO:
@@ -78,6 +75,33 @@ def open_file(root: Path, name: str) -> BinaryIO:
   except OSError as e:
     raise StoreError(f"store file {name} in {root} cannot be opened: "
                      f"{e.strerror}") from None
+
+
+def read_verified(f: BinaryIO, name: str, info: dict[str, Any]
+                  ) -> np.ndarray:
+  """The array of the open store file `name`, verified against its
+  manifest entry `info` before any data is read: size, `.npy` header
+  (shape, dtype, C order), then sha256. Float arrays are memory-mapped
+  (read-only) from `f`, so the bytes used are the bytes verified."""
+  size = os.fstat(f.fileno()).st_size
+  if size != info["size"]:
+    raise StoreError(f"store file {name} has {size} bytes, the manifest "
+                     f"says {info['size']}")
+  try:
+    shape, fortran_order, dtype, data_start = io.read_npy_header(f)
+  except ValueError as e:
+    raise StoreError(f"store file {name} is not a valid .npy file: {e}"
+                     ) from None
+  if list(shape) != info["shape"] or dtype.str != info["dtype"]:
+    raise StoreError(f"store file {name} holds {dtype.str} {shape}, the "
+                     f"manifest says {info['dtype']} {tuple(info['shape'])}")
+  if fortran_order or io.npy_size(shape, dtype, data_start) != size:
+    raise StoreError(f"store file {name}: its header does not describe its "
+                     f"{size} bytes in C order")
+  if io.sha256_of(f) != info["sha256"]:
+    raise StoreError(f"checksum mismatch for store file {name}")
+  return io.read_npy_data(f, shape, fortran_order, dtype, data_start,
+                          mmap=dtype.str == FLOAT)
 
 
 def read_manifest(root: Path) -> bytes:
@@ -122,8 +146,8 @@ def close_all(files: dict[str, BinaryIO]) -> None:
 def write_npy(root: Path, name: str, array: np.ndarray) -> dict[str, Any]:
   """Writes one array atomically; returns its manifest entry."""
   path = root / name
-  io.atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
-  return {"sha256": sha256(path), "size": path.stat().st_size,
+  digest = io.save_npy(path, array)
+  return {"sha256": digest, "size": path.stat().st_size,
           "shape": list(array.shape), "dtype": array.dtype.str}
 
 
@@ -170,20 +194,54 @@ def as_float32(name: str, x: Any) -> np.ndarray:
   x = np.ascontiguousarray(x, dtype=np.float32)
   if x.ndim != 2:
     raise StoreError(f"{name} has shape {x.shape}, expected a 2-D array")
-  if not np.isfinite(x).all():
-    raise StoreError(f"{name} has non-finite values")
+  check_finite(name, x)
   return x
 
 
+def check_finite(name: str, x: np.ndarray, block: int = 1 << 22) -> None:
+  """Refuses NaN and infinities, a block of `block` values at a time (a
+  memory-mapped table is never copied whole); `name` names the array in
+  the message. The writer checks what it is given, the reader what it
+  reads."""
+  flat = x.reshape(-1)
+  for start in range(0, flat.size, block):
+    if not np.isfinite(flat[start:start + block]).all():
+      raise StoreError(f"{name} has non-finite values")
+
+
 def as_ids(kind: str, ids: Any, num_rows: int) -> np.ndarray:
-  ids = np.asarray(ids, dtype=np.str_)
-  if ids.shape != (num_rows,):
-    raise StoreError(f"{kind} ids have shape {ids.shape}, expected "
+  """`ids` as numpy unicode, checked (`check_ids`): strings only, never
+  converted from other types (an int, None or an object would be stored
+  as its text)."""
+  array = ids if isinstance(ids, np.ndarray) else np.asarray(ids, object)
+  if array.dtype.kind != "U" and not (array.dtype == object and all(
+      isinstance(x, str) for x in array.reshape(-1).tolist())):
+    found = next((x for x in array.reshape(-1).tolist()
+                  if not isinstance(x, str)), array.dtype)
+    raise StoreError(f"{kind} ids must be strings, got {found!r} of type "
+                     f"{type(found).__name__}")
+  array = array.astype(np.str_)
+  if array.shape != (num_rows,):
+    raise StoreError(f"{kind} ids have shape {array.shape}, expected "
                      f"({num_rows},), one per {kind} row")
+  check_ids(kind, array)
+  return array
+
+
+def check_ids(kind: str, ids: np.ndarray, where: str = "") -> None:
+  """Refuses an empty id, one with a control or other non-printable
+  character (a tab or a newline would forge lines of printed output), and
+  a duplicate; messages start with `where` (the file read). The writer
+  checks what it is given, the reader what it reads."""
+  prefix = f"{where}: " if where else ""
+  for row, value in enumerate(ids.tolist()):
+    if not value or not value.isprintable():
+      raise StoreError(f"{prefix}{kind} id {value!r} at row {row} is empty or "
+                       "has a control character; ids must be printable text")
   unique, counts = np.unique(ids, return_counts=True)
   if (counts > 1).any():
-    raise StoreError(f"duplicate {kind} id {str(unique[counts > 1][0])!r}")
-  return ids
+    raise StoreError(f"{prefix}duplicate {kind} id "
+                     f"{str(unique[counts > 1][0])!r}")
 
 
 def check_latest(users: Any, items: Any, user_ids: Any,
