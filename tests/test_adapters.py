@@ -5,6 +5,10 @@ import pytest
 
 from bcjax import adapters, keys, transforms
 
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
+
 
 def _pairs(seed, n=2000, d_in=24, d_out=16):
   rng = np.random.default_rng(seed)

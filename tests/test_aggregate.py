@@ -18,6 +18,10 @@ import pytest
 from bcjax.models import aggregate as agg
 import float32_bounds
 
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
+
 
 def _reference_operator(user, item, num_users_pad, num_items_pad):
   """Dense `[N, N]` float64 mean-aggregation matrix (users first)."""

@@ -13,6 +13,10 @@ import bcjax
 from bcjax import training
 from bcjax.models.interface import FlaxModel, FunctionalModel
 
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
+
 NUM_NODES, D_PREV, D_NEW = 40, 4, 6
 
 

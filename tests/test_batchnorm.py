@@ -10,6 +10,10 @@ from bcjax.models.batchnorm import (MaskedBatchNorm, masked_batch_norm,
                                     masked_batch_norm_autodiff)
 from float32_bounds import tolerance
 
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
+
 
 def _inputs(seed, rows=40, d=6, real=0.7):
   rng = np.random.default_rng(seed)

@@ -13,6 +13,10 @@ from bcjax.data.targets import version_targets
 from bcjax.configs import paper, quick
 from bcjax.configs import test as test_config
 
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
+
 TIMES = (0.4, 0.52, 0.64, 0.76, 0.88)  # four versions
 TASKS = ("user-activity", "binary-item-rating-std")
 

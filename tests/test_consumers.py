@@ -15,6 +15,10 @@ from bcjax.configs import paper, quick
 from bcjax.configs import test as test_config
 from float32_bounds import tolerance
 
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
+
 SMALL = consumers.ConsumerConfig(epochs=12, hidden=(16,), dropout=(0.0, 0.25),
                                  seeds=2, batch_size=256)
 

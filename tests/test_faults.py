@@ -4,25 +4,30 @@ before anything is written, never a traceback or a wrong answer.
 
 One table (or hypothesis test) per family; probes per family:
   graph identity (item 1): 6 edits of a graph, each refused by a run
-    directory that trained on the original, plus the command line;
-  run checksums (item 2): any bit of any of the 8 run files (hypothesis,
-    40 examples), through export, the tables and the variables, plus the
-    command lines (rerun and export_store);
-  output paths (item 3): 7 outputs (FIFO, link to a device, folder, the
-    manifest, a store file, a new file in a store, empty) for read_store's
-    `save_npz` and 3 for export, plus read_store's command line;
-  writer lock (item 4): a held lock refuses both writers, then two
-    processes appending 15 versions each;
+    directory trained on the original; train_embeddings on 4,000
+    interactions over a run of 3,000 (its ids still export right);
+  run checksums (item 2): any bit of any of 8 run files (hypothesis, 40
+    examples) through export, the arrays, the ids and the variables;
+    a flipped bit through train_embeddings and export;
+  output paths (items 3, 8): 7 outputs of `save_npz` (read_store --out: a
+    FIFO, a link to a device, a folder, the manifest, a store file, a new
+    file in a store, empty), 3 of export, an empty --workdir;
+  writer lock (item 4): a held lock refuses an append and a create; two
+    writers appending 15 versions each leave a valid store;
   ids and values (item 5): 40 hypothesis id lists (control characters,
-    None, ints, floats, objects, empty, duplicates) refused by `create`, 6
-    forged store files refused by the reader, read_store --neighbours;
+    None, ints, floats, objects, empty) refused by `create`; 6 forged files
+    of stores with recomputed checksums refused by what read_store reads;
   PinSAGE (item 6): an attribute kind with no kept value, in both forms of
-    the first layer, and a run on 50 interactions;
-  command lines (items 7, 8): 9 probes as subprocesses (started together),
-    4 in process (seed, empty strategy list, `../x`, empty --workdir);
-  resources and messages (item 9): 2 memory estimates, a full disk, a
-    truncated consumer file, non-finite values of a run;
-  leftovers (item 10): a checkpoint's temporary and a killed export's.
+    the first layer; a graph of 50 interactions;
+  command lines (items 7, 8): 5 subprocesses started together (another
+    graph, a flipped bit, a truncated metrics.json, an unknown config field,
+    a missing config file); in process: config.json holding a list, a
+    deleted users.npy, seed 10**20, an empty strategy list, `../x`, an
+    empty run path;
+  resources and messages (item 9): 2 memory estimates (batch size, dims), a
+    full disk, non-finite values of a run, a truncated consumer file;
+  leftovers (item 10): a checkpoint's and config.json's temporaries, a
+    killed export's directory.
 """
 
 import errno

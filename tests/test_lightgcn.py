@@ -12,6 +12,10 @@ from bcjax.models.interface import FlaxModel
 from bcjax.models.lightgcn import LightGCN, make_lightgcn_inputs
 from bcjax.configs import test as test_config
 
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
+
 U_PAD, I_PAD = 6, 7
 
 

@@ -11,6 +11,10 @@ import pytest
 import bcjax
 from bcjax import transforms
 
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
+
 NUM_NODES, DIMS = 12, (3, 4, 5)
 
 

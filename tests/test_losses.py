@@ -8,6 +8,10 @@ import pytest
 from bcjax import losses
 from float32_bounds import tolerance
 
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
+
 B, D = 9, 5
 
 

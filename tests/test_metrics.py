@@ -11,6 +11,10 @@ import pytest
 from bcjax import metrics
 from float32_bounds import tolerance
 
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
+
 KS = metrics.RECALL_KS
 
 

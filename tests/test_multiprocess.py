@@ -30,6 +30,10 @@ TRAIN = ["-m", "launch.train_embeddings", "--config=launch/configs/test.py",
 # hooks see every open for writing, mkdir, rename, removal and copy).
 WATCHED = r"""
 import os, runpy, sys
+
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
 workdir, log = os.path.abspath(sys.argv[1]), open(sys.argv[2], "w")
 CHANGES = {"os.mkdir", "os.rename", "os.replace", "os.remove", "os.rmdir",
            "os.link", "os.symlink", "os.truncate", "os.chmod", "os.utime",

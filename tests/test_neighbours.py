@@ -12,6 +12,10 @@ from bcjax.data.synthetic import make_synthetic
 from bcjax.experiment import Experiment
 from bcjax.configs import test as test_config
 
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
+
 U_PAD, I_PAD = 8, 8
 USER = np.array([0, 0, 0, 1, 2, 2, 3, 5])
 ITEM = np.array([0, 1, 2, 1, 3, 0, 4, 4])

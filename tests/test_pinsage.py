@@ -20,6 +20,10 @@ import pytest
 from bcjax.data.graph import AttributeKind
 from bcjax.models.pinsage import PinSage, make_graph_inputs
 
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
+
 D = 8
 EPS = 1e-5
 NUM_USERS, NUM_ITEMS = 7, 9

@@ -50,6 +50,10 @@ for devices in (1, 4):
 
 # One step's loss and gradients, BC-Aligner at version 1, sharded or not.
 from bcjax import sharding, training
+
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
 experiment = Experiment(graph, config, sys.argv[1] + "/d1")
 data, model = experiment.data(1), experiment.model(1)
 objective = training.Objective(transform="linear", multi_step=True)

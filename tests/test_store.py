@@ -14,6 +14,10 @@ from bcjax import transforms
 from bcjax.store import EmbeddingStore, StoreError
 import float32_bounds
 
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
+
 REPO = Path(__file__).resolve().parents[1]
 DIMS = (4, 6, 7, 9)  # d_0..d_3
 ROWS = ((5, 3), (7, 3), (7, 4), (9, 6))  # (num_users, num_items) per version

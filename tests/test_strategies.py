@@ -26,6 +26,10 @@ from bcjax.models.pinsage import PinSage, make_graph_inputs
 from bcjax.tasks import BPRTask
 from bcjax.configs import test as test_config
 
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
+
 BC_STRATEGIES = ("joint-notrans-sloss", "joint-lin-sloss", "joint-lin-mloss",
                  "posthoc-lin-sloss", "posthoc-lin-mloss", "posthoc-lstsq",
                  "posthoc-procrustes")

@@ -11,6 +11,10 @@ from bcjax.experiment import Experiment
 from bcjax.models import aggregate as agg
 from bcjax.configs import test as test_config
 
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
+
 
 def _config(model="pinsage"):
   config = test_config.get_config()

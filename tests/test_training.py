@@ -12,6 +12,10 @@ from bcjax.experiment import Experiment
 from bcjax.configs import test as test_config
 from float32_bounds import tolerance
 
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
+
 
 def _config(**overrides):
   config = test_config.get_config()

@@ -12,6 +12,10 @@ import pytest
 
 from bcjax import transforms
 
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
+
 KINDS = ("linear", "notrans")
 
 
