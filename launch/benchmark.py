@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Callable
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from bcjax import benchmarks, io
 from bcjax.data import load_dataset
@@ -301,4 +301,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=common.parse_flags)
+  common.run(main, resumable=False)

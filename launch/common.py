@@ -7,7 +7,7 @@ import os
 import sys
 
 import jax
-from absl import flags
+from absl import app, flags
 
 from bcjax import store
 from bcjax.data import DataError, load_dataset
@@ -170,6 +170,23 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(f"a --config override names a field the config lacks: {error}")
   except (OSError, ValueError, TypeError, SyntaxError, ImportError) as error:
     fail(f"{type(error).__name__}: {error}")
+
+
+def run(main, resumable: bool = True) -> None:
+  """absl's `app.run` with `parse_flags`, and Ctrl-C as one line on stderr
+  and exit status 130 (the shell's code for SIGINT) instead of a traceback;
+  a `resumable` command's line says that the same command resumes (the
+  run directory keeps every finished step and the last checkpoint)."""
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt as interrupt:
+    program = sys.argv[0].rsplit("/", 1)[-1].removesuffix(".py")
+    said = " ".join(str(interrupt).split())
+    hint = ("; the same command resumes from the finished steps and the last "
+            "checkpoint" if resumable else "")
+    print(f"{program}: interrupted{': ' + said if said else ''}{hint}",
+          file=sys.stderr)
+    sys.exit(130)
 
 
 def output_path(flag: str, path, directory: bool = False):

@@ -10,7 +10,6 @@ and exit with status 2.
 
 import json
 
-from absl import app
 from absl import flags
 
 from bcjax.data import PAPER_TIMES
@@ -35,4 +34,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=common.parse_flags)
+  common.run(main, resumable=False)

@@ -21,7 +21,7 @@ each gives its own bitwise-reproducible numbers.
 
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from bcjax import pipeline, strategies
@@ -59,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=common.parse_flags)
+  common.run(main)

@@ -10,7 +10,7 @@ every process with `--coordinator_address=HOST:PORT --num_processes=N
 process 0 writes the run directory (which every process must see).
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from bcjax import configs, strategies
@@ -52,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=common.parse_flags)
+  common.run(main)

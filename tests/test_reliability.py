@@ -113,6 +113,26 @@ def test_same_seed_same_bits_other_seed_other_bits(tmp_path):
   assert arrays and all(files["a"][k] != files["c"][k] for k in arrays)
 
 
+def test_ctrl_c_ends_a_command_with_one_line_and_status_130(tmp_path):
+  """SIGINT after the first checkpoint: no traceback, one line naming the
+  checkpoint and saying the same command resumes, exit status 130."""
+  workdir = tmp_path / "run"
+  process = subprocess.Popen(
+      [sys.executable, "-m", "launch.train_embeddings", *TRAIN,
+       f"--workdir={workdir}"], cwd=ROOT, env=_env(),
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 120
+  while (process.poll() is None and time.monotonic() < deadline
+         and not any(workdir.rglob(CHECKPOINT))):
+    time.sleep(0.02)
+  process.send_signal(signal.SIGINT)
+  stderr = process.communicate()[1]
+  assert process.returncode == 130, stderr[-2000:]
+  line = stderr.strip().splitlines()[-1]
+  assert "Traceback" not in stderr
+  assert line.startswith("train_embeddings: interrupted") and "resume" in line
+
+
 def test_two_processes_under_the_deterministic_ops_flag_write_the_same_bits(
     tmp_path):
   """The CPU half of the accelerator promise (README, "Accelerators"): with
