@@ -17,6 +17,10 @@ import pytest
 
 from bcjax.rundir import CHECKPOINT
 
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 240  # seconds for one run of the small command below
 HEARTBEAT = 10  # --heartbeat_timeout of the runs, seconds
@@ -30,10 +34,6 @@ TRAIN = ["-m", "launch.train_embeddings", "--config=launch/configs/test.py",
 # hooks see every open for writing, mkdir, rename, removal and copy).
 WATCHED = r"""
 import os, runpy, sys
-
-# Compares floats of two computations: `make test-numerics` runs it under
-# other XLA CPU kernels.
-pytestmark = pytest.mark.numerics
 workdir, log = os.path.abspath(sys.argv[1]), open(sys.argv[2], "w")
 CHANGES = {"os.mkdir", "os.rename", "os.replace", "os.remove", "os.rmdir",
            "os.link", "os.symlink", "os.truncate", "os.chmod", "os.utime",

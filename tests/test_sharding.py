@@ -12,6 +12,10 @@ import pytest
 from bcjax import sharding
 from float32_bounds import tolerance
 
+# Compares floats of two computations: `make test-numerics` runs it under
+# other XLA CPU kernels.
+pytestmark = pytest.mark.numerics
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Runs in a subprocess: the device count is fixed when JAX starts.
@@ -50,10 +54,6 @@ for devices in (1, 4):
 
 # One step's loss and gradients, BC-Aligner at version 1, sharded or not.
 from bcjax import sharding, training
-
-# Compares floats of two computations: `make test-numerics` runs it under
-# other XLA CPU kernels.
-pytestmark = pytest.mark.numerics
 experiment = Experiment(graph, config, sys.argv[1] + "/d1")
 data, model = experiment.data(1), experiment.model(1)
 objective = training.Objective(transform="linear", multi_step=True)
