@@ -57,7 +57,7 @@ test: $(STAMP)
 	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
 	$(PY) -m pytest -q tests
 
-# The newest end of the supported range: the suite less its five longest
+# The newest end of the supported range: the suite less its nine longest
 # end-to-end runs (tests/newest.txt, pytest's arguments), which still
 # imports and exercises every module, in under ten minutes on two cores.
 NEWEST_TESTS := $(shell cat tests/newest.txt)
