@@ -162,7 +162,7 @@ def test_roc_auc_matches_pairwise_count(entries):
                  jnp.array(real + [False] * pad))
   # Exact half-integer counts and one float32 division: within 2^-24
   # relative, and 0 exactly.
-  np.testing.assert_allclose(auc, expected, rtol=1e-6)
+  np.testing.assert_allclose(auc, expected, rtol=1e-6, atol=2**-24)
 
 
 def test_roc_auc_without_mask_and_garbage_in_masked_entries():
@@ -182,9 +182,9 @@ def test_roc_auc_vmap_equals_loop():
   batched = jax.vmap(metrics.roc_auc)(scores, labels, mask)
   looped = [metrics.roc_auc(s, y, m) for s, y, m in zip(scores, labels, mask)]
   # Exact counts and one division each way (see above).
-  np.testing.assert_allclose(batched, looped, rtol=1e-6)
+  np.testing.assert_allclose(batched, looped, rtol=1e-6, atol=2**-24)
   for auc, s, y, m in zip(batched, scores, labels, mask):
-    np.testing.assert_allclose(auc, _pairwise_auc(s[m], y[m]), rtol=1e-6)
+    np.testing.assert_allclose(auc, _pairwise_auc(s[m], y[m]), rtol=1e-6, atol=2**-24)
 
 
 def test_alignment_error_matches_numpy():
