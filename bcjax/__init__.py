@@ -11,12 +11,12 @@ The model-agnostic surface (see the README's "Bring your own model")::
                                                items) across versions
   fit, Objective, BC_ALIGNER, Result, Schedule train one version compatibly
   keys                                         named PRNG key streams
-  transforms, losses                           backward maps and alignment
+  backward, losses                             backward maps and alignment
   metrics, data                                Recall@K, ROC-AUC; datasets
   EmbeddingStore                               the versioned store consumers read
 """
 
-from bcjax import data, keys, losses, metrics, transforms
+from bcjax import backward, data, keys, losses, metrics
 from bcjax.data import TripleSampler
 from bcjax.lineage import Lineage, fill_from_neighbours
 from bcjax.models.interface import EmbeddingModel, FlaxModel, FunctionalModel
@@ -33,5 +33,5 @@ __all__ = [
     "EmbeddingStore", "FlaxModel", "FunctionalModel", "Lineage", "Objective",
     "Result", "Schedule", "StoreError", "Task", "TripleSampler", "data",
     "embed", "epoch_batches", "fill_from_neighbours", "fit", "keys", "losses",
-    "metrics", "previous_ids", "split_nodes", "transforms",
+    "metrics", "previous_ids", "split_nodes",
 ]

@@ -11,7 +11,7 @@ consumer reads at version i (its early-stopping set included) is s's
 version-i embedding mapped into version j's space by
 M_{i->j} = W_i ... W_{j+1} (W_i from `s/v<i>/transform.npy`; the identity
 when i == j), or B_{j+1}(... B_i(z)) map by map when a map of the chain is
-not linear (`adapters.apply_chain`).
+not linear (`bcjax.backward.chains`).
 
 Entry (j, k) of a task's matrix is the mean over seeds of ROC-AUC; it is
 NaN (JSON null) where k < j + `task.first_version`, for a row whose training
@@ -43,7 +43,8 @@ import jax
 import numpy as np
 
 from bcjax import consumers, io, keys, numbers, scoring
-from bcjax.adapters import BackwardMap, apply_chain
+from bcjax.backward.chains import apply_chain
+from bcjax.backward.maps import BackwardMap
 from bcjax.data.splits import VersionSplit
 from bcjax.data.targets import VersionTargets, version_targets
 from bcjax.numbers import finite_mean, finite_or_none, fmt
@@ -78,11 +79,11 @@ class StrategyTables:
   Args:
     tables: per version, (users, items) as in `tables` below.
     backward: B_1 ... B_K, one fewer than the versions: matrices W_k or
-      `adapters.BackwardMap` instances.
+      `BackwardMap` instances.
 
   Attributes:
     tables: per version k, (users `[U1_k, d_k]`, items `[I1_k, d_k]`).
-    maps: `[B_1, ..., B_K]` as `adapters.BackwardMap` instances.
+    maps: `[B_1, ..., B_K]` as `BackwardMap` instances.
 
   Raises:
     ValueError: the transforms do not number one fewer than the versions.

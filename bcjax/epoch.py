@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bcjax import losses, numbers, transforms
+from bcjax import losses, numbers
+from bcjax.backward import maps as backward_maps
 from bcjax.models.interface import EmbeddingModel, Variables, state_of
 from bcjax.tasks import Task
 
@@ -39,7 +40,7 @@ class Objective:
       trainable. False: the post-hoc case, the model's embeddings are fixed
       and only the transformation is trained, on the alignment term alone.
     transform: None, or the name of the backward transformation B_k
-      (`bcjax.transforms.get`) whose output is aligned to the target.
+      (`bcjax.backward.maps.get`: a kind with a matrix) whose output is aligned to the target.
     multi_step: use the multi-step alignment loss (else single-step).
     lam: weight of the alignment term (next to the intended-task loss; the
       post-hoc strategies, without a task loss, use 1), finite and >= 0: a
@@ -57,7 +58,9 @@ class Objective:
   def __post_init__(self):
     numbers.finite_float("Objective.lam", self.lam, 0)
     if self.transform is not None:
-      transforms.get(self.transform)
+      if backward_maps.get(self.transform).matrix is None:
+        raise ValueError(f"Objective.transform={self.transform!r}: training "
+                         "learns a linear kind (one with a matrix)")
 
   @property
   def aligns(self) -> bool:
@@ -160,7 +163,7 @@ def init_state(model: EmbeddingModel, inputs, objective: Objective,
   (params if objective.train_model else frozen)["model"] = (
       model_variables["params"])
   if objective.aligns:
-    params["transform"] = transforms.get(objective.transform).init(
+    params["transform"] = backward_maps.get(objective.transform).init(
         transform_key, model.dim, d_prev)
   return TrainState.create(params, adam(1e-3) if tx is None else tx, frozen,
                            state_of(model_variables))
@@ -227,7 +230,7 @@ class EmbeddingLoss:
       z, new_state, loss = align.embeddings, state.model_state, 0.0
     if objective.aligns:
       index, mask = self.task.nodes(batch)
-      transform = transforms.get(objective.transform)
+      transform = backward_maps.get(objective.transform)
       d_prev = align.target.shape[1]
       term = losses.batch_alignment(
           align.target, z,

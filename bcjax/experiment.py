@@ -20,8 +20,10 @@ import flax.serialization
 import jax
 import numpy as np
 
-from bcjax import adapters, io, keys, sharding
-from bcjax.adapters import BackwardMap, apply_chain
+from bcjax import io, keys, sharding
+from bcjax.backward import fits
+from bcjax.backward.chains import apply_chain
+from bcjax.backward.maps import BackwardMap
 from bcjax.data import DynamicGraph
 from bcjax.lineage import Lineage
 from bcjax.progress import to_stderr
@@ -122,7 +124,7 @@ class Experiment(RunData):
       variables: the selected model's variables.
       z: `[num_users_pad + num_items_pad, d_k]` its embeddings.
       backward: B_k (k >= 1; ignored for k = 0); the BC embedding applies
-        B_1..B_k (`adapters.apply_chain`: one matrix for a linear chain).
+        B_1..B_k (`bcjax.backward.chains.apply_chain`).
       record: metrics and history, saved in metrics.json.
     """
     users, items = self.real_rows(z, k)
@@ -312,16 +314,15 @@ class Experiment(RunData):
 
   def _closed(self, strategy: Strategy, k: int) -> None:
     """B_k fitted post hoc on nobc's fixed M_k (real nodes only): a
-    closed-form matrix or an adapter (`adapters.fit`)."""
+    closed-form matrix or an adapter (`bcjax.backward.fits`)."""
 
     def learn(base, z, target):
       del base
       real = np.asarray(self.data(k).inputs.node_mask)
-      backward = adapters.fit(strategy.fit, np.asarray(z)[real],
-                              np.asarray(target)[real],
-                              keys.derive(self.key(k), "adapter"))
-      return backward, {"alignment_mse": _mse(adapters.apply(backward, z),
-                                              target, self, k)}
+      backward = fits.fit(strategy.fit, np.asarray(z)[real],
+                          np.asarray(target)[real],
+                          keys.derive(self.key(k), "adapter"))
+      return backward, {"alignment_mse": _mse(backward(z), target, self, k)}
     self._on_base_model(strategy, k, learn)
 
   def _on_base_model(self, strategy: Strategy, k: int, learn) -> None:

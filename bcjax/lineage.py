@@ -46,7 +46,8 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from bcjax import checks, transforms
+from bcjax import checks
+from bcjax.backward import chains
 from bcjax.models.interface import EmbeddingModel, Variables
 from bcjax.store import EmbeddingStore, StoreError
 from bcjax.training import BC_ALIGNER, Objective, Result, embed, fit
@@ -256,7 +257,7 @@ class Lineage:
       raise ValueError("Lineage.to_version_zero: no version yet")
     if k == 0:
       raise ValueError("Lineage.to_version_zero: version 0 is its own space")
-    return transforms.chain_matrix(self.backward, k, 0)
+    return chains.chain_matrix(self.backward, k, 0)
 
   def publish(self, path: str | os.PathLike, users: Any, items: Any,
               user_ids: Any, item_ids: Any, dataset: str = "",

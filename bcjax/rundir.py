@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from bcjax import io
-from bcjax.adapters import BackwardMap, file_stem
+from bcjax.backward.maps import BackwardMap, file_stem
 
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.msgpack"

@@ -34,11 +34,10 @@ class Strategy:
     model: how M_k is obtained (see `Model`).
     objective: what version k's training optimises.
     backward: the backward transformation each version records, "linear"
-      (learned), "notrans" (the first d_{k-1} dims, `transforms.notrans`),
-      "identity", or a post-hoc adapter's kind ("affine", "residual-mlp",
-      `adapters.BackwardMap`).
-    fit: for `closed`, the `adapters.fit` name: "lstsq", "procrustes",
-      "lowrank-affine" or "residual-mlp".
+      (learned), "notrans" (the first d_{k-1} dims), "identity", or a
+      post-hoc fit's kind ("affine", "residual-mlp"; `bcjax.backward.maps`).
+    fit: for `closed`, the `bcjax.backward.fits.fit` name: "lstsq",
+      "procrustes", "lowrank-affine" or "residual-mlp".
     selects_late: the model (or B_k) is selected only among evaluations
       strictly after `config.min_select_epoch`.
     epochs: the config field that sets the epochs of versions k >= 1.

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bcjax import checks, keys, sharding, transforms
+from bcjax import checks, keys, sharding
+from bcjax.backward import maps as backward_maps
 from bcjax.checkpointing import Checkpointing, Selection, host_copy
 from bcjax.epoch import (BC_ALIGNER, AlignmentInputs, EmbeddingLoss, Objective,
                          TrainState, adam, embed, epoch_core, init_state,
@@ -395,7 +396,7 @@ def fit(model: EmbeddingModel, task: Task, inputs,
   def matrix(state: TrainState) -> np.ndarray | None:
     if not objective.aligns:
       return None
-    return np.asarray(transforms.get(objective.transform).matrix(
+    return np.asarray(backward_maps.get(objective.transform).matrix(
         state.params["transform"], model.dim, d_prev))
 
   def run_evaluate(state: TrainState) -> dict:

@@ -235,7 +235,7 @@ def test_ctrl_c_names_the_checkpoint_and_the_same_call_resumes(tmp_path):
      "Objective.lam must be a finite number >= 0, got -5"),
     (lambda: bcjax.Objective(lam=float("inf")), ValueError, "Objective.lam"),
     (lambda: bcjax.Objective(transform="affine"), ValueError,
-     "unknown backward transform 'affine'"),
+     "Objective.transform='affine': training learns a linear kind"),
     (lambda: bcjax.Checkpointing("c.msgpack", every=0), ValueError,
      "Checkpointing.every must be a positive integer"),
 ])

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import bcjax
-from bcjax import transforms
+from bcjax.backward import chains
 
 # Compares floats of two computations: `make test-numerics` runs it under
 # other XLA CPU kernels.
@@ -76,7 +76,7 @@ def test_each_version_is_fit_with_the_previous_model_and_the_chain():
   # The same call on the same matrices: the same bits.
   np.testing.assert_array_equal(
       lineage.to_version_zero(),
-      transforms.chain_matrix(lineage.chain(), 2, 0))
+      chains.chain_matrix(lineage.chain(), 2, 0))
 
 
 def test_publish_fills_a_store_version_by_version(tmp_path):

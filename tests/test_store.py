@@ -9,8 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from bcjax import adapters, store as store_lib
-from bcjax import transforms
+from bcjax import store as store_lib
+from bcjax.backward import chains
+from bcjax.backward.maps import BackwardMap
 from bcjax.store import EmbeddingStore, StoreError
 import float32_bounds
 
@@ -94,13 +95,13 @@ def test_transform_between_any_versions(tmp_path):
 def test_chain_matrix_is_composed_once(tmp_path, monkeypatch):
   store, _ = _build(tmp_path / "s")
   calls = []
-  compose = transforms.compose
+  compose = chains.chain_matrix
 
   def counting_compose(*args, **kwargs):
     calls.append(args)
     return compose(*args, **kwargs)
 
-  monkeypatch.setattr(transforms, "compose", counting_compose)
+  monkeypatch.setattr(chains, "chain_matrix", counting_compose)
   store.embeddings(0)
   store.embeddings(0)
   store.transform(np.ones((2, DIMS[3])), 3, 0)
@@ -175,7 +176,7 @@ def test_lookup_is_bitwise_the_bulk_row(tmp_path, monkeypatch):
   Small blocks make the odd row counts straddle several block boundaries
   (a full-size block is tested the same way by the lookup test above).
   """
-  monkeypatch.setattr(transforms, "PRODUCT_BLOCK_ROWS", 4)
+  monkeypatch.setattr(chains, "PRODUCT_BLOCK_ROWS", 4)
   rng = np.random.default_rng(1)
   dims, rows = (5, 7, 11, 13), ((9, 7), (13, 11), (17, 11), (23, 15))
   ids = [np.array([f"{kind}{i}" for i in range(rows[-1][t])])
@@ -200,18 +201,19 @@ def test_lookup_is_bitwise_the_bulk_row(tmp_path, monkeypatch):
         np.testing.assert_array_equal(got, bulk[t][pick])
 
 
-def test_blocked_product_rows_equal_the_bulk_product():
+def test_blocked_map_rows_equal_the_bulk_product():
   rng = np.random.default_rng(2)
   for n in (0, 1, 1023, 1025, 2 * 1024 + 37):
     table = rng.normal(size=(n, 33)).astype(np.float32)
     matrix = rng.normal(size=(33, 17)).astype(np.float32)
-    bulk = transforms.blocked_product(table, matrix)
+    product = lambda rows: rows @ matrix
+    bulk = chains.blocked_map(table, product)
     assert bulk.shape == (n, 17) and bulk.dtype == np.float32
     if n:
       float32_bounds.assert_matches_product(bulk, table, matrix)
       rows = rng.integers(0, n, size=50)
       np.testing.assert_array_equal(
-          transforms.blocked_product(table, matrix, rows), bulk[rows])
+          chains.blocked_map(table, product, rows), bulk[rows])
 
 
 BAD_REQUESTS = {
@@ -467,12 +469,12 @@ def test_export_run_skips_a_trailing_incomplete_version(tmp_path):
 def _residual_mlp(rng, d_in, d_out, hidden=5):
   shapes = {"w": (d_in, d_out), "bias": (d_out,), "w1": (d_in, hidden),
             "b1": (hidden,), "w2": (hidden, d_out)}
-  return adapters.BackwardMap("residual-mlp", {
+  return BackwardMap("residual-mlp", {
       p: rng.normal(size=s).astype(np.float32) for p, s in shapes.items()})
 
 
 def test_export_run_serves_a_non_linear_chain_map_by_map(tmp_path):
-  """A post-hoc adapter's B_2 (a residual MLP, `bcjax.adapters`) is stored
+  """A post-hoc adapter's B_2 (a residual MLP, `bcjax.backward.fits`) is stored
   as its parameter files; reads apply B_3, B_2, B_1 in turn, and a row read
   by id is bit for bit the bulk row."""
   arrays = _fake_run(tmp_path / "run")
@@ -484,21 +486,20 @@ def test_export_run_serves_a_non_linear_chain_map_by_map(tmp_path):
   (v2 / "metrics.json").write_text(json.dumps(
       {"backward": "residual-mlp", "backward_params": sorted(mlp.params)}))
   store = store_lib.export_run(tmp_path / "run", "bc", tmp_path / "out")
-  chain = [adapters.BackwardMap.from_matrix(arrays[1][2]), mlp,
-           adapters.BackwardMap.from_matrix(arrays[3][2])]
+  chain = [BackwardMap.from_matrix(arrays[1][2]), mlp,
+           BackwardMap.from_matrix(arrays[3][2])]
   users3, items3 = arrays[3][0], arrays[3][1]
   reopened = EmbeddingStore.open(tmp_path / "out")
   for j in (0, 1, 2):
     users, items = reopened.embeddings(j)
-    np.testing.assert_allclose(
-        users, adapters.apply_chain(chain, users3, 3, j), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(
-        items, adapters.apply_chain(chain, items3, 3, j), rtol=1e-5, atol=1e-5)
+    # One chain applicator: the store's read is the library's, bit for bit.
+    np.testing.assert_array_equal(users, chains.apply_chain(chain, users3, 3, j))
+    np.testing.assert_array_equal(items, chains.apply_chain(chain, items3, 3, j))
     one, _ = reopened.lookup(user_ids=[USER_IDS[4]], version=j)
     np.testing.assert_array_equal(one[0], users[4])
   # A linear stretch of the chain keeps the one-matrix path (B_3 alone).
   np.testing.assert_array_equal(
-      store.embeddings(2)[0], transforms.blocked_product(users3, arrays[3][2]))
+      store.embeddings(2)[0], chains.blocked_map(users3, lambda rows: rows @ arrays[3][2]))
   manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
   assert manifest["versions"][2]["transform"] == {
       "kind": "residual-mlp",

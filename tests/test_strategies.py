@@ -17,7 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bcjax import adapters, metrics, strategies, training, transforms
+from bcjax import compatibility, metrics, strategies, training
+from bcjax import store as store_lib
+from bcjax.backward import fits
 from bcjax.data.graph import AttributeKind
 from bcjax.data.synthetic import make_synthetic
 from bcjax.experiment import Experiment
@@ -33,7 +35,7 @@ pytestmark = pytest.mark.numerics
 BC_STRATEGIES = ("joint-notrans-sloss", "joint-lin-sloss", "joint-lin-mloss",
                  "posthoc-lin-sloss", "posthoc-lin-mloss", "posthoc-lstsq",
                  "posthoc-procrustes")
-# Post-hoc adapters: B_k is not one matrix (`bcjax.adapters`).
+# Post-hoc adapters: B_k is not one matrix (`bcjax.backward.fits`).
 ADAPTERS = ("posthoc-lowrank-affine", "posthoc-residual-mlp")
 DIMS = (8, 12, 16)
 
@@ -128,7 +130,7 @@ def test_adapters_save_their_maps_and_apply_the_chain_map_by_map(run, name):
     assert not (run.run_dir.version_dir(name, k) / "transform.npy").exists()
     expected = _load(run, name, k, "users")
     for m in reversed(maps):
-      expected = adapters.apply(m, expected)
+      expected = m(expected)
     np.testing.assert_allclose(_load(run, name, k, "bc_users"), expected,
                                rtol=1e-5, atol=1e-5)
   assert _alignment_error(run, name) < _alignment_error(run, "nobc")
@@ -180,15 +182,15 @@ def test_lstsq_recovers_a_planted_linear_map():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(2000, 12))
   w = rng.uniform(-1, 1, size=(12, 8))
-  np.testing.assert_allclose(transforms.fit_lstsq(x, x @ w, ridge=0.0), w,
+  np.testing.assert_allclose(fits.lstsq_matrix(x, x @ w, ridge=0.0), w,
                              atol=1e-4)
   # The default ridge (1e-4 per row) shrinks by about 1e-4 relative.
-  np.testing.assert_allclose(transforms.fit_lstsq(x, x @ w), w, rtol=0,
+  np.testing.assert_allclose(fits.lstsq_matrix(x, x @ w), w, rtol=0,
                              atol=3e-4)
   # With noise: the ordinary least-squares solution.
   y = x @ w + rng.normal(scale=0.1, size=(2000, 8))
   expected = np.linalg.lstsq(x, y, rcond=None)[0]
-  np.testing.assert_allclose(transforms.fit_lstsq(x, y, ridge=0.0), expected,
+  np.testing.assert_allclose(fits.lstsq_matrix(x, y, ridge=0.0), expected,
                              atol=1e-4)
 
 
@@ -199,12 +201,12 @@ def test_procrustes_is_semi_orthogonal_and_recovers_planted(d_in, d_out):
   # Whitened rows (x^T x = n I): then argmax tr(W^T x^T y) over semi-orthogonal
   # W, which the SVD solves, is also argmin ||x W - y|| when d_in > d_out.
   x = np.linalg.qr(rng.normal(size=(500, d_in)))[0] * np.sqrt(500)
-  w = transforms.fit_procrustes(x, x @ q)
+  w = fits.procrustes_matrix(x, x @ q)
   assert w.shape == (d_in, d_out)
   np.testing.assert_allclose(w.T @ w, np.eye(d_out), atol=1e-5)
   np.testing.assert_allclose(w, q, atol=1e-4)
   # On an arbitrary target the columns stay orthonormal.
-  w = transforms.fit_procrustes(rng.normal(size=(500, d_in)),
+  w = fits.procrustes_matrix(rng.normal(size=(500, d_in)),
                                 rng.normal(size=(500, d_out)))
   np.testing.assert_allclose(w.T @ w, np.eye(d_out), atol=1e-5)
 
@@ -213,7 +215,7 @@ def test_procrustes_square_recovers_rotation_of_any_rows():
   rng = np.random.default_rng(2)
   q = np.linalg.qr(rng.normal(size=(10, 10)))[0]
   x = rng.normal(size=(300, 10)) * rng.uniform(0.1, 3.0, size=10)
-  np.testing.assert_allclose(transforms.fit_procrustes(x, x @ q), q,
+  np.testing.assert_allclose(fits.procrustes_matrix(x, x @ q), q,
                              atol=1e-4)
 
 
@@ -241,7 +243,7 @@ def test_gradient_training_recovers_a_planted_linear_map(num_batches,
   state = training.init_state(model, graph, objective, jax.random.key(0),
                               d_out, training.adam(0.02))
   loss_fn = training.EmbeddingLoss(model, BPRTask(), objective)
-  initial_error = np.abs(np.asarray(state.params["transform"]["kernel"]) - w)
+  initial_error = np.abs(np.asarray(state.params["transform"]["w"]) - w)
   for epoch in range(40):
     batch_rng = np.random.default_rng(epoch)
     shape = (num_batches, batch_size)
@@ -251,7 +253,7 @@ def test_gradient_training_recovers_a_planted_linear_map(num_batches,
                np.ones(shape, bool))
     state, loss = training.train_epoch(state, (graph, align), batches,
                                        loss=loss_fn)
-  kernel = np.asarray(state.params["transform"]["kernel"])
+  kernel = np.asarray(state.params["transform"]["w"])
   assert np.abs(kernel - w).max() < 0.02 < initial_error.max()
   assert float(loss["loss"]) < 1e-3
 
@@ -264,3 +266,26 @@ def test_resuming_with_other_training_settings_is_refused(run):
   changed.lam = run.config.lam * 2
   with pytest.raises(ValueError, match="lam"):
     Experiment(graph, changed, run.workdir)
+
+
+@pytest.mark.parametrize("name", ("joint-lin-mloss", "posthoc-residual-mlp"))
+def test_the_store_serves_the_bc_embeddings_the_report_scored(run, name,
+                                                              tmp_path):
+  """One chain applicator: a strategy exported to a store reads back, at
+  version 0, bit for bit the bc_users / bc_items the report scored (a linear
+  chain and one with residual-MLP maps), and so do the compatibility
+  matrices' mapped tables."""
+  store = store_lib.export_run(run.run_dir.root, name, tmp_path / "store")
+  tables = compatibility.StrategyTables.load(run.run_dir, name,
+                                             run.num_versions)
+  latest = run.num_versions - 1
+  for k in range(run.num_versions):
+    scored = run.run_dir.bc_tables(name, k)
+    users, items = run.run_dir.tables(name, k)
+    for got, want in zip((store.transform(users, k, 0),
+                          store.transform(items, k, 0)), scored):
+      np.testing.assert_array_equal(got, want)
+    for got, want in zip(tables.mapped(k, 0), scored):
+      np.testing.assert_array_equal(got, want)
+  for got, want in zip(store.embeddings(0), run.run_dir.bc_tables(name, latest)):
+    np.testing.assert_array_equal(got, want)

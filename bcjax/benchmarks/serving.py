@@ -10,7 +10,8 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from bcjax import adapters, consumers, retrieval, scoring, transforms
+from bcjax import consumers, retrieval, scoring
+from bcjax.backward import BackwardMap, apply_chain
 from bcjax import store as store_lib
 from bcjax.benchmarks.measure import timed
 from bcjax.data import DynamicGraph, make_splits
@@ -141,7 +142,7 @@ def legacy_index(dims=(256, 320, 384, 448, 512), num_users: int = 943,
   Half the items fill the frozen index at d_0; queries are `num_users`
   version-K vectors (d_K), mapped into version 0 by the linear chain
   composed once (one product, as the store serves it) or by a chain of
-  residual-MLP adapters (map by map, `adapters.apply_chain`);
+  residual-MLP adapters (map by map; both `bcjax.backward.apply_chain`);
   the other half of the items are inserted into a copy of the index.
   Vectors are Gaussian, the maps random: the figures are costs, not recall.
 
@@ -156,17 +157,16 @@ def legacy_index(dims=(256, 320, 384, 448, 512), num_users: int = 943,
   frozen_items, new_items = normal(num_items // 2, dims[0]), normal(
       num_items - num_items // 2, dims[0])
   queries = normal(num_users, dims[-1])
-  linear = [adapters.BackwardMap.from_matrix(normal(d, prev) / np.sqrt(d))
+  linear = [BackwardMap.from_matrix(normal(d, prev) / np.sqrt(d))
             for prev, d in zip(dims, dims[1:])]
-  mlp = [adapters.BackwardMap("residual-mlp", {
+  mlp = [BackwardMap("residual-mlp", {
       "w": normal(d, prev) / np.sqrt(d), "bias": normal(1, prev),
       "w1": normal(d, 128) / np.sqrt(d), "b1": normal(1, 128),
       "w2": normal(128, prev) / np.sqrt(128)})
          for prev, d in zip(dims, dims[1:])]
   top = len(dims) - 1
   # The linear chain as the store serves it: composed once, one product.
-  composed = transforms.chain_matrix([m.matrix for m in linear], top, 0)
-  map_linear = lambda: queries @ composed
+  map_linear = lambda: apply_chain(linear, queries, top, 0)
   build = timed(retrieval.build_index, frozen_items, "hnsw", repeats=repeats)
   exact_build = timed(retrieval.build_index, frozen_items, "exact",
                       repeats=repeats)
@@ -176,10 +176,10 @@ def legacy_index(dims=(256, 320, 384, 448, 512), num_users: int = 943,
   times = {
       "raw": timed(search, raw_queries, repeats=repeats),
       "linear": timed(lambda: search(map_linear()), repeats=repeats),
-      "mlp": timed(lambda: search(adapters.apply_chain(mlp, queries, top, 0)),
+      "mlp": timed(lambda: search(apply_chain(mlp, queries, top, 0)),
                    repeats=repeats),
       "map_linear": timed(map_linear, repeats=repeats),
-      "map_mlp": timed(adapters.apply_chain, mlp, queries, top, 0,
+      "map_mlp": timed(apply_chain, mlp, queries, top, 0,
                        repeats=repeats),
       "insert": timed(retrieval.with_inserted, index, new_items,
                       repeats=repeats)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bcjax import adapters
+from bcjax.backward import fits
 
 
 def _s(x, digits=2) -> str:
@@ -54,13 +54,13 @@ def record_table(result: dict) -> str:
               f"(epochs s: {epochs}; joint: (epoch - plain epoch) x epochs, "
               "a difference of medians, noise when small or negative):",
               "| joint sloss s | joint mloss s | post-hoc SGD s | "
-              + " | ".join(f"{fit} s" for fit in adapters.FITS) + " |",
-              "|---" * (3 + len(adapters.FITS)) + "|",
+              + " | ".join(f"{fit} s" for fit in fits.FITS) + " |",
+              "|---" * (3 + len(fits.FITS)) + "|",
               f"| {o['joint_sloss_extra_s']:.1f} | "
               f"{o['joint_mloss_extra_s']:.1f} | {o['posthoc_sgd_s']:.1f} | "
               + " | ".join(f"{o[f'posthoc_{fit}_s']:.3f} "
                            f"[{_range(o[f'posthoc_{fit}_spread_s'], 3)}]"
-                           for fit in adapters.FITS) + " |"]
+                           for fit in fits.FITS) + " |"]
   if "workers" in result:
     wk = result["workers"]
     lines += ["", f"worker processes, {wk['preset']} preset version "

@@ -14,7 +14,8 @@ import ml_collections
 import numpy as np
 
 from bcjax import keys as key_streams
-from bcjax import adapters, sweep
+from bcjax import sweep
+from bcjax.backward import fits as backward_fits
 from bcjax import workers as workers_lib
 from bcjax.benchmarks.measure import spread, timed
 from bcjax.data import DynamicGraph
@@ -183,9 +184,9 @@ def strategy_overheads(graph: DynamicGraph, config, workdir: str,
   posthoc = epoch_time(Objective(train_model=False, transform="linear"),
                        AlignmentInputs(target=target, embeddings=embeddings))
   x, y = np.asarray(embeddings), np.asarray(target)
-  # Every closed-form or adapter fit of B_k (`adapters.FITS`): one fit each.
-  fits = {name: timed(adapters.fit, name, x, y, jax.random.key(0),
-                      repeats=repeats) for name in adapters.FITS}
+  # Every post-hoc fit of B_k (`backward_fits.FITS`): one fit each.
+  fits = {name: timed(backward_fits.fit, name, x, y, jax.random.key(0),
+                      repeats=repeats) for name in backward_fits.FITS}
   epochs = {"plain": plain, "sloss": single, "mloss": multi,
             "posthoc": posthoc}
   return {

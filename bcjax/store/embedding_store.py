@@ -30,7 +30,8 @@ from typing import Any, BinaryIO, Callable, Sequence
 
 import numpy as np
 
-from bcjax import io, transforms
+from bcjax import io
+from bcjax.backward import chains
 from bcjax.store import guard, layout, maps
 from bcjax.store.layout import (FORMAT, FORMAT_VERSION, MANIFEST,
                                 StoreError)
@@ -244,10 +245,10 @@ class EmbeddingStore:
     """Rows of `from_version` -> rows of `to_version` < it (`maps`), cached."""
     key = (from_version, to_version)
     if key not in self._chains:
-      versions = self._manifest["versions"]
-      self._chains[key] = maps.chain_function(
-          [maps.from_files(versions[v]["transform"], self._read)
-           for v in range(from_version, to_version, -1)])
+      versions, links = self._manifest["versions"], [None] * from_version
+      for v in range(to_version + 1, from_version + 1):
+        links[v - 1] = maps.from_files(versions[v]["transform"], self._read)
+      self._chains[key] = chains.chain(links, from_version, to_version)
     return self._chains[key]
 
   def transform(self, z: Any, from_version: int, to_version: int) -> np.ndarray:
@@ -274,7 +275,7 @@ class EmbeddingStore:
     if z.ndim not in (1, 2) or z.shape[-1] != self.dims[k]:
       raise StoreError(f"embeddings have shape {z.shape}, expected "
                        f"[n, {self.dims[k]}] for version {k}")
-    return z if j == k else transforms.blocked_map(z, self._chain(k, j))
+    return z if j == k else chains.blocked_map(z, self._chain(k, j))
 
   def embeddings(self, version: int | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -326,7 +327,7 @@ class EmbeddingStore:
       table, rows = self._read(latest[f"{kind}s"]), order[pos]
       # The rows exactly as `embeddings(j)` computes them (one product path).
       picked.append(table[rows] if j == self.latest_version else
-                    transforms.blocked_map(
+                    chains.blocked_map(
                         table, self._chain(self.latest_version, j), rows))
     return picked[0], picked[1]
 
@@ -360,7 +361,7 @@ class EmbeddingStore:
       users: `[num_users', d_{K+1}]`; the rows may grow (new users last).
       items: `[num_items', d_{K+1}]`; likewise.
       transform: `[d_{K+1}, d_K]`, W_{K+1}, applied as `z @ W`; or a
-        `bcjax.adapters.BackwardMap` from d_{K+1} to d_K dims (`maps`).
+        `bcjax.backward.BackwardMap` from d_{K+1} to d_K dims (`maps`).
       user_ids: `[num_users']` raw ids; the stored ids must be a prefix.
       item_ids: `[num_items']` raw ids; likewise.
 

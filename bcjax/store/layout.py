@@ -31,7 +31,7 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 
 from bcjax import io
-from bcjax.adapters import KINDS, BackwardMap
+from bcjax.backward.maps import STORED_KINDS, BackwardMap
 
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 << 20
@@ -158,7 +158,7 @@ def transform_files(entry: Any) -> dict[str, str] | None:
   if isinstance(entry, str):
     return {"w": entry}
   if (isinstance(entry, dict) and set(entry) == {"kind", "params"}
-      and entry["kind"] in KINDS and entry["kind"] != "linear"
+      and entry["kind"] in STORED_KINDS and entry["kind"] != "linear"
       and isinstance(entry["params"], dict) and entry["params"]
       and all(isinstance(p, str) and isinstance(f, str)
               for p, f in entry["params"].items())):

@@ -1,18 +1,17 @@
-"""The backward maps a store holds, and chains of them applied to its rows.
+"""The backward maps a store holds, as files.
 
 Version k >= 1 of a store records B_k in its manifest entry's "transform":
 
   "v<k>_transform.npy"                  a linear map, W_k `[d_k, d_{k-1}]`
                                         (the format's first form);
-  {"kind": "affine" | "residual-mlp",   any other `bcjax.adapters.BackwardMap`
+  {"kind": "affine" | "residual-mlp",   any other `bcjax.backward.BackwardMap`
    "params": {name: "v<k>_backward_<name>.npy", ...}}
                                         (a post-hoc adapter), one float32
                                         file per parameter.
 
-A chain of linear maps is composed once (in float64) into one matrix and
-applied as one row-blocked product; a chain with any other map is applied
-map by map over the same fixed row blocks (`transforms.blocked_map`), so a
-row read alone is bit for bit that row of the bulk read either way.
+The store maps rows through `bcjax.backward.chains`, as training runs do:
+a row read alone is bit for bit that row of the bulk read, and of the BC
+embedding a run's report scored.
 """
 
 from __future__ import annotations
@@ -21,8 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bcjax import adapters, transforms
-from bcjax.adapters import BackwardMap
+from bcjax.backward.maps import BackwardMap, file_stem
 from bcjax.store import layout
 from bcjax.store.layout import StoreError
 
@@ -59,7 +57,7 @@ def checked(transform: Any, k: int, d_prev: int) -> BackwardMap:
 def to_files(k: int, backward: BackwardMap) -> tuple[Any, dict[str, Any]]:
   """Version k's manifest entry for `backward` and the arrays to write, by
   file name."""
-  names = {p: f"v{k}_{adapters.file_stem(backward.kind, p)}.npy"
+  names = {p: f"v{k}_{file_stem(backward.kind, p)}.npy"
            for p in sorted(backward.params)}
   arrays = {names[p]: backward.params[p] for p in names}
   if backward.kind == "linear":
@@ -73,19 +71,3 @@ def from_files(entry: Any, read: Callable[[str], np.ndarray]) -> BackwardMap:
   if isinstance(entry, str):
     return BackwardMap.from_matrix(read(files["w"]))
   return BackwardMap(entry["kind"], {p: read(f) for p, f in files.items()})
-
-
-def chain_function(chain: list[BackwardMap]
-                   ) -> Callable[[np.ndarray], np.ndarray]:
-  """`[n, d_k] -> [n, d_j]`: B_{j+1}(... B_k(z)), `chain` newest first.
-
-  A linear chain is one float32 matrix composed in float64 (the store's
-  reads have always been so, a more precise product than
-  `adapters.apply_chain`'s float32 one); any other is applied map by map by
-  `adapters.apply_chain`."""
-  if all(m.kind == "linear" for m in chain):
-    matrix = transforms.compose(
-        [np.asarray(m.matrix, np.float64) for m in chain]).astype(np.float32)
-    return lambda z: z @ matrix
-  oldest_first = chain[::-1]
-  return lambda z: adapters.apply_chain(oldest_first, z, len(chain), 0)
