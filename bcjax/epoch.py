@@ -173,8 +173,8 @@ def init_state(model: EmbeddingModel, inputs, objective: Objective,
 def initial_variables(model: EmbeddingModel, key: jax.Array,
                       inputs) -> Variables:
   """`model.init(key, inputs)`, jitted: run eagerly, a PinSAGE init
-  dispatches every operation of a full-graph forward one by one (2 s at
-  quick-preset version 4 on the CPU, against milliseconds once compiled)."""
+  dispatches every operation of a full-graph forward one by one, which on a
+  large graph costs far more than the compiled program."""
   return model.init(key, inputs)
 
 

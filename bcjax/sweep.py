@@ -13,9 +13,9 @@ What it buys: one compiled program does every seed's step at once, so the
 per-operation overhead is paid once, the shared graph operators (`inputs`)
 are read once per step for all seeds, and the matmuls are N times wider.
 That is the point on an accelerator, where one small model leaves most of
-the chip idle. On a 2-core CPU one model's step already keeps both cores
-busy and the batched program runs at about the speed of N sequential runs
-(`launch.benchmark`'s "sweep" figures). Three things keep the batched
+the chip idle. On a small CPU, whose cores one model's step already keeps
+busy, the batched program runs at about the speed of N sequential runs
+(`launch.benchmark`'s "sweep" section measures both). Three things keep the batched
 program from doing more work than the N runs:
 
 - Batch leaves that are equal across seeds (the BPR padding mask: every

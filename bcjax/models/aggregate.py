@@ -59,11 +59,10 @@ def choose_layout(num_users: int, num_items: int,
                   backend: str | None = None) -> Layout:
   """The fastest layout measured for a graph of this size on this backend.
 
-  On the 2-core CPU (jax 0.10.2, d = 512, forward + backward) the CSR
-  product won at every size: 19 ms at MovieLens-100k against 79 ms dense and
-  452 ms segment-sum, 132 ms at 10x against 3.6 s and 7.0 s (see
-  `launch.benchmark`). No accelerator has been measured yet; JAX lowers the
-  CSR product to cuSPARSE there, so the same choice stands until one is.
+  On the CPU the CSR product won at every graph size measured, forward and
+  backward (`launch.benchmark --sections=aggregation`; the figures are in
+  docs/records.md). JAX lowers the CSR product to cuSPARSE on a GPU, so the
+  same choice stands there until a measurement says otherwise.
 
   Args:
     num_users: user rows of the node array.

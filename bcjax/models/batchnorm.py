@@ -12,9 +12,8 @@ products. The backward is written out instead of differentiated by JAX::
 (r = 1 / sqrt(var + eps); the last line carries cotangents of the returned
 statistics, zero in training). It needs two column sums where JAX's own
 derivative of the same forward makes a dozen reductions and elementwise
-passes; on the 2-core CPU a BatchNorm layer's reductions were a sixth of an
-embedding training step (`launch/benchmark.py --sections=batchnorm` measures
-both forms). `tests/test_batchnorm.py` checks it against JAX's derivative.
+passes, and the reductions are a visible part of an embedding training step
+on the CPU (`launch/benchmark.py --sections=batchnorm` measures both forms). `tests/test_batchnorm.py` checks it against JAX's derivative.
 """
 
 from __future__ import annotations

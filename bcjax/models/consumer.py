@@ -6,8 +6,8 @@ BatchNorm momentum 0.1, i.e. Flax's 0.9, eps 1e-5, unbiased running variance;
 nn.Linear's uniform initialisation), with the GNN's `MaskedBatchNorm` so that
 the padding rows of a last, partial batch stay out of the statistics. The
 dropout rate is a static call argument: at rate 0 no random bits are drawn,
-and random bits are most of a consumer step's cost on the CPU (a threefry
-draw of a `[2048, 128]` mask costs more than the layer's matmul).
+and on the CPU drawing a dropout mask (threefry) costs more than the
+layer's matmul.
 """
 
 from __future__ import annotations
