@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bcjax import io, keys, metrics, numbers, padding
+from bcjax import io, keys, metrics, numbers, padding, strategies
 from bcjax.data.sampling import numpy_rng
 from bcjax.epoch import TrainState, adam, epoch_core
 from bcjax.models.consumer import ConsumerMLP
@@ -49,7 +49,7 @@ __all__ = ["REFERENCE", "STD_THRESHOLD", "TASKS", "ConsumerConfig",
            "load_heads", "save_heads", "single_class", "task_data",
            "task_key", "train_consumers", "train_heads"]
 
-REFERENCE = "fix-m0"   # consumers train on this strategy's embeddings
+REFERENCE = strategies.FIX_M0  # consumers train on its embeddings
 
 
 @dataclasses.dataclass(frozen=True)

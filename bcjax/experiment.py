@@ -29,10 +29,9 @@ from bcjax.lineage import Lineage
 from bcjax.progress import to_stderr
 from bcjax.run_data import RunData
 from bcjax.rundir import CHECKPOINT, GRAPH, VARIABLES, RunDir
-from bcjax.strategies import Strategy, get as get_strategy
+from bcjax.strategies import NOBC, Strategy, get as get_strategy
 from bcjax.training import Checkpointing, Schedule, adam, embed, fit
 
-NOBC = "nobc"
 
 
 @dataclasses.dataclass

@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 from bcjax import intervals, io, plots, report, retrieval_report
 from bcjax.numbers import entrywise_mean, finite_mean, fmt
 from bcjax.rundir import RunDir, read_json
-from bcjax.strategies import BC_ALIGNER_NAME, PAPER_NAMES
+from bcjax.strategies import BC_ALIGNER_NAME, display_name
 
 FIGURES = ("recall50", "intended_pct", "unintended_pct", "total_pct",
            "alignment_error")
@@ -118,9 +118,7 @@ def interval_table(content: Mapping) -> str:
   lines = [f"| strategy | {' | '.join(HEADERS)} |",
            "|---|" + "---:|" * len(FIGURES)]
   for s, by_figure in content["intervals"].items():
-    name = PAPER_NAMES.get(s, s)
-    if s == BC_ALIGNER_NAME:
-      name = f"**{name}**"
+    name = display_name(s, markdown=True)
     cells = [_cell(by_figure[f], 4 if f == "recall50" else 2) for f in FIGURES]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
@@ -141,7 +139,7 @@ def paired_table(content: Mapping) -> str:
       star = " *" if d["excludes_zero"] else ""
       cells.append(f"{fmt(d['mean'], digits)} [{fmt(d['low'], digits)}, "
                    f"{fmt(d['high'], digits)}]{star}")
-    lines.append(f"| {PAPER_NAMES.get(other, other)} | " + " | ".join(cells)
+    lines.append(f"| {display_name(other)} | " + " | ".join(cells)
                  + " |")
   return "\n".join(lines)
 

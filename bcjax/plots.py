@@ -16,14 +16,13 @@ import numpy as np
 
 from bcjax import io
 from bcjax.numbers import finite_mean, fmt, percent_change
-from bcjax.strategies import BC_ALIGNER_NAME, PAPER_NAMES
+from bcjax.strategies import BC_ALIGNER_NAME, FIX_M0, NOBC, display_name
 
-NOBC, FIX_M0 = "nobc", "fix-m0"
 PLOTS = ("recall50_vs_nobc.png", "auc_vs_fixm0.png", "alignment_error.png",
          "bc_aligner_auc.png")
 YLABELS = ("Recall@50 vs No-BC (%)", "ROC-AUC vs Fix-M0, mean over tasks (%)",
            "alignment error (mean L2 to Fix-M0)",
-           f"ROC-AUC of {PAPER_NAMES[BC_ALIGNER_NAME]}")
+           f"ROC-AUC of {display_name(BC_ALIGNER_NAME)}")
 
 
 def _pyplot():
@@ -87,7 +86,7 @@ def plot_versions(by_label: Mapping[str, Sequence], versions: Sequence[int],
   figure, axes = plt.subplots(figsize=(7, 4.5))
   for s, ys in by_label.items():
     line, = axes.plot(versions, as_array(ys), "o-",
-                      label=PAPER_NAMES.get(s, s),
+                      label=display_name(s),
                       linewidth=2.5 if s == BC_ALIGNER_NAME else 1.2)
     band = (bands or {}).get(s)
     if band is not None:
@@ -177,7 +176,7 @@ def plot_compatibility(summary: Mapping[str, dict], out_dir: str | os.PathLike,
       ax.set_xlabel("scored at version k", fontsize=7)
     axes[0][0].set_ylabel("trained at version j", fontsize=7)
     figure.colorbar(image, ax=list(axes[0]), shrink=0.8, label="ROC-AUC")
-    figure.suptitle(f"{title}: compatibility of {PAPER_NAMES.get(s, s)} "
+    figure.suptitle(f"{title}: compatibility of {display_name(s)} "
                     f"(mean {fmt(summary[s]['mean'], 4)})", fontsize=8)
     path = out_dir / f"compatibility_{s}.png"
     save_figure(figure, path)

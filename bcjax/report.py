@@ -18,9 +18,9 @@ from typing import Mapping, Sequence
 
 from bcjax import compatibility, curves, io, metrics, retrieval_report
 from bcjax.numbers import finite_mean, fmt, percent_change
-from bcjax.plots import FIX_M0, NOBC, PLOTS, plot, plot_compatibility
+from bcjax.plots import PLOTS, plot, plot_compatibility
 from bcjax.rundir import RunDir, read_json
-from bcjax.strategies import BC_ALIGNER_NAME, PAPER_NAMES, STRATEGIES
+from bcjax.strategies import FIX_M0, NOBC, STRATEGIES, display_name
 
 
 
@@ -131,9 +131,7 @@ def markdown_table(strategies: Mapping[str, dict]) -> str:
   lines = ["| strategy | mean R@50 | intended % | unintended % | total % | "
            "alignment error |", "|---|---:|---:|---:|---:|---:|"]
   for s, r in strategies.items():
-    name = PAPER_NAMES.get(s, s)
-    if s == BC_ALIGNER_NAME:
-      name = f"**{name}**"
+    name = display_name(s, markdown=True)
     lines.append(f"| {name} | {fmt(finite_mean(r['recall50']), 4)} | "
                  f"{fmt(r['intended_pct'])} | {fmt(r['unintended_pct'])} | "
                  f"{fmt(r['total_pct'])} | {fmt(r['alignment_error'])} |")
@@ -147,9 +145,7 @@ def compatibility_table(summary: Mapping[str, dict]) -> str:
   lines = ["| strategy | mean compatibility AUC | " + " | ".join(tasks) + " |",
            "|---|---:|" + "---:|" * len(tasks)]
   for s, r in summary.items():
-    name = PAPER_NAMES.get(s, s)
-    if s == BC_ALIGNER_NAME:
-      name = f"**{name}**"
+    name = display_name(s, markdown=True)
     cells = [fmt(r["tasks"][t]["mean"], 4) if t in r["tasks"] else "n/a"
              for t in tasks]
     lines.append(f"| {name} | {fmt(r['mean'], 4)} | " + " | ".join(cells)
@@ -165,7 +161,7 @@ def csv_text(strategies: Mapping[str, dict], num_versions: int) -> str:
                    *[f"recall50_v{k}" for k in range(num_versions)]])
   value = lambda v: "" if v is None else repr(float(v))
   for s, r in strategies.items():
-    writer.writerow([s, PAPER_NAMES.get(s, s),
+    writer.writerow([s, display_name(s),
                      value(finite_mean(r["recall50"])),
                      value(r["intended_pct"]), value(r["unintended_pct"]),
                      value(r["total_pct"]), value(r["alignment_error"]),
@@ -224,9 +220,7 @@ def comparison_table(reports: Mapping[str, Mapping]) -> str:
            "total % | alignment error | mean compatibility AUC |",
            "|---|---|---:|---:|---:|---:|---:|---:|"]
   for s in common:
-    name = PAPER_NAMES.get(s, s)
-    if s == BC_ALIGNER_NAME:
-      name = f"**{name}**"
+    name = display_name(s, markdown=True)
     for label, run in zip(labels, runs):
       r = run["strategies"][s]
       compat = (run.get("compatibility") or {}).get(s, {}).get("mean")

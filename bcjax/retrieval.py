@@ -31,7 +31,7 @@ from typing import Literal, Sequence
 import faiss
 import numpy as np
 
-from bcjax import io, metrics
+from bcjax import io, metrics, strategies
 from bcjax.rundir import RunDir
 
 Kind = Literal["exact", "hnsw"]
@@ -44,7 +44,7 @@ HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 256
 # The strategy whose version-0 items fill the frozen index (E_0(M_0)), and
 # the one whose own version-k model and index is the ceiling.
-FROZEN_SOURCE, CEILING_SOURCE = "fix-m0", "nobc"
+FROZEN_SOURCE, CEILING_SOURCE = strategies.FIX_M0, strategies.NOBC
 
 
 @contextlib.contextmanager

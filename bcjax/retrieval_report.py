@@ -15,8 +15,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from bcjax.numbers import entrywise_mean, finite_mean, fmt, percent_change
-from bcjax.plots import FIX_M0, plot_versions
-from bcjax.strategies import BC_ALIGNER_NAME, PAPER_NAMES
+from bcjax.plots import plot_versions
+from bcjax.strategies import FIX_M0, display_name
 
 PLOT = "legacy_retrieval.png"
 # Per-version lists and scalars of a strategy's record.
@@ -94,9 +94,7 @@ def table(summary: Mapping[str, dict], ceiling: Mapping[str, list]) -> str:
            "refreshed R@50 | ANN / exact |",
            "|---|" + "---:|" * (versions + 5)]
   for s, r in summary.items():
-    name = PAPER_NAMES.get(s, s)
-    if s == BC_ALIGNER_NAME:
-      name = f"**{name}**"
+    name = display_name(s, markdown=True)
     cells = [fmt(v, 1) for v in r["pct_of_ceiling_per_version"]]
     cells += [fmt(finite_mean(r["recall@50"]), 4), fmt(r["pct_of_ceiling"], 1),
               fmt(r["vs_fix_m0_pct"]),

@@ -43,6 +43,7 @@ class Strategy:
     epochs: the config field that sets the epochs of versions k >= 1.
     keeps_first_size: every version keeps version 0's (d, L) (the model is
       M_0, or M_0 trained further).
+    paper_name: how the paper's tables name it (`display_name`).
   """
   name: str
   model: Model
@@ -53,66 +54,73 @@ class Strategy:
   selects_late: bool = False
   epochs: str = "epochs"
   keeps_first_size: bool = False
+  paper_name: str = ""
 
   @property
   def base(self) -> str | None:
     """The strategy whose models this one reuses (post-hoc methods)."""
-    return "nobc" if self.model in ("posthoc", "closed") else None
+    return NOBC if self.model in ("posthoc", "closed") else None
 
 
-def _posthoc(name, multi_step):
+# The strategies the pipeline reads by role: No-BC (every strategy's version
+# 0, the post-hoc strategies' models, the intended-task reference), Fix-M0
+# (the consumers' and the frozen index's embeddings) and BC-Aligner.
+NOBC, FIX_M0, BC_ALIGNER_NAME = "nobc", "fix-m0", "joint-lin-mloss"
+
+
+def _posthoc(name, paper_name, multi_step):
   # Without the task loss the alignment term stands alone: weight 1.
   return Strategy(name, "posthoc",
                   Objective(train_model=False, transform="linear",
                             multi_step=multi_step, lam=1.0),
                   backward="linear", selects_late=True,
-                  epochs="posthoc_epochs")
+                  epochs="posthoc_epochs", paper_name=paper_name)
 
 
-def _joint(name, transform, multi_step):
+def _joint(name, paper_name, transform, multi_step):
   return Strategy(name, "scratch",
                   Objective(transform=transform, multi_step=multi_step),
                   backward="linear" if transform == "linear" else "notrans",
-                  selects_late=True)
+                  selects_late=True, paper_name=paper_name)
+
+
+def _closed(name, paper_name, backward, fit):
+  return Strategy(name, "closed", backward=backward, fit=fit,
+                  paper_name=paper_name)
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
-    Strategy("fix-m0", "fixed", backward="identity", keeps_first_size=True),
+    Strategy(FIX_M0, "fixed", backward="identity", keeps_first_size=True,
+             paper_name="Fix-M0"),
     Strategy("finetune-m0", "finetune", backward="identity",
-             epochs="finetune_epochs", keeps_first_size=True),
-    Strategy("nobc", "scratch"),
-    _posthoc("posthoc-lin-sloss", multi_step=False),
-    _posthoc("posthoc-lin-mloss", multi_step=True),
-    _joint("joint-notrans-sloss", "notrans", multi_step=False),
-    _joint("joint-lin-sloss", "linear", multi_step=False),
-    _joint("joint-lin-mloss", "linear", multi_step=True),
-    Strategy("posthoc-lstsq", "closed", backward="linear", fit="lstsq"),
-    Strategy("posthoc-procrustes", "closed", backward="linear",
-             fit="procrustes"),
-    Strategy("posthoc-lowrank-affine", "closed", backward="affine",
-             fit="lowrank-affine"),
-    Strategy("posthoc-residual-mlp", "closed", backward="residual-mlp",
-             fit="residual-mlp"),
+             epochs="finetune_epochs", keeps_first_size=True,
+             paper_name="Finetune-M0"),
+    Strategy(NOBC, "scratch", paper_name="No-BC"),
+    _posthoc("posthoc-lin-sloss", "Post-hoc-Lin-SLoss", multi_step=False),
+    _posthoc("posthoc-lin-mloss", "Post-hoc-Lin-MLoss", multi_step=True),
+    _joint("joint-notrans-sloss", "Joint-NoTrans-SLoss", "notrans",
+           multi_step=False),
+    _joint("joint-lin-sloss", "Joint-Lin-SLoss", "linear", multi_step=False),
+    _joint(BC_ALIGNER_NAME, "Joint-Lin-MLoss (BC-Aligner)", "linear",
+           multi_step=True),
+    _closed("posthoc-lstsq", "Post-hoc-Lstsq (ours)", "linear", "lstsq"),
+    _closed("posthoc-procrustes", "Post-hoc-Procrustes (ours)", "linear",
+            "procrustes"),
+    _closed("posthoc-lowrank-affine", "Post-hoc-LowRank-Affine (adapter)",
+            "affine", "lowrank-affine"),
+    _closed("posthoc-residual-mlp", "Post-hoc-Residual-MLP (adapter)",
+            "residual-mlp", "residual-mlp"),
 )}
-# The paper's method; `training.BC_ALIGNER` is its objective.
-BC_ALIGNER_NAME = "joint-lin-mloss"
-
 # How tables and plots name the strategies (the paper's names).
-PAPER_NAMES = {
-    "fix-m0": "Fix-M0",
-    "finetune-m0": "Finetune-M0",
-    "nobc": "No-BC",
-    "posthoc-lin-sloss": "Post-hoc-Lin-SLoss",
-    "posthoc-lin-mloss": "Post-hoc-Lin-MLoss",
-    "joint-notrans-sloss": "Joint-NoTrans-SLoss",
-    "joint-lin-sloss": "Joint-Lin-SLoss",
-    "joint-lin-mloss": "Joint-Lin-MLoss (BC-Aligner)",
-    "posthoc-lstsq": "Post-hoc-Lstsq (ours)",
-    "posthoc-procrustes": "Post-hoc-Procrustes (ours)",
-    "posthoc-lowrank-affine": "Post-hoc-LowRank-Affine (adapter)",
-    "posthoc-residual-mlp": "Post-hoc-Residual-MLP (adapter)",
-}
+PAPER_NAMES = {s.name: s.paper_name for s in STRATEGIES.values()}
 
+
+def display_name(name: str, markdown: bool = False) -> str:
+  """How tables and plots name a strategy: its paper name (`PAPER_NAMES`),
+  in bold in a markdown table when it is BC-Aligner, the paper's method
+  (`training.BC_ALIGNER` is its objective)."""
+  shown = PAPER_NAMES.get(name, name)
+  return f"**{shown}**" if markdown and name == BC_ALIGNER_NAME else shown
 
 
 def get(name: str) -> Strategy:

@@ -1,16 +1,15 @@
-"""CPU-sized settings: the full pipeline on MovieLens-100k on 2 cores.
+"""CPU-sized settings: the full pipeline on MovieLens-100k on a small CPU.
 
 Three training seeds (the report's intervals need several), trained by two
 worker processes pinned to one core each (`bcjax.workers`).
 
 Paper layers and batch size; dims a quarter of the paper's; 60 epochs with
 evaluation every 5 and joint/post-hoc selection after epoch 20 (80 epochs
-gave the same picture at 1.3x the time; see the closing notes). Consumers: one
-hidden size, two dropout rates, 5 seeds, 40 epochs. Compatibility matrix:
-No-BC and the two joint linear strategies (single- vs multi-step loss), 8
-epochs, 1 seed: about 3 minutes on 2 busy cores (10 epochs measured 210 s:
-~65 s compiling one consumer per task shape and version, ~4 s per epoch of the
-edge task's 4 x 60-90k examples per strategy, ~6 s for the small tasks).
+gave the same picture at more cost). Consumers: one hidden size, two dropout
+rates, 5 seeds, 40 epochs. Compatibility matrix: No-BC and the two joint
+linear strategies (single- vs multi-step loss), 8 epochs, 1 seed: most of
+its time is compiling one consumer per task shape and version (docs/records.md
+has the timings).
 """
 
 from bcjax.configs import paper
