@@ -1,4 +1,9 @@
-"""Progress lines of long loops: epoch, loss, a metric, the rate and the ETA.
+"""The library's one way of writing lines: progress of long loops (epoch,
+loss, a metric, the rate and the ETA) and notices.
+
+Every line the library writes goes to a caller's `log` callable or, by
+default, to `to_stderr` (stage lines of the main job to `to_stdout`); no
+module prints or logs otherwise.
 
 Every training of the library reports through `Progress` (the embedding
 trainer, the consumer grid), so every line has one format. JAX dispatches
@@ -18,8 +23,13 @@ import numpy as np
 
 
 def to_stderr(line: str) -> None:
-  """The default destination of progress lines."""
+  """The default destination of progress lines and notices."""
   print(line, file=sys.stderr, flush=True)
+
+
+def to_stdout(line: str) -> None:
+  """The destination of the main job's stage lines and report."""
+  print(line, flush=True)
 
 
 class Progress:

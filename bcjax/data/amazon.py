@@ -18,9 +18,8 @@ import pathlib
 import zlib
 from typing import Any, Iterator
 
-from absl import logging
-
 from bcjax.data.graph import DataError, DynamicGraph, build_graph
+from bcjax.progress import to_stderr
 
 GZIP_MAGIC = b"\x1f\x8b"
 RATING_RANGE = (1.0, 5.0)
@@ -227,6 +226,6 @@ def load_amazon(reviews_path: str | os.PathLike, meta_path: str | os.PathLike,
     DataError: see `read_amazon`.
   """
   data = read_amazon(reviews_path, meta_path, name)
-  logging.info("%s: dropped %d reviews of items without metadata",
-               data.graph.name, data.dropped_reviews)
+  to_stderr(f"{data.graph.name}: dropped {data.dropped_reviews} reviews of "
+            "items without metadata")
   return data.graph

@@ -14,10 +14,10 @@ from pathlib import Path
 import shutil
 from typing import Iterator
 
-from absl import logging
 import numpy as np
 
 from bcjax import io
+from bcjax.progress import to_stderr
 from bcjax.rundir import METRICS, RunDir
 from bcjax.store import layout
 from bcjax.store.embedding_store import EmbeddingStore
@@ -87,8 +87,8 @@ def _complete_versions(run_dir: RunDir, strategy: str) -> list[int]:
     raise StoreError(f"{where}: version {n} is incomplete but later "
                      f"versions {complete[n:]} are complete")
   if present[-1] >= n:
-    logging.warning("%s: skipping incomplete versions %s", where,
-                    [k for k in present if k >= n])
+    to_stderr(f"{where}: skipping incomplete versions "
+              f"{[k for k in present if k >= n]}")
   return list(range(n))
 
 
