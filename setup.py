@@ -37,5 +37,11 @@ setuptools.setup(
         "setuptools>=75",
         # tests/test_docs.py builds the documentation (make docs).
         "sphinx>=8", "myst-parser>=4",
-    ]},
+    ],
+        # The text benchmark (bcjax.text, make text-benchmark): sentence
+        # encoders run offline. torch pinned: 2.13.0's CPU wheel; an open
+        # range can pull a multi-GB CUDA build.
+        "text": ["torch==2.13.0", "transformers>=4.45", "tokenizers>=0.20",
+                 "onnxruntime>=1.18"],
+    },
 )
