@@ -1,6 +1,6 @@
 """Checkpoints of a training in progress, and the selection they carry.
 
-`train_version` (`bcjax.training`) keeps the best evaluation so far (a
+The training loop (`bcjax.loop.run`) keeps the best evaluation so far (a
 `Selection`) and saves it with the train state, the epoch and the history
 every few epochs (`Checkpointing`), so a run killed at any moment resumes
 bitwise where it stopped.
@@ -11,14 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.serialization
 import jax
 import numpy as np
 
 from bcjax import io, keys, numbers
-from bcjax.epoch import TrainState
 
 
 def host_copy(tree):
@@ -26,18 +25,39 @@ def host_copy(tree):
   return jax.tree.map(np.array, tree)
 
 
-@dataclasses.dataclass
-class Selection:
-  """The best evaluation so far (higher score is better)."""
-  score: float = -np.inf
-  epoch: int = -1
+class Selection(NamedTuple):
+  """The best evaluation so far (higher score is better): floats and one
+  state, or `[M]` arrays and a stacked state (`bcjax.loop.keep_best`)."""
+  score: Any = -np.inf
+  epoch: Any = -1
   state: Any = None
   metrics: dict | None = None
 
 
+def _json(value: Any) -> Any:
+  """A selection's field as JSON (lists for stacked arrays)."""
+  if isinstance(value, dict):
+    return {name: _json(v) for name, v in value.items()}
+  value = np.asarray(value) if value is not None else None
+  return None if value is None else (value.tolist() if value.ndim
+                                     else value.item())
+
+
+def _from_json(value: Any, like: Any) -> Any:
+  """A saved selection field: floats stay floats, lists become arrays of the
+  dtype of `like` (the field before any epoch)."""
+  if isinstance(value, dict):
+    return {name: _from_json(v, (like or {}).get(name))
+            for name, v in value.items()}
+  if not isinstance(value, list):
+    return value
+  return np.asarray(value, None if like is None else np.asarray(like).dtype)
+
+
 @dataclasses.dataclass(frozen=True)
 class Checkpointing:
-  """Where and how often `train_version` saves its progress.
+  """Where and how often the training loop (`bcjax.loop.run`) saves its
+  progress.
 
   The file holds the train state (parameters, optimizer and model state),
   the epoch, the selection and the history, written atomically. Epoch e's
@@ -61,7 +81,7 @@ class Checkpointing:
     object.__setattr__(self, "path", Path(self.path))
     numbers.positive_int("Checkpointing.every", self.every)
 
-  def save(self, label: str, epoch: int, state: TrainState, best: Selection,
+  def save(self, label: str, epoch: int, state: Any, best: Selection,
            history: list, *, key: jax.Array) -> None:
     """Writes the progress after `epoch` to `path`, atomically.
 
@@ -77,17 +97,18 @@ class Checkpointing:
     # Arrays as msgpack; the rest as JSON (exact floats, key order kept).
     record = {"label": label, "key": keys.fingerprint(key), "epoch": epoch,
               "history": history,
-              "best": {"score": best.score, "epoch": best.epoch,
-                       "metrics": best.metrics}}
+              "best": {"score": _json(best.score), "epoch": _json(best.epoch),
+                       "metrics": _json(best.metrics)}}
     payload = {"record": json.dumps(record), "state": host_copy(state),
                "best_state": best.state if best.state is not None else {}}
     io.make_dir(Path(self.path).parent)
     io.save_bytes(self.path, flax.serialization.msgpack_serialize(
         flax.serialization.to_state_dict(payload)))
 
-  def restore(self, label: str, state: TrainState, *,
-              key: jax.Array | None = None, epochs: int | None = None
-              ) -> tuple[int, TrainState, Selection, list] | None:
+  def restore(self, label: str, state: Any, *,
+              key: jax.Array | None = None, epochs: int | None = None,
+              best: Selection = Selection(), snapshot: Any = None
+              ) -> tuple[int, Any, Selection, list] | None:
     """(epoch, state, selection, history) from the file, or None if absent.
 
     A checkpoint resumes only the training that wrote it: the same label
@@ -102,6 +123,9 @@ class Checkpointing:
         not checked).
       epochs: the schedule's epochs; the saved epoch must lie in 1..epochs
         (None: any epoch from 1).
+      best: the selection before any epoch; a saved selection without a
+        state (nothing selected yet) restores as it.
+      snapshot: the template of the selection's state (default `state`).
 
     Returns:
       `(epoch, state, selection, history)` as saved by `save` (arrays on
@@ -130,14 +154,16 @@ class Checkpointing:
         raise ValueError(f"its epoch {epoch!r} is not one of this schedule's "
                          f"epochs ({'>= 1' if epochs is None else epochs})")
       restored = _restore_like(state, raw["state"])
-      best_state = (_restore_like(state, raw["best_state"])
-                    if raw["best_state"] else None)
+      best_state = (_restore_like(state if snapshot is None else snapshot,
+                                  raw["best_state"])
+                    if raw["best_state"] else best.state)
     except (KeyError, TypeError, ValueError) as error:
       raise ValueError(f"{self.path}: not a checkpoint of {label!r} ({error}); "
                        "delete it to restart this version") from None
-    best = record["best"]
-    selection = Selection(float(best["score"]), int(best["epoch"]), best_state,
-                          best["metrics"])
+    saved = record["best"]
+    selection = Selection(_from_json(saved["score"], best.score),
+                          _from_json(saved["epoch"], best.epoch), best_state,
+                          _from_json(saved["metrics"], best.metrics))
     return epoch, restored, selection, record["history"]
 
 

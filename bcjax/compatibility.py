@@ -42,35 +42,16 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from bcjax import consumers, io, keys, numbers, scoring
+from bcjax import consumers, io, keys, scoring
 from bcjax.backward.chains import apply_chain
 from bcjax.backward.maps import BackwardMap
+from bcjax.configs import CompatConfig, ConsumerConfig
+from bcjax.strategies import STRATEGIES
 from bcjax.data.splits import VersionSplit
 from bcjax.data.targets import VersionTargets, version_targets
 from bcjax.numbers import finite_mean, finite_or_none, fmt
 from bcjax.progress import to_stderr
 from bcjax.rundir import RunDir, read_json
-from bcjax.strategies import STRATEGIES
-
-
-@dataclasses.dataclass(frozen=True)
-class CompatConfig:
-  """The compatibility stage's settings, `CompatConfig(**config.compat)`
-  (`bcjax.configs.validate` also makes the strategy names canonical).
-
-  Raises:
-    ValueError: a non-positive count, naming the `config.compat` field.
-  """
-  strategies: tuple[str, ...] = tuple(STRATEGIES)
-  epochs: int = 300
-  seeds: int = 10
-
-  def __post_init__(self):
-    field = lambda name, value: object.__setattr__(self, name, value)
-    field("strategies", tuple(self.strategies))
-    for name in ("epochs", "seeds"):
-      field(name, numbers.positive_int(f"config.compat.{name}",
-                                         getattr(self, name)))
 
 
 class StrategyTables:
@@ -143,7 +124,7 @@ def _inputs(task: consumers.UnintendedTask, pair) -> list[np.ndarray]:
 
 
 def train_row(data: consumers.TaskData, tables: StrategyTables,
-              train_version: int, config: consumers.ConsumerConfig,
+              train_version: int, config: ConsumerConfig,
               key: jax.Array, log: Callable[[str], None] | None = None
               ) -> tuple[consumers.Heads, dict[int, np.ndarray]]:
   """Trains one row's consumers and scores them at every later version.
@@ -187,7 +168,7 @@ def row_key(seed: int, task: str, train_version: int) -> jax.Array:
 
 def task_matrix(name: str, splits: Sequence[VersionSplit],
                 targets: Sequence[VersionTargets], tables: StrategyTables,
-                config: consumers.ConsumerConfig, seed: int = 0,
+                config: ConsumerConfig, seed: int = 0,
                 log: Callable[[str], None] | None = None) -> list[list]:
   """Per-seed AUCs of one task, every row j trained and scored.
 
@@ -245,7 +226,7 @@ def _json_matrix(matrix: np.ndarray) -> list[list]:
 
 
 def chosen_hyper(workdir: RunDir | str | os.PathLike, task: str,
-                 consumer_config: consumers.ConsumerConfig) -> tuple[int, float]:
+                 consumer_config: ConsumerConfig) -> tuple[int, float]:
   """The consumer grid point of a task's compatibility matrices.
 
   Args:
@@ -267,7 +248,7 @@ def chosen_hyper(workdir: RunDir | str | os.PathLike, task: str,
 def run_compatibility(workdir: RunDir | str | os.PathLike,
                       splits: Sequence[VersionSplit], strategies: Sequence[str],
                       config: CompatConfig,
-                      consumer_config: consumers.ConsumerConfig, seed: int = 0,
+                      consumer_config: ConsumerConfig, seed: int = 0,
                       tasks: Sequence[str] | None = None,
                       log: Callable[[str], None] | None = None
                       ) -> dict[str, dict[str, dict]]:

@@ -32,58 +32,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bcjax import io, keys, metrics, numbers, padding, strategies
+from bcjax import io, keys, loop, metrics, padding, strategies
+from bcjax.checkpointing import Checkpointing, Selection
+from bcjax.configs import ConsumerConfig
 from bcjax.data.sampling import numpy_rng
 from bcjax.epoch import TrainState, adam, epoch_core
+from bcjax.loop import Schedule
 from bcjax.models.consumer import ConsumerMLP
-from bcjax.progress import Progress, to_stderr
+from bcjax.progress import to_stderr
 from bcjax.rundir import SHA256, RunDir, listed_digest, read_record
 from bcjax.unintended import (STD_THRESHOLD, TASKS, Examples, TaskData,
                               UnintendedTask, all_task_data,
                               early_stop_version, padded_examples, single_class,
                               task_data, task_key)
 
-__all__ = ["REFERENCE", "STD_THRESHOLD", "TASKS", "ConsumerConfig",
-           "Examples", "Heads", "TaskData", "UnintendedTask", "all_task_data",
-           "early_stop_version", "features", "init_heads", "load_embeddings",
-           "load_heads", "save_heads", "single_class", "task_data",
-           "task_key", "train_consumers", "train_heads"]
-
 REFERENCE = strategies.FIX_M0  # consumers train on its embeddings
-
-
-@dataclasses.dataclass(frozen=True)
-class ConsumerConfig:
-  """The consumer schedule and hyper-parameter grid (method §7).
-
-  Built from a run config as `ConsumerConfig(**config.consumer)`; the values
-  are checked (and lists made tuples) on construction.
-
-  Raises:
-    ValueError: a non-positive count or learning rate, an empty grid or a
-      dropout rate outside [0, 1), naming the `config.consumer` field.
-  """
-  epochs: int = 300
-  hidden: tuple[int, ...] = (128, 256, 512, 1024)
-  dropout: tuple[float, ...] = (0.0, 0.25, 0.5)
-  seeds: int = 10
-  batch_size: int = 2048
-  lr: float = 1e-3
-
-  def __post_init__(self):
-    field = lambda name, value: object.__setattr__(self, name, value)
-    for name in ("epochs", "seeds", "batch_size"):
-      field(name, numbers.positive_int(f"config.consumer.{name}",
-                                       getattr(self, name)))
-    field("hidden", tuple(numbers.positive_int("config.consumer.hidden", h)
-                          for h in self.hidden))
-    field("dropout", tuple(float(p) for p in self.dropout))
-    field("lr", numbers.positive_float("config.consumer.lr", self.lr))
-    if not self.hidden:
-      raise ValueError("config.consumer.hidden must list positive sizes, got ()")
-    if not self.dropout or not all(0.0 <= p < 1.0 for p in self.dropout):
-      raise ValueError(f"config.consumer.dropout must lie in [0, 1), got "
-                       f"{self.dropout}")
 
 
 @dataclasses.dataclass
@@ -151,18 +114,18 @@ class ConsumerLoss:
 
 
 def _start(model_keys: jax.Array, hidden: int, d_in: int,
-           tx: optax.GradientTransformation) -> dict:
-  """The initial grid state of one h: a train state per model, and the best
-  validation AUC, epoch and variables so far."""
+           tx: optax.GradientTransformation) -> tuple[TrainState, Selection]:
+  """The initial grid state of one h: a train state per model (stacked), and
+  the selection before any epoch (the initial heads, AUC -inf, epoch 0)."""
   variables = init_heads(hidden, d_in, model_keys)
   train = jax.vmap(lambda v: TrainState.create(
       {"model": v["params"]}, tx, model_state={"batch_stats": v["batch_stats"]}
   ))(variables)
-  # best_auc strongly typed, as _grid_epoch returns it: else its second call
-  # recompiles.
-  return {"train": train, "best": jax.tree.map(jnp.copy, variables),
-          "best_auc": jnp.full(len(model_keys), -jnp.inf, jnp.float32),
-          "best_epoch": jnp.zeros(len(model_keys), jnp.int32)}
+  m = len(model_keys)
+  return train, Selection(np.full(m, -np.inf, np.float32),
+                          np.zeros(m, np.int32),
+                          jax.tree.map(jnp.copy, variables),
+                          {"val AUC": np.full(m, np.nan, np.float32)})
 
 
 def _predict(model: ConsumerMLP, variables, tables, rows: jax.Array,
@@ -199,10 +162,8 @@ def epoch_orders(model_keys: Sequence[jax.Array], epoch: int, n: int,
 @functools.partial(jax.jit, static_argnames=("hidden", "rate"),
                    donate_argnames=("state",))
 def _grid_epoch(state, model_keys, orders, real, epoch, train_tables,
-                train_rows, train_labels, val_tables, val_rows, val_labels,
-                val_mask, *, hidden: int, rate: float):
-  """One epoch of M models of one grid point (`epoch_core` vmapped), then
-  validation and best-keeping.
+                train_rows, train_labels, *, hidden: int, rate: float):
+  """One epoch of the M models of one grid point (`epoch_core` vmapped).
 
   Args:
     state: from `_start`, every leaf stacked over the M models.
@@ -212,11 +173,12 @@ def _grid_epoch(state, model_keys, orders, real, epoch, train_tables,
       (`epoch_orders`).
     epoch: the (1-based) epoch number.
     train_tables, train_rows, train_labels: the training examples.
-    val_tables, val_rows, val_labels, val_mask: the early-stopping examples,
-      padded to a multiple of the batch size.
     hidden, rate: the grid point (static).
+
+  Returns:
+    The state and the `[M]` mean losses.
   """
-  loss, batch_size = ConsumerLoss(hidden, rate), real.shape[1]
+  loss = ConsumerLoss(hidden, rate)
 
   def one_model(train, key, order):
     key = keys.derive(key, "epoch", epoch)
@@ -224,25 +186,36 @@ def _grid_epoch(state, model_keys, orders, real, epoch, train_tables,
     train, means = epoch_core(
         train, (train_tables, train_rows, train_labels,
                 keys.derive(key, "dropout")), batches, loss=loss)
-    logits = _predict(ConsumerMLP(hidden), train.model_variables(),
-                      val_tables, val_rows, batch_size)
-    return train, means["loss"], metrics.roc_auc(logits, val_labels, val_mask)
+    return train, means["loss"]
 
-  train, mean_loss, auc = jax.vmap(one_model)(state["train"], model_keys,
-                                              orders)
-  improved = auc > state["best_auc"]  # NaN never improves.
-  keep = lambda new, old: jnp.where(
-      improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
-  best = jax.tree.map(keep, train.model_variables(), state["best"])
-  return {"train": train, "best": best,
-          "best_auc": jnp.where(improved, auc, state["best_auc"]),
-          "best_epoch": jnp.where(improved, epoch, state["best_epoch"])
-          }, mean_loss
+  return jax.vmap(one_model)(state, model_keys, orders)
+
+
+@functools.partial(jax.jit, static_argnames=("hidden", "chunk"))
+def _grid_auc(variables, val_tables, val_rows, val_labels, val_mask, *,
+              hidden: int, chunk: int) -> jax.Array:
+  """`[M]` validation ROC-AUC of M stacked heads (the early stopping)."""
+  model = ConsumerMLP(hidden)
+  return jax.vmap(lambda v: metrics.roc_auc(
+      _predict(model, v, val_tables, val_rows, chunk), val_labels,
+      val_mask))(variables)
+
+
+# Epochs between two checkpoints of a consumer grid point.
+CHECKPOINT_EVERY = 10
+
+
+def checkpoint_path(stem: Path, hidden: int, rate: float) -> Path:
+  """Where the grid point (hidden, rate) of the heads saved at `stem`
+  keeps its progress."""
+  return stem.with_name(f"{stem.name}.h{hidden}-dropout{rate}.checkpoint."
+                        "msgpack")
 
 
 def train_heads(train_tables: Sequence[np.ndarray], train: Examples,
                 val_tables: Sequence[np.ndarray], val: Examples,
                 config: ConsumerConfig, key: jax.Array, label: str = "consumer",
+                checkpoints: Path | None = None,
                 log: Callable[[str], None] | None = None) -> Heads:
   """Trains the whole grid (h x dropout x seed) and keeps the best grid point.
 
@@ -256,11 +229,18 @@ def train_heads(train_tables: Sequence[np.ndarray], train: Examples,
     key: PRNG key; seed s of size h draws from `keys.derive(key, "heads", h,
       s)` whatever the dropout rate (common random numbers across rates).
     label: the prefix of progress lines.
+    checkpoints: the stem of the grid points' checkpoint files
+      (`checkpoint_path`): each saves its progress every `CHECKPOINT_EVERY`
+      epochs and resumes from it (None: no checkpoints).
     log: where progress lines go (default stderr).
 
   Returns:
     The chosen `Heads`: the (h, dropout) with the highest mean over seeds of
     the best validation AUC (ties: the first in grid order).
+
+  Raises:
+    FloatingPointError: a head's loss, parameters or validation AUC turn
+      NaN or Inf (naming the grid point, the epoch and the model).
   """
   log = log or to_stderr
   train_tables = tuple(jnp.asarray(t, jnp.float32) for t in train_tables)
@@ -275,24 +255,32 @@ def train_heads(train_tables: Sequence[np.ndarray], train: Examples,
     model_keys = jnp.stack([keys.derive(key, "heads", hidden, s)
                             for s in range(config.seeds)])
     for rate in config.dropout:
-      state = _start(model_keys, hidden, d_in, adam(config.lr))
-      progress = Progress(f"{label} h={hidden} dropout={rate}", config.epochs,
-                          log=log)
-      for epoch in range(1, config.epochs + 1):
+      state, initial = _start(model_keys, hidden, d_in, adam(config.lr))
+
+      def epoch_fn(state, epoch):  # Run at once: the loop's values hold.
         orders, real = epoch_orders(model_keys, epoch, len(train),
                                     config.batch_size)
         state, loss = _grid_epoch(
             state, model_keys, orders, real, np.int32(epoch), train_tables,
-            train_rows, train_labels, val_tables, val_rows, val_labels,
-            val_mask, hidden=hidden, rate=rate)
-        progress.update(epoch, float(np.mean(loss)), "best val AUC",
-                        float(np.mean(state["best_auc"])))
-      best_auc = np.asarray(state["best_auc"])
+            train_rows, train_labels, hidden=hidden, rate=rate)
+        return state, {"loss": loss}
+
+      evaluate = lambda state: {"val AUC": _grid_auc(
+          state.model_variables(), val_tables, val_rows, val_labels, val_mask,
+          hidden=hidden, chunk=config.batch_size)}
+      best, _ = loop.run(
+          epoch_fn, state, Schedule(epochs=config.epochs, select="val AUC"),
+          label=f"{label} h={hidden} dropout={rate}", evaluate=evaluate,
+          best=initial, snapshot=lambda state: state.model_variables(),
+          checkpointing=None if checkpoints is None else Checkpointing(
+              checkpoint_path(checkpoints, hidden, rate), CHECKPOINT_EVERY),
+          key=key, log=log)
+      best_auc = np.asarray(best.score)
       grid[f"h={hidden},dropout={rate}"] = best_auc.tolist()
       if best_auc.mean() > best_mean:
         best_mean = best_auc.mean()
-        chosen = Heads(hidden, rate, jax.device_get(state["best"]), best_auc,
-                       np.asarray(state["best_epoch"]), grid)
+        chosen = Heads(hidden, rate, jax.device_get(best.state), best_auc,
+                       np.asarray(best.epoch), grid)
   if chosen is None:
     raise ValueError(f"{label}: no grid point reached a finite validation AUC")
   return chosen
@@ -384,12 +372,15 @@ def train_consumers(workdir: RunDir | str | os.PathLike, data: Mapping[str, Task
     key = task_key(seed, name)
     heads[name] = train_heads(tables(0), d.train, tables(d.task.val_version),
                               d.val, config, key, label=f"consumer {name}",
-                              log=log)
+                              checkpoints=stem, log=log)
     save_heads(stem, heads[name], {
         "task": name, "trained_on": f"{REFERENCE} v0",
         "val_version": d.task.val_version,
         "d_in": d_in, "num_train": len(d.train), "num_val": len(d.val),
         "config": settings})
+    for hidden in config.hidden:  # Saved: the progress is no longer needed.
+      for rate in config.dropout:
+        io.remove(checkpoint_path(stem, hidden, rate))
     log(f"[consumer {name}] h={heads[name].hidden} dropout="
         f"{heads[name].dropout} val AUC {heads[name].val_auc.mean():.4f} "
         f"({time.perf_counter() - start:.1f}s)")

@@ -45,7 +45,8 @@ import numpy as np
 import optax
 
 from bcjax import keys as key_streams
-from bcjax import training
+from bcjax import loop, training
+from bcjax.loop import Schedule
 from bcjax.models.interface import EmbeddingModel, Variables
 from bcjax.tasks import Task
 from bcjax.training import (AlignmentInputs, EmbeddingLoss, Objective,
@@ -169,7 +170,8 @@ def train_seeds(model: EmbeddingModel, task: Task, inputs,
                 align: AlignmentInputs = AlignmentInputs(),
                 d_prev: int | None = None,
                 init_variables: Variables | None = None,
-                label: str = "sweep") -> SweepResult:
+                label: str = "sweep",
+                log: Callable[[str], None] | None = None) -> SweepResult:
   """Trains one model per key, all seeds in one vmapped program per epoch.
 
   Seed i is initialised from `keys.derive(keys[i], "init")` and its epoch e
@@ -187,14 +189,16 @@ def train_seeds(model: EmbeddingModel, task: Task, inputs,
     d_prev: the previous version's dims when the objective aligns.
     init_variables: start every seed from these model variables (then only
       the transformation's initialisation and the batches differ).
-    label: names the sweep in errors.
+    label: names the sweep in progress lines and errors.
+    log: where progress lines go (default stderr).
 
   Returns:
     The `SweepResult`.
 
   Raises:
     ValueError: no keys.
-    FloatingPointError: a seed's loss is NaN or Inf (named).
+    FloatingPointError: a seed's loss or parameters turn NaN or Inf (the
+      message names the model, i.e. the seed's index).
   """
   keys = list(keys)
   if not keys:
@@ -203,20 +207,21 @@ def train_seeds(model: EmbeddingModel, task: Task, inputs,
   states = init_states(model, inputs, objective,
                        [key_streams.derive(k, "init") for k in keys], d_prev,
                        tx, model_variables=init_variables)
-  history = []
-  for epoch in range(1, epochs + 1):
+
+  def epoch_fn(states, epoch):
     stacked, axes = stack_batches(
         [batches(key_streams.derive(k, "epoch", epoch)) for k in keys])
     states, losses = vmapped_epoch(states, (inputs, align), stacked, loss=loss,
                                    batch_axes=axes)
-    losses = np.asarray(losses)
-    bad = np.flatnonzero(~np.isfinite(losses))
-    if bad.size:
-      raise FloatingPointError(f"{label}: seed {int(bad[0])}'s loss "
-                               f"({losses[bad[0]]}) is not finite at epoch "
-                               f"{epoch}")
-    history.append(losses)
-  return SweepResult(states, np.stack(history))
+    return states, {"loss": losses}
+
+  # No metric: every epoch's losses go into the history, the last states
+  # are kept.
+  last, history = loop.run(epoch_fn, states, Schedule(epochs=epochs),
+                           label=label, evaluate=lambda states: {},
+                           snapshot=lambda states: states, log=log)
+  return SweepResult(last.state, np.asarray([h["loss"] for h in history],
+                                            np.float32))
 
 
 def train_sequential(model: EmbeddingModel, task: Task, inputs,
@@ -235,15 +240,16 @@ def train_sequential(model: EmbeddingModel, task: Task, inputs,
     Per seed, (final state, `[epochs]` losses).
   """
   loss, out = EmbeddingLoss(model, task, objective), []
-  for k in keys:
+  for i, k in enumerate(keys):
     state = training.init_state(model, inputs, objective,
                                 key_streams.derive(k, "init"), d_prev,
                                 tx, model_variables=init_variables)
-    losses = []
-    for epoch in range(1, epochs + 1):
-      state, value = training.train_epoch(
-          state, (inputs, align), batches(key_streams.derive(k, "epoch", epoch)),
-          loss=loss)
-      losses.append(float(value["loss"]))
-    out.append((state, np.asarray(losses)))
+    epoch_fn = lambda state, epoch, k=k: training.train_epoch(
+        state, (inputs, align), batches(key_streams.derive(k, "epoch", epoch)),
+        loss=loss)
+    last, history = loop.run(epoch_fn, state, Schedule(epochs=epochs),
+                             label=f"sequential seed {i}",
+                             evaluate=lambda state: {},
+                             snapshot=lambda state: state, log=lambda _: None)
+    out.append((last.state, np.asarray([h["loss"] for h in history])))
   return out

@@ -158,7 +158,7 @@ def test_consumer_learns_planted_task():
   assert np.mean(chosen) == max(np.mean(v) for v in heads.grid.values())
   np.testing.assert_allclose(chosen, heads.val_auc)
   assert all(l.shape[0] == 2 for l in jax.tree.leaves(heads.variables))
-  assert lines and "best val AUC" in lines[-1]
+  assert lines and "val AUC" in lines[-1]
 
   # The frozen heads reproduce their recorded validation AUC.
   data = consumers.TaskData(consumers.TASKS["binary-edge-rating"], train, val,

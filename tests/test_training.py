@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from bcjax import epoch as epoch_lib
-from bcjax import tasks, training
+from bcjax import loop, tasks, training
 from bcjax.data.sampling import TripleSampler
 from bcjax.data.synthetic import make_synthetic
 from bcjax.experiment import Experiment
@@ -182,7 +182,8 @@ def test_nobc_beats_random_recall(tmp_path):
   assert best > 1.5 * np.mean(random) and best > max(random), (best, random)
 
 
-# train_version's selection logic, with the epoch replaced by a script.
+# The training loop's selection logic (`bcjax.loop.run`), with scripted
+# epochs.
 
 
 def _fake_state(epoch, param=0.0):
@@ -190,17 +191,15 @@ def _fake_state(epoch, param=0.0):
                              frozen={}, model_state={}, opt_state=(), tx=None)
 
 
-def _scripted_train_version(monkeypatch, scores, losses=None, params=None,
-                            **kwargs):
-  """Runs train_version with fake epochs; state.step = epochs run."""
+def _scripted_train_version(scores, losses=None, params=None, **kwargs):
+  """Runs the loop with fake epochs; state.step = epochs run."""
   losses, params = losses or {}, params or {}
 
-  def fake_epoch(state, data, batches, *, loss):
-    epoch = int(state.step) + 1
+  def fake_epoch(state, epoch):
+    assert epoch == int(state.step) + 1
     return (_fake_state(epoch, params.get(epoch, 0.0)),
             {"loss": np.float32(losses.get(epoch, 1.0))})
 
-  monkeypatch.setattr(training, "train_epoch", fake_epoch)
   evaluated = []
 
   def evaluate(state):
@@ -209,18 +208,17 @@ def _scripted_train_version(monkeypatch, scores, losses=None, params=None,
 
   options = dict(epochs=10, eval_every=2, min_select_epoch=4, select="score")
   options.update(kwargs)
-  best, history = training.train_version(
-      None, None, lambda key: None, _fake_state(0), evaluate,
-      jax.random.key(0), training.Schedule(**options), label="fake v3")
+  best, history = loop.run(fake_epoch, _fake_state(0), loop.Schedule(**options),
+                           label="fake v3", evaluate=evaluate)
   return best, history, evaluated
 
 
-def test_train_version_selects_strict_improvement_after_min_epoch(monkeypatch):
+def test_loop_selects_strict_improvement_after_min_epoch():
   # Epoch 2 is the highest but comes before min_select_epoch, epoch 4 the
   # next but it is min_select_epoch itself (strictly after only); epoch 8
   # ties epoch 6 and must not replace it.
   scores = {2: 0.9, 4: 0.8, 6: 0.5, 8: 0.5, 10: 0.4}
-  best, history, evaluated = _scripted_train_version(monkeypatch, scores)
+  best, history, evaluated = _scripted_train_version(scores)
   assert evaluated == [2, 4, 6, 8, 10]
   assert best.epoch == 6
   assert best.score == 0.5
@@ -230,27 +228,27 @@ def test_train_version_selects_strict_improvement_after_min_epoch(monkeypatch):
   assert history[0] == {"epoch": 2, "loss": 1.0, "score": 0.9, "other": 0.5}
 
 
-def test_train_version_lower_is_better_and_last_epoch(monkeypatch):
+def test_loop_lower_is_better_and_last_epoch():
   # 11 epochs with eval every 3: evaluated at 3, 6, 9 and the last, 11.
   scores = {3: 0.1, 6: 0.4, 9: 0.2, 11: 0.2}
   best, _, evaluated = _scripted_train_version(
-      monkeypatch, scores, epochs=11, eval_every=3, min_select_epoch=5,
+      scores, epochs=11, eval_every=3, min_select_epoch=5,
       lower_is_better=True)
   assert evaluated == [3, 6, 9, 11]
   assert best.epoch == 9
   assert int(best.state.step) == 9
 
 
-def test_train_version_without_selectable_epoch_keeps_last(monkeypatch):
+def test_loop_without_selectable_epoch_keeps_last():
   scores = {2: 0.9, 4: 0.1}
-  best, _, _ = _scripted_train_version(monkeypatch, scores, epochs=4,
+  best, _, _ = _scripted_train_version(scores, epochs=4,
                                        min_select_epoch=50)
   assert best.epoch == 4
   assert int(best.state.step) == 4
 
 
-def test_train_version_nan_loss_raises_with_label(monkeypatch):
+def test_loop_nan_loss_raises_with_label():
   scores = {2: 0.1, 4: 0.2, 6: 0.3}
   with pytest.raises(FloatingPointError, match="fake v3"):
-    _scripted_train_version(monkeypatch, scores, losses={4: np.nan},
+    _scripted_train_version(scores, losses={4: np.nan},
                             epochs=6)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bcjax import loop
 from bcjax.backward.maps import LOW_RANK_DIVISOR, BackwardMap, get
 
 FITS = ("lstsq", "procrustes", "lowrank-affine", "residual-mlp")
@@ -102,7 +103,8 @@ def residual_mlp(x, y, key: jax.Array, hidden: int = 128, steps: int = 500,
   part starts at the full-rank least-squares fit and w2 at zero, so training
   starts from the best affine map; then every parameter is trained full
   batch with Adam on the mean squared error for `steps` steps (one jitted
-  scan).
+  scan, one epoch of the training loop `bcjax.loop.run`, whose NaN guard
+  names a diverged fit).
 
   Args:
     x: `[n, d_in]` version k's vectors; y: `[n, d_out]` version k-1's.
@@ -116,6 +118,7 @@ def residual_mlp(x, y, key: jax.Array, hidden: int = 128, steps: int = 500,
 
   Raises:
     ValueError: bad pairs, or hidden or steps below 1.
+    FloatingPointError: the training diverged (NaN or Inf).
   """
   x, y = _check_pairs(x, y)
   if hidden < 1 or steps < 1:
@@ -126,10 +129,16 @@ def residual_mlp(x, y, key: jax.Array, hidden: int = 128, steps: int = 500,
   params = get("residual-mlp").init(key, d_in, d_out, hidden)
   params.update(w=jnp.asarray(affine.params["a"] @ affine.params["b"]),
                 bias=jnp.asarray(affine.params["bias"]))
-  trained = _train_mse(params, jnp.asarray(x, jnp.float32),
-                       jnp.asarray(y, jnp.float32), steps=steps, lr=lr)
-  return BackwardMap("residual-mlp",
-                     {n: np.asarray(p) for n, p in trained.items()})
+  x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+
+  def epoch(params, _):  # The whole full-batch training: one epoch.
+    params = _train_mse(params, x, y, steps=steps, lr=lr)
+    return params, {"loss": _mse(params, x, y)}
+
+  trained, _ = loop.run(epoch, params, loop.Schedule(epochs=1),
+                        label=f"residual-MLP map {d_in}->{d_out}",
+                        params=lambda params: params, log=lambda _: None)
+  return BackwardMap("residual-mlp", dict(trained.state))
 
 
 def fit(name: str, x, y, key: jax.Array) -> BackwardMap:
@@ -157,6 +166,12 @@ def fit(name: str, x, y, key: jax.Array) -> BackwardMap:
   if name == "residual-mlp":
     return residual_mlp(x, y, key)
   raise ValueError(f"unknown backward fit {name!r}; known: {', '.join(FITS)}")
+
+
+@jax.jit
+def _mse(params, x, y) -> jax.Array:
+  """The residual MLP's mean squared error on the pairs."""
+  return jnp.mean((get("residual-mlp").apply(params, x, y.shape[1]) - y) ** 2)
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "lr"))

@@ -2,8 +2,9 @@
 
 A run config is an `ml_collections.ConfigDict` (see `paper.get_config` for
 every field): the training fields at the top level, the consumers' settings
-under `config.consumer` (`consumers.ConsumerConfig`) and the compatibility
-stage's under `config.compat` (`compatibility.CompatConfig`). Presets:
+under `config.consumer` (`ConsumerConfig`) and the compatibility stage's
+under `config.compat` (`CompatConfig`): this package owns every stage's
+settings, and imports none of the stages. Presets:
 
   paper   the paper's values (method §4-§7), meant for an accelerator
   quick   CPU-sized: the whole pipeline on MovieLens-100k on 2 cores
@@ -22,12 +23,65 @@ from typing import NamedTuple, Sequence
 import ml_collections
 
 from bcjax import numbers, strategies
-from bcjax.compatibility import CompatConfig
-from bcjax.consumers import ConsumerConfig
 from bcjax.models import families
+from bcjax.strategies import STRATEGIES
 
 PRESETS = ("paper", "quick", "test")
 MAX_SEED = 2**32 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsumerConfig:
+  """The consumer schedule and hyper-parameter grid (method §7).
+
+  Built from a run config as `ConsumerConfig(**config.consumer)`; the values
+  are checked (and lists made tuples) on construction.
+
+  Raises:
+    ValueError: a non-positive count or learning rate, an empty grid or a
+      dropout rate outside [0, 1), naming the `config.consumer` field.
+  """
+  epochs: int = 300
+  hidden: tuple[int, ...] = (128, 256, 512, 1024)
+  dropout: tuple[float, ...] = (0.0, 0.25, 0.5)
+  seeds: int = 10
+  batch_size: int = 2048
+  lr: float = 1e-3
+
+  def __post_init__(self):
+    field = lambda name, value: object.__setattr__(self, name, value)
+    for name in ("epochs", "seeds", "batch_size"):
+      field(name, numbers.positive_int(f"config.consumer.{name}",
+                                       getattr(self, name)))
+    field("hidden", tuple(numbers.positive_int("config.consumer.hidden", h)
+                          for h in self.hidden))
+    field("dropout", tuple(float(p) for p in self.dropout))
+    field("lr", numbers.positive_float("config.consumer.lr", self.lr))
+    if not self.hidden:
+      raise ValueError("config.consumer.hidden must list positive sizes, got ()")
+    if not self.dropout or not all(0.0 <= p < 1.0 for p in self.dropout):
+      raise ValueError(f"config.consumer.dropout must lie in [0, 1), got "
+                       f"{self.dropout}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompatConfig:
+  """The compatibility stage's settings, `CompatConfig(**config.compat)`
+  (`bcjax.configs.validate` also makes the strategy names canonical).
+
+  Raises:
+    ValueError: a non-positive count, naming the `config.compat` field.
+  """
+  strategies: tuple[str, ...] = tuple(STRATEGIES)
+  epochs: int = 300
+  seeds: int = 10
+
+  def __post_init__(self):
+    field = lambda name, value: object.__setattr__(self, name, value)
+    field("strategies", tuple(self.strategies))
+    for name in ("epochs", "seeds"):
+      field(name, numbers.positive_int(f"config.compat.{name}",
+                                         getattr(self, name)))
 
 
 def get(preset: str) -> ml_collections.ConfigDict:

@@ -36,11 +36,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.recall_batch_users = 256
   config.checkpoint_every = 10   # epochs between checkpoints (0: never)
   config.devices = 1             # devices to train on (0: all; bcjax.sharding)
-  # Consumers of the unintended tasks (method §7): consumers.ConsumerConfig.
+  # Consumers of the unintended tasks (method §7): configs.ConsumerConfig.
   config.consumer = ml_collections.ConfigDict(dict(
       epochs=300, hidden=(128, 256, 512, 1024), dropout=(0.0, 0.25, 0.5),
       seeds=10, batch_size=2048, lr=1e-3))
-  # Beyond the paper: the compatibility matrix (compatibility.CompatConfig):
+  # Beyond the paper: the compatibility matrix (configs.CompatConfig):
   # consumers trained at every version of these strategies, scored at every
   # later one; h and dropout those the main consumers chose on validation.
   config.compat = ml_collections.ConfigDict(dict(
