@@ -14,6 +14,9 @@ The model-agnostic surface (see the README's "Bring your own model")::
   backward, losses                             backward maps and alignment
   metrics, data                                Recall@K, ROC-AUC; datasets
   EmbeddingStore                               the versioned store consumers read
+  reproduce, print_report                      the paper's main job and its
+                                               report (`bcjax.pipeline`,
+                                               imported on first use)
 """
 
 from bcjax import backward, data, keys, losses, metrics
@@ -28,10 +31,22 @@ from bcjax.training import (BC_ALIGNER, Checkpointing, Objective, Result,
 
 __version__ = "0.1.0"
 
+# The main job pulls in the whole experiment (consumers, faiss, plots): it is
+# imported when first asked for, so `import bcjax` stays light.
+_PIPELINE = ("reproduce", "print_report")
+
+
+def __getattr__(name: str):
+  if name in _PIPELINE:
+    from bcjax import pipeline  # pylint: disable=import-outside-toplevel
+    return getattr(pipeline, name)
+  raise AttributeError(f"module 'bcjax' has no attribute {name!r}")
+
+
 __all__ = [
     "BC_ALIGNER", "BPRTask", "Checkpointing", "EmbeddingModel",
     "EmbeddingStore", "FlaxModel", "FunctionalModel", "Lineage", "Objective",
     "Result", "Schedule", "StoreError", "Task", "TripleSampler", "data",
     "embed", "epoch_batches", "fill_from_neighbours", "fit", "keys", "losses",
-    "metrics", "previous_ids", "split_nodes",
+    "metrics", "previous_ids", "print_report", "reproduce", "split_nodes",
 ]

@@ -344,3 +344,19 @@ def test_recall_at_k_plugs_into_evaluate_and_selects_the_epoch():
   direct = bcjax.metrics.recall_at_k(z[:num_users], z[num_users:],
                                      recall_inputs, ks=(10,))
   assert result.metrics["recall@10"] == direct[10] == max(recalls)
+
+
+def test_reproduce_is_importable_from_the_package_without_loading_it_early():
+  """`bcjax.reproduce` is the main job; `import bcjax` alone does not load
+  the experiment behind it (a fresh interpreter tells)."""
+  import subprocess
+  import sys
+  code = ("import sys, bcjax; loaded = 'bcjax.pipeline' in sys.modules; "
+          "from bcjax import pipeline; "
+          "print(loaded, bcjax.reproduce is pipeline.reproduce, "
+          "bcjax.print_report is pipeline.print_report)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, check=True).stdout.split()
+  assert out == ["False", "True", "True"]
+  with pytest.raises(AttributeError, match="no attribute 'reproduse'"):
+    getattr(bcjax, "reproduse")
