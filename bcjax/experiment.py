@@ -26,6 +26,7 @@ from bcjax.backward.chains import apply_chain
 from bcjax.backward.maps import BackwardMap
 from bcjax.data import DynamicGraph
 from bcjax.lineage import Lineage
+from bcjax.models.interface import EmbeddingModel
 from bcjax.progress import to_stderr
 from bcjax.run_data import RunData
 from bcjax.rundir import CHECKPOINT, GRAPH, VARIABLES, RunDir
@@ -81,6 +82,15 @@ class Experiment(RunData):
         {**config.to_dict(), "dataset": graph.name, GRAPH: graph.fingerprint()},
         graph.user_ids, graph.item_ids)
 
+  def size_version(self, k: int, strategy: str) -> int:
+    """The version whose (d, L) version k of `strategy` has: version 0's
+    for strategies that keep it (`Strategy.keeps_first_size`)."""
+    return 0 if get_strategy(strategy).keeps_first_size else k
+
+  def strategy_model(self, k: int, strategy: str) -> EmbeddingModel:
+    """Version k's model as `strategy` trains it (`size_version`)."""
+    return self.model(k, self.size_version(k, strategy))
+
   # Run directory.
 
   def load(self, strategy: str, k: int) -> Artifacts:
@@ -99,7 +109,7 @@ class Experiment(RunData):
       ValueError: variables that do not fit the model, or a metrics.json
         that is not valid JSON (each naming the file).
     """
-    model = self.model(k, strategy)
+    model = self.strategy_model(k, strategy)
     inputs = self.data(k).inputs  # Built outside the trace below.
     template = jax.eval_shape(lambda: model.init(jax.random.key(0), inputs))
     variables = _load_variables(self.run_dir.variables(strategy, k),
@@ -135,7 +145,7 @@ class Experiment(RunData):
       maps = self.run_dir.backward_maps(strategy, k - 1) + [backward]
     arrays.update(bc_users=apply_chain(maps, users, k, 0),
                   bc_items=apply_chain(maps, items, k, 0))
-    size = self._size_version(k, strategy)
+    size = self.size_version(k, strategy)
     self.run_dir.save_version(
         strategy, k, flax.serialization.to_bytes(jax.device_get(variables)),
         arrays, {"strategy": strategy, "version": k,
@@ -199,7 +209,7 @@ class Experiment(RunData):
   def lineage(self, strategy: str, k: int) -> Lineage:
     """Versions 0..k-1 of a strategy as the `Lineage` version k trains
     against: M_{k-1} (its selected variables) and W_1..W_{k-1}."""
-    return Lineage((self.model(k - 1, strategy),
+    return Lineage((self.strategy_model(k - 1, strategy),
                     self.load(strategy, k - 1).variables),
                    self.run_dir.chain(strategy, k - 1))
 
@@ -219,7 +229,7 @@ class Experiment(RunData):
     chain = (tuple(self.run_dir.chain(strategy.name, k - 1))
              if objective.aligns else ())
     late = strategy.selects_late and k > 0
-    layers = self.config.layers[self._size_version(k, strategy.name)]
+    layers = self.config.layers[self.size_version(k, strategy.name)]
     epochs = self.config[strategy.epochs if k else "epochs"]
     # A first line before the first epoch's, which a large graph delays.
     to_stderr(f"[{strategy.name} v{k}] training: {epochs} epochs of "
@@ -229,7 +239,7 @@ class Experiment(RunData):
         epochs=epochs,
         eval_every=eval_every, select=select, lower_is_better=lower_is_better,
         min_select_epoch=self.config.min_select_epoch if late else 0)
-    return fit(self.model(k, strategy.name), self.training_task,
+    return fit(self.strategy_model(k, strategy.name), self.training_task,
                self.data(k).inputs, self.batches(k, layers), self.key(k),
                objective=objective, previous=previous, chain=chain,
                # E_k(M_{k-1}) of every node, as the paper aligns it: a
@@ -244,7 +254,7 @@ class Experiment(RunData):
   def _train_model(self, strategy: Strategy, k: int, init) -> None:
     """Trains M_k (from `init`, or fresh) on version k's intended task,
     selected on Recall@50."""
-    model, inputs = self.model(k, strategy.name), self.data(k).inputs
+    model, inputs = self.strategy_model(k, strategy.name), self.data(k).inputs
     target = (self._alignment_target(strategy.name, k)
               if strategy.objective.aligns else None)
 

@@ -23,7 +23,6 @@ from bcjax.data.neighbours import (NeighbourSampler, SampledTask,
                                    sampled_bpr_chunks)
 from bcjax.models import families
 from bcjax.models.interface import EmbeddingModel
-from bcjax.strategies import get as get_strategy
 from bcjax.tasks import BPRTask, epoch_batches
 from bcjax.training import embed
 
@@ -117,25 +116,18 @@ class RunData:
               batch_users=self.config.recall_batch_users))
     return self._data[k]
 
-  @staticmethod
-  def _size_version(k: int, strategy: str | None) -> int:
-    """The version whose (d, L) version k's model has: version 0's for
-    strategies that keep it (`Strategy.keeps_first_size`)."""
-    if strategy and get_strategy(strategy).keeps_first_size:
-      return 0
-    return k
-
-  def model(self, k: int, strategy: str | None = None) -> EmbeddingModel:
+  def model(self, k: int, size: int | None = None) -> EmbeddingModel:
     """Version k's model of the run's family (`config.model`).
 
     Args:
-      k: the version; its `config.dims[k]` and `config.layers[k]`.
-      strategy: fix-m0 and finetune-m0 keep version 0's (d, L).
+      k: the version.
+      size: the version whose `config.dims` and `config.layers` the model
+        has (default k; a strategy may keep version 0's).
 
     Returns:
       The (untrained) `EmbeddingModel`.
     """
-    size = self._size_version(k, strategy)
+    size = k if size is None else size
     return families.build(self.family, self.config.dims[size],
                           self.config.layers[size], self.vocab_sizes)
 
