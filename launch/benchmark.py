@@ -12,7 +12,9 @@ matmul peak; the BatchNorm and dropout layers against JAX's own forms
 (`layers`); one training epoch and one evaluation pass at paper sizes on
 MovieLens-100k (`--versions`); two pinned worker processes against one
 process (`workers`, quick preset, version 4); each strategy family's extra work per
-version; store reads; the aggregation candidates at multiples of
+version; store reads; a residual-MLP chain of backward maps against its
+one-map collapses (`collapse`: latency, held-out error, frozen-index
+Recall@50); the aggregation candidates at multiples of
 MovieLens-100k; a seed sweep (N seeds vmapped against N sequential runs,
 quick preset); consumer scoring (vmapped against a Python loop over
 (strategy, version, seed), quick-preset shapes); and the full-graph mode's
@@ -46,12 +48,13 @@ import jax
 from absl import flags
 
 from bcjax import benchmarks, io
+from bcjax.benchmarks.collapse import chain_collapse
 from bcjax.data import load_dataset
 from launch import common
 from bcjax.configs import paper, quick
 
 SECTIONS = ("matmul", "layers", "versions", "overheads", "workers", "store",
-            "legacy_index",
+            "legacy_index", "collapse",
             "aggregation", "sweep", "consumer_eval", "scaling")
 # Computed from the measured sections (versions and overheads), not timed.
 PROJECTION = "projection"
@@ -103,6 +106,10 @@ class Suite:
   matmul_sizes: tuple[int, ...] = (1024, 2048, 3072)
   store_dims: tuple[int, ...] = (256, 320, 384, 448, 512)
   store_rows: tuple[int, int] = (943, 1682)
+  # The collapse section: per-query budget (us) and each residual MLP's
+  # Adam steps (its chain over `store_dims`).
+  collapse_budget_us: float = 10.0
+  collapse_steps: int = 500
   consumer_tasks: tuple[str, ...] | None = None  # None: all
   consumer_strategies: int | None = None          # None: all
   sweep_seeds: int = 4
@@ -126,7 +133,7 @@ SUITES = {
     # (320-d, 2 layers) instead of 4; no dense or segment aggregation at
     # 10x; scaling to 10^6 interactions.
     "quick": Suite("quick", repeats=3, overhead_version=1,
-                   agg_max_bytes=1e9),
+                   agg_max_bytes=1e9, collapse_steps=200),
     "full": Suite("full", repeats=5, train_repeats=3, overhead_repeats=3,
                   agg_scales=(1, 10, 100), sweep_seeds=8,
                   full_scaling_sizes=(10**5, 3 * 10**5, 10**6, 3 * 10**6,
@@ -221,6 +228,12 @@ def run_suite(suite: Suite, graph, sections=None, layout: str = "",
     section("legacy_index", "serving through a frozen version-0 HNSW index")
     result["legacy_index"] = benchmarks.legacy_index(
         suite.store_dims, *suite.store_rows, repeats=max(5, suite.repeats))
+  if "collapse" in sections:
+    section("collapse", f"a {len(suite.store_dims) - 1}-hop residual-MLP chain "
+            f"against its collapses, budget {suite.collapse_budget_us:g} us")
+    result["collapse"] = chain_collapse(
+        graph, suite.store_dims, suite.collapse_budget_us,
+        steps=suite.collapse_steps, repeats=max(9, suite.repeats))
   if "aggregation" in sections:
     section("aggregation", f"candidates at {suite.agg_scales}x")
     result["aggregation"] = benchmarks.aggregation_candidates(

@@ -110,6 +110,8 @@ def record_table(result: dict) -> str:
               f"{rate('qps_mlp')}; mapping per query: linear "
               f"{rate('map_linear_us', 1)} us, MLP {rate('map_mlp_us', 1)} us;"
               f" insertion {rate('insert_items_per_s')} items/s"]
+  if "collapse" in result:
+    lines += ["", *collapse_table(result["collapse"])]
   if "aggregation" in result:
     lines += ["", "| aggregation | scale | edges | fwd ms | fwd+bwd ms |",
               "|---|---|---|---|---|"]
@@ -147,3 +149,40 @@ def record_table(result: dict) -> str:
                           for name, t in p["by_strategy"].items())
               + f"); not included: {p['excluded']}"]
   return "\n".join(lines)
+
+
+def collapse_table(co: dict) -> list[str]:
+  """The collapse section (`bcjax.benchmarks.collapse`) as Markdown lines."""
+  chain = co["options"]["chain"]
+  lines = [f"backward chain {len(co['dims']) - 1} -> 0 (residual MLPs, "
+           f"dims {co['dims']}, {co['steps']} Adam steps, hidden "
+           f"{co['hidden']}; rank-d SVD tables of the versions, "
+           f"{co['held_out_nodes']} held-out nodes) against its collapses, "
+           f"distilled on {co['distil_rows'][0]} version-{len(co['dims']) - 1}"
+           f" rows, errors on {co['distil_rows'][1]} others; us per query "
+           f"over {co['users']} queries; frozen version-0 index Recall@"
+           f"{co['k']} of {co['evaluated_users']} users (the version's own "
+           f"exact index: {co['ceiling_recall']:.4f}):",
+           "| option | maps | rel. error | cosine | us/query | chain / "
+           f"option | R@{co['k']} exact | R@{co['k']} HNSW | vs chain "
+           f"(points) | top-{co['k']} overlap, all / {co['held_out_users']} "
+           "held-out users | target |", "|---" * 11 + "|"]
+  for name, o in co["options"].items():
+    delta = 100 * (o["recall"]["exact"] - chain["recall"]["exact"])
+    lines.append(
+        f"| {name} | {o['maps']} | {o['relative']:.4f} | {o['cosine']:.4f} "
+        f"| {o['us']:.2f} [{_range(o['us_spread'])}] | {o['speedup']:.1f}x | "
+        f"{o['recall']['exact']:.4f} | {o['recall']['hnsw']:.4f} | "
+        f"{delta:+.2f} | {o['overlap']:.3f} / {o['overlap_held_out']:.3f} | "
+        f"{'met' if o['meets_target'] else '-'} |")
+  lines += ["", f"error growth, chain against a direct affine map, on the "
+            "held-out nodes:", "| to version | hops | chain rel. error | "
+            "direct rel. error | chain cosine | direct cosine |",
+            "|---" * 6 + "|"]
+  lines += [f"| {h['to_version']} | {h['hops']} | {h['chain_relative']:.4f} |"
+            f" {h['direct_relative']:.4f} | {h['chain_cosine']:.4f} | "
+            f"{h['direct_cosine']:.4f} |" for h in co["hops"]]
+  lines += ["", f"budget {co['budget_us']:g} us per query (target: within "
+            f"it and R@{co['k']} at most 1 point below the chain's):"]
+  lines += [f"- by {by}: {c['reason']}" for by, c in co["choices"].items()]
+  return lines
