@@ -29,7 +29,7 @@ seeds and repeats. `--suite=accelerator` is for a GPU or TPU: the paper-size
 epoch and evaluation of every version, each objective's epoch, the seed
 sweep and the consumer scoring at paper sizes, and from them the projected
 wall time of `launch.reproduce --config=launch/configs/paper.py`
-(`bcjax.benchmarks.paper_wall_time`); it runs on any backend (on a CPU it
+(`bcjax.benchmarks.projection.paper_wall_time`); it runs on any backend (on a CPU it
 takes hours; the suite's test runs it at reduced size).
 """
 
@@ -47,7 +47,9 @@ from typing import Callable
 import jax
 from absl import flags
 
-from bcjax import benchmarks, io
+from bcjax import io
+from bcjax.benchmarks import measure, projection, scaling, serving, table
+from bcjax.benchmarks import training as training_bench
 from bcjax.benchmarks.collapse import chain_collapse
 from bcjax.data import load_dataset
 from launch import common
@@ -176,25 +178,25 @@ def run_suite(suite: Suite, graph, sections=None, layout: str = "",
 
   if "matmul" in sections:
     section("matmul", f"dense n x n x n peak, n in {suite.matmul_sizes}")
-    peak = benchmarks.matmul_peak_detail(suite.matmul_sizes, suite.repeats)
+    peak = measure.matmul_peak_detail(suite.matmul_sizes, suite.repeats)
     result["matmul_peak_gflops"] = peak["gflops"]
     result["matmul_peak_spread_gflops"] = peak["gflops_spread"]
     result["matmul_peak_n"] = peak["n"]
   if "layers" in sections:
     section("layers", "BatchNorm (hand VJP vs JAX's) and dropout masks "
             "(16-bit vs bernoulli)")
-    result["layers"] = benchmarks.layer_kernels(repeats=max(30, suite.repeats))
+    result["layers"] = training_bench.layer_kernels(repeats=max(30, suite.repeats))
   with tempfile.TemporaryDirectory() as workdir:
     if "versions" in sections:
       result["versions"] = {}
       for k in suite.versions:
         section("versions", f"paper-size epoch and evaluation of version {k}")
-        result["versions"][str(k)] = benchmarks.training_epoch(
+        result["versions"][str(k)] = training_bench.training_epoch(
             graph, config, workdir, k, repeats=suite.train_repeats)
     if "overheads" in sections:
       section("overheads", f"strategy extra work at version "
               f"{suite.overhead_version}")
-      result["strategy_overheads"] = benchmarks.strategy_overheads(
+      result["strategy_overheads"] = training_bench.strategy_overheads(
           graph, config, f"{workdir}/overheads", suite.overhead_version,
           repeats=suite.overhead_repeats)
     if "workers" in sections:
@@ -202,31 +204,31 @@ def run_suite(suite: Suite, graph, sections=None, layout: str = "",
               f"one, {sweep_config.preset} preset version "
               f"{suite.workers_version}")
       result["workers"] = {"preset": sweep_config.preset,
-                           **benchmarks.worker_throughput(
+                           **training_bench.worker_throughput(
                                graph, sweep_config, f"{workdir}/workers",
                                suite.workers_version,
                                repeats=suite.repeats)}
     if "sweep" in sections:
       section("sweep", f"{suite.sweep_seeds} seeds vmapped vs sequential, "
               f"version {suite.sweep_version}, {sweep_config.preset} preset")
-      result["sweep"] = {"preset": sweep_config.preset, **benchmarks.seed_sweep(
+      result["sweep"] = {"preset": sweep_config.preset, **training_bench.seed_sweep(
           graph, sweep_config, f"{workdir}/sweep", suite.sweep_version,
           num_seeds=suite.sweep_seeds, repeats=suite.repeats)}
   if "consumer_eval" in sections:
     section("consumer_eval", "vmapped scoring vs a loop over (strategy, "
             "version, seed)")
     result["consumer_eval"] = {"preset": sweep_config.preset,
-                               **benchmarks.consumer_eval(
+                               **serving.consumer_eval(
                                    graph, sweep_config, repeats=suite.repeats,
                                    num_strategies=suite.consumer_strategies,
                                    tasks=suite.consumer_tasks)}
   if "store" in sections:
     section("store", "reading version 0 from the last version")
-    result["store"] = benchmarks.store_read(
+    result["store"] = serving.store_read(
         suite.store_dims, *suite.store_rows, repeats=max(5, suite.repeats))
   if "legacy_index" in sections:
     section("legacy_index", "serving through a frozen version-0 HNSW index")
-    result["legacy_index"] = benchmarks.legacy_index(
+    result["legacy_index"] = serving.legacy_index(
         suite.store_dims, *suite.store_rows, repeats=max(5, suite.repeats))
   if "collapse" in sections:
     section("collapse", f"a {len(suite.store_dims) - 1}-hop residual-MLP chain "
@@ -236,7 +238,7 @@ def run_suite(suite: Suite, graph, sections=None, layout: str = "",
         steps=suite.collapse_steps, repeats=max(9, suite.repeats))
   if "aggregation" in sections:
     section("aggregation", f"candidates at {suite.agg_scales}x")
-    result["aggregation"] = benchmarks.aggregation_candidates(
+    result["aggregation"] = training_bench.aggregation_candidates(
         graph.user, graph.item, scales=suite.agg_scales, dim=suite.agg_dim,
         repeats=suite.repeats, max_bytes=suite.agg_max_bytes)
   if "scaling" in sections:
@@ -245,7 +247,7 @@ def run_suite(suite: Suite, graph, sections=None, layout: str = "",
                         ("full", suite.full_scaling_sizes)):
       section("scaling", f"{mode} epoch on synthetic graphs of "
               f"{', '.join(f'{n:,}' for n in sizes)} interactions")
-      result["scaling"] += benchmarks.scaling(
+      result["scaling"] += scaling.scaling(
           sizes, timeout_s=suite.scaling_timeout_s, log=log,
           dim=suite.scaling_dim, layers=suite.scaling_layers,
           max_steps=suite.scaling_max_steps, repeats=suite.scaling_repeats,
@@ -253,7 +255,7 @@ def run_suite(suite: Suite, graph, sections=None, layout: str = "",
   if PROJECTION in sections:
     section(PROJECTION, f"wall time of the {config.preset} preset")
     result["projection"] = {"preset": config.preset,
-                            **benchmarks.paper_wall_time(
+                            **projection.paper_wall_time(
                                 config, result["versions"],
                                 result["strategy_overheads"])}
   result["load_average_end"] = list(os.getloadavg())
@@ -305,7 +307,7 @@ def main(argv):
                        layout=FLAGS.layout)
   except ValueError as error:  # A projection without every version.
     common.fail(error)
-  text = benchmarks.record_table(result)
+  text = table.record_table(result)
   io.make_dir(out.parent)
   io.save_json(out, result)
   io.save_bytes(out.with_suffix(".md"), (text + "\n").encode())

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from bcjax import benchmarks, io
+from bcjax import io
+from bcjax.benchmarks import projection, scaling, table
 from bcjax.data.synthetic import make_synthetic
 from launch import benchmark
 from bcjax.configs import test as test_config
@@ -129,7 +130,7 @@ def test_store_and_scaling(record):
 
 
 def test_table_shows_every_section(record):
-  text = benchmarks.record_table(record[0])
+  text = table.record_table(record[0])
   for needle in ("dense matmul peak", "| version |", "extra work",
                  "seed sweep", "consumer scoring", "store,",
                  "frozen version-0 HNSW index", "| aggregation",
@@ -139,9 +140,8 @@ def test_table_shows_every_section(record):
 
 
 def test_scaling_skips_sizes_beyond_memory():
-  from bcjax import benchmarks
   lines = []
-  rows = benchmarks.scaling([2000, 10**9], memory_limit_gb=1e-3,
+  rows = scaling.scaling([2000, 10**9], memory_limit_gb=1e-3,
                             log=lines.append, dim=8, layers=1, max_steps=1,
                             repeats=1)
   assert rows[0]["epoch_s"] > 0
@@ -154,7 +154,7 @@ def test_accelerator_suite_projects_the_paper_preset_at_reduced_size():
   on a CPU): the projection adds up every training `reproduce` runs."""
   import dataclasses
   import math
-  from bcjax import benchmarks, strategies
+  from bcjax import strategies
   from bcjax.configs import paper
   accelerator = benchmark.SUITES["accelerator"]
   assert {"versions", "overheads", "sweep", "consumer_eval",
@@ -183,8 +183,8 @@ def test_accelerator_suite_projects_the_paper_preset_at_reduced_size():
              + evaluations * versions[k]["eval_s"] + versions[k]["compile_s"]
              for k in ("1", "2"))
   assert np.isclose(p["by_strategy"]["nobc"], nobc)
-  assert "projected wall time of the test preset" in benchmarks.record_table(result)
+  assert "projected wall time of the test preset" in table.record_table(result)
   with pytest.raises(ValueError, match=r"no epoch figures for versions \[1\]"):
-    benchmarks.paper_wall_time(config, {"0": versions["0"],
+    projection.paper_wall_time(config, {"0": versions["0"],
                                         "2": versions["2"]},
                                result["strategy_overheads"])
