@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from bcjax import keys, memory, metrics
+from bcjax import configs, keys, memory, metrics
 from bcjax.data import (DynamicGraph, TripleSampler, VersionSplit, make_splits,
                         numpy_rng)
 from bcjax.data.neighbours import (NeighbourSampler, SampledTask,
@@ -42,23 +42,24 @@ class RunData:
   Args:
     graph: the dataset's canonical graph.
     config: the run config (`bcjax.configs`; fields `times`, `dims`,
-      `layers`, `batch_size`, `seed`, `model`, `fanout`, ...).
+      `layers`, `batch_size`, `seed`, `model`, `fanout`, ...); the run keeps
+      it resolved and frozen (`configs.resolve`: the caller's is untouched).
 
   Raises:
-    ValueError: `dims` or `layers` do not have one entry per version, an
-      unknown model family, or a training that would need more memory than
-      there is (`bcjax.memory`: the estimate in the message).
+    ValueError: a bad config field (`configs.validate`: `dims` or `layers`
+      without one entry per version, an unknown model family, ...), or a
+      training that would need more memory than there is (`bcjax.memory`:
+      the estimate in the message).
     DataError: bad `config.times`, or a version without validation
       interactions.
   """
 
   def __init__(self, graph: DynamicGraph, config):
-    self.graph, self.config = graph, config
     # Every version needs validation interactions: fail before any work.
     self.splits = make_splits(graph, config.times, require_validation=True)
-    if len(config.dims) != len(self.splits) or len(config.layers) != len(self.splits):
-      raise ValueError(f"config: {len(self.splits)} versions but dims "
-                       f"{tuple(config.dims)} and layers {tuple(config.layers)}")
+    # Read-only from here on: what every stage of the run reads.
+    self.graph, self.config = graph, configs.resolve(config)
+    config = self.config
     self.vocab_sizes = tuple(a.num_values for a in graph.attributes.values())
     self.budget = families.Budget.covering(self.splits)
     self.num_users_pad = self.budget.num_users_pad
@@ -72,10 +73,10 @@ class RunData:
         f"training {num_nodes} nodes with config.batch_size="
         f"{config.batch_size} and config.dims={tuple(config.dims)}")
     self.root_key = keys.root(config.seed)
-    self.family = families.check(config.get("model", "pinsage"))
+    self.family = families.check(config.model)
     self.task = BPRTask(reg=config.weight_decay)
     # The task training reads: with neighbour sampling, over sampled trees.
-    self.training_task = (SampledTask(self.task) if config.get("fanout", 0)
+    self.training_task = (SampledTask(self.task) if config.fanout
                           else self.task)
     self._data: dict[int, VersionData] = {}
     self._neighbours: dict[int, NeighbourSampler] = {}
@@ -159,7 +160,7 @@ class RunData:
       `config.chunk_batches` batches with their neighbourhood trees.
     """
     sampler, config = self.data(k).sampler, self.config
-    fanout = int(config.get("fanout", 0))
+    fanout = int(config.fanout)
     if not fanout:
       return lambda key: epoch_batches(sampler, keys.derive(key, "triples"),
                                        config.batch_size, self.num_users_pad,

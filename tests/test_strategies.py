@@ -262,7 +262,7 @@ def test_resuming_with_other_training_settings_is_refused(run):
   """A run directory keeps its training settings; other ones are an error."""
   graph = make_synthetic(3000, seed=0)
   Experiment(graph, run.config, run.workdir)  # Same settings: fine.
-  changed = run.config.copy_and_resolve_references()
+  changed = run.config.as_configdict()  # The run's own is frozen.
   changed.lam = run.config.lam * 2
   with pytest.raises(ValueError, match="lam"):
     Experiment(graph, changed, run.workdir)

@@ -160,6 +160,22 @@ def validate(config: ml_collections.ConfigDict) -> Settings:
                   ConsumerConfig(**config.consumer), compat, seeds, workers)
 
 
+def resolve(config: ml_collections.ConfigDict
+            ) -> ml_collections.FrozenConfigDict:
+  """The run config every stage reads: validated (`validate`), every field
+  the paper preset has filled in where `config` lacks it, and frozen, so
+  that no stage can change it under another (the caller's config is not
+  touched).
+
+  Raises:
+    ValueError: as `validate`.
+  """
+  full = get("paper")
+  full.update(config)
+  validate(full)
+  return ml_collections.FrozenConfigDict(full)
+
+
 def _versions(versions, num_versions: int) -> list[int]:
   if versions == "all":
     return list(range(num_versions))
