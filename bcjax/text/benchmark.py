@@ -220,8 +220,10 @@ def run_seed(corpus: TextCorpus, features: Mapping[str, np.ndarray],
     corpus: the texts (their versions, movies and kinds).
     features: encoder name -> `[n, d]` cached embeddings, for `ORDER`.
     seed: the run key's seed: the split (`split`), the adapters
-      (`enc-<fit>`, `heads-lstsq`) and the heads (`heads-nobc`,
-      `heads-bc-aligner`) draw from named streams under it.
+      (`enc-<fit>`, `heads-lstsq`) and the heads (`heads`: both head
+      lineages share version k's keys, so they train the same v0 head, as
+      the main job's strategies share version 0) draw from named streams
+      under it.
     epochs: the heads' epochs per version.
     log: one line per strategy done.
 
@@ -253,7 +255,7 @@ def run_seed(corpus: TextCorpus, features: Mapping[str, np.ndarray],
   for name, compatible in (("heads-nobc", False), ("heads-bc-aligner", True)):
     tables, matrices = heads.train_lineage(
         dict(zip(ORDER, raw)), ORDER, HEAD_DIMS, train_rows, corpus.movie,
-        keys.derive(root, name), compatible, epochs)
+        keys.derive(root, "heads"), compatible, epochs)
     if compatible:
       add(name, tables, [BackwardMap.from_matrix(w) for w in matrices[1:]])
       add("heads-fix-v0", [tables[0]] * len(raw),

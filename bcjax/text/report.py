@@ -28,7 +28,9 @@ COLUMNS = {
     "consumer_pct": ("consumer AUC vs v0 %", 2),
     "alignment": ("alignment error", 3),
 }
-REFERENCE = "enc-lstsq"  # The paired table's reference.
+# The paired table's reference in each family: least squares post hoc.
+REFERENCES = {"encoders": "enc-lstsq", "heads": "heads-lstsq"}
+PAIRED = ("frozen", "v0_index_pct", "consumer_pct", "alignment")
 PLOTS = ("frozen_pct.png", "frozen_by_version.png",
          "consumer_vs_alignment.png")
 
@@ -52,17 +54,18 @@ def per_seed_figures(seeds: Sequence[Mapping]) -> dict[str, list[dict]]:
 
 def summarize(seeds: Sequence[Mapping]) -> dict:
   """`{"intervals": strategy -> figure -> interval, "paired": strategy ->
-  figure -> paired interval (strategy minus REFERENCE)}`."""
+  figure -> paired interval (strategy minus its family's `REFERENCES`)}`."""
   figures = per_seed_figures(seeds)
   summary = {"intervals": {s: intervals.by_figure(rows, list(COLUMNS))
                            for s, rows in figures.items()},
              "paired": {}}
-  reference = figures[REFERENCE]
   for s, rows in figures.items():
-    if s != REFERENCE:
+    reference = REFERENCES[STRATEGIES[s][0]]
+    if s != reference:
       summary["paired"][s] = {
-          f: intervals.paired([r[f] for r in rows], [r[f] for r in reference])
-          for f in ("frozen", "v0_index_pct", "consumer_pct", "alignment")}
+          f: intervals.paired([r[f] for r in rows],
+                              [r[f] for r in figures[reference]])
+          for f in PAIRED}
   return summary
 
 
@@ -86,15 +89,13 @@ def interval_table(summary: Mapping) -> str:
 
 
 def paired_table(summary: Mapping) -> str:
-  """Each strategy minus Post-hoc-Lstsq: mean [low, high], starred where
-  the interval excludes zero."""
-  names = ("frozen", "v0_index_pct", "consumer_pct", "alignment")
-  lines = [f"| minus {STRATEGIES[REFERENCE][1]} | "
-           + " | ".join(COLUMNS[f][0] for f in names) + " |",
-           "|---|" + "---:|" * len(names)]
+  """Each strategy minus its family's least squares: mean [low, high],
+  starred where the interval excludes zero."""
+  lines = ["| strategy | minus | " + " | ".join(COLUMNS[f][0] for f in PAIRED)
+           + " |", "|---|---|" + "---:|" * len(PAIRED)]
   for s, found in summary["paired"].items():
     cells = []
-    for f in names:
+    for f in PAIRED:
       d, digits = found[f], COLUMNS[f][1]
       if d["mean"] is None or d["low"] is None:
         cells.append(fmt(d["mean"], digits))
@@ -102,7 +103,9 @@ def paired_table(summary: Mapping) -> str:
       star = " *" if d["excludes_zero"] else ""
       cells.append(f"{fmt(d['mean'], digits)} [{fmt(d['low'], digits)}, "
                    f"{fmt(d['high'], digits)}]{star}")
-    lines.append(f"| {STRATEGIES[s][1]} | " + " | ".join(cells) + " |")
+    reference = STRATEGIES[REFERENCES[STRATEGIES[s][0]]][1]
+    lines.append(f"| {STRATEGIES[s][1]} | {reference} | " + " | ".join(cells)
+                 + " |")
   return "\n".join(lines)
 
 
@@ -134,13 +137,16 @@ def plot(seeds: Sequence[Mapping], summary: Mapping,
   plots.save_figure(fig, paths[0])
   plt.close(fig)
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  for s, label in zip(names, labels):
+  colours = plt.get_cmap("tab20").colors
+  for i, (s, label) in enumerate(zip(names, labels)):
     curve = np.mean([seed[s]["frozen_by_version"] for seed in seeds], axis=0)
-    ax.plot(range(len(curve)), curve, marker="o", label=label)
+    ax.plot(range(len(curve)), curve, marker="o", label=label,
+            color=colours[i % len(colours)],
+            linestyle="--" if STRATEGIES[s][0] == "heads" else "-")
   ax.set_xlabel("version")
   ax.set_ylabel("frozen-index Recall@10 (mean over seeds)")
   ax.set_xticks(range(len(curve)))
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
   plots.save_figure(fig, paths[1])
   plt.close(fig)
   fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -148,10 +154,11 @@ def plot(seeds: Sequence[Mapping], summary: Mapping,
     x = summary["intervals"][s]["alignment"]["mean"]
     y = summary["intervals"][s]["consumer_pct"]["mean"]
     if x is not None and y is not None:
-      ax.scatter([x], [y], label=label)
+      ax.scatter([x], [y], label=label,
+                 marker="s" if STRATEGIES[s][0] == "heads" else "o")
   ax.set_xlabel("alignment error (mean L2 to v0's vector)")
   ax.set_ylabel("consumer ROC-AUC vs v0 (%)")
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
   plots.save_figure(fig, paths[2])
   plt.close(fig)
   return paths
@@ -160,8 +167,8 @@ def plot(seeds: Sequence[Mapping], summary: Mapping,
 def render(summary: Mapping, header: str) -> str:
   """The report's Markdown: a header, the interval and paired tables."""
   return (f"{header}\n\n{interval_table(summary)}\n\nPaired over seeds "
-          f"(strategy minus {STRATEGIES[REFERENCE][1]}; * the 95% interval "
-          f"excludes zero):\n\n{paired_table(summary)}\n")
+          "(each strategy minus its family's least squares; * the 95% "
+          f"interval excludes zero):\n\n{paired_table(summary)}\n")
 
 
 def write(out_dir: str | os.PathLike, seeds: Sequence[Mapping],
