@@ -103,8 +103,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def recall_at_k(docs: np.ndarray, doc_vectors: np.ndarray,
                 queries: np.ndarray, query_vectors: np.ndarray,
                 group: np.ndarray, k: int = K) -> float:
-  """Mean over queries of |top k ∩ same group| / min(k, |same group|),
-  cosine similarity through a faiss exact index."""
+  """Mean over queries of (same-group documents in the top k) / min(k,
+  same-group documents), cosine similarity through a faiss exact index."""
   index = retrieval.build_index(_unit(doc_vectors), "exact")
   _, found = retrieval.search(index, _unit(query_vectors), min(k, len(docs)))
   hits = group[docs][found] == group[queries][:, None]
