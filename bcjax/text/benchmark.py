@@ -46,12 +46,8 @@ from bcjax.data.sampling import numpy_rng
 from bcjax.data.text import KINDS, TextCorpus
 from bcjax.text import heads
 
-try:  # The backward maps' package, or the module it replaces.
-  from bcjax.backward import BackwardMap, apply_chain
-  from bcjax.backward import fits as backward_fits
-except ImportError:
-  from bcjax import adapters as backward_fits
-  from bcjax.adapters import BackwardMap, apply_chain
+from bcjax.backward import BackwardMap, apply_chain
+from bcjax.backward import fits as backward_fits
 
 ORDER = ("minilm-l3", "minilm-l6", "mpnet")  # Same width, then wider.
 HEAD_DIMS = (128, 128, 256)
