@@ -174,8 +174,9 @@ class Experiment(RunData):
     """Trains the given versions (default all) of a strategy, skipping those
     whose artifacts are complete.
 
-    Earlier versions, and the base strategy of a post-hoc one, are trained
-    first when missing.
+    Earlier versions, version 0 (nobc's) and the base strategy of a
+    post-hoc one are trained first when missing: the main job's stages for
+    them (`bcjax.stages`), run in this process.
 
     Args:
       strategy: the strategy's name (`bcjax.strategies`).
@@ -185,22 +186,22 @@ class Experiment(RunData):
       ValueError: an unknown strategy.
       FloatingPointError: a training diverges (see `training.fit`).
     """
+    from bcjax import stages, workers  # bcjax.stages imports this module.
     versions = range(self.num_versions) if versions is None else versions
-    for k in versions:
-      if not self.run_dir.complete(strategy, k):
-        self._run_version(get_strategy(strategy), k)
+    count = max(versions, default=-1) + 1
+    plan = stages.strategy_stages(stages.SeedRun.of(self), [strategy], count)
+    if count:
+      workers.run_serial(plan, self.graph, cache=stages.cache_of([self]))
 
-  def _run_version(self, strategy: Strategy, k: int) -> None:
-    for j in range(k):  # Earlier versions are inputs of this one.
-      if not self.run_dir.complete(strategy.name, j):
-        self._run_version(strategy, j)
-    if strategy.base and not self.run_dir.complete(strategy.base, k):
-      self.run(strategy.base, range(k + 1))
+  def run_version(self, strategy: str, k: int) -> None:
+    """Trains version k of a strategy, whose inputs are complete: its
+    earlier versions, version 0 of nobc and, for a post-hoc strategy, the
+    base strategy's versions 0..k (`bcjax.stages` orders them)."""
+    strategy = get_strategy(strategy)
     if k > 0:
       return _KINDS[strategy.model](self, strategy, k)
     if strategy.name == NOBC:
       return self._train_model(strategy, 0, init=None)
-    self.run(NOBC, [0])
     # Copied whole, then renamed: a crash never leaves a partial v0.
     io.build_dir(self.run_dir.version_dir(strategy.name, 0),
                  lambda staging: shutil.copytree(

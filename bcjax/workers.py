@@ -1,26 +1,16 @@
-"""The training stages of several seeds, run by worker processes, one CPU set
-each.
+"""Runs a plan of stages: in this process, or on worker processes pinned to
+their own CPUs.
 
-On a small CPU one training process leaves part of the machine idle: the
-CSR aggregation product runs on one thread, and the many small operations
-of a step pay a cross-thread handoff. Two processes pinned to one core each
-trained 1.33x the epochs per second of one process on both cores (quick
-preset, version 4, 2-core Xeon; `launch.benchmark --sections=workers`). So
-`train_parallel` runs the jobs of a multi-seed run (every strategy of every
-seed, each seed's consumers and compatibility matrices) on `workers`
-processes, each pinned to its own share of the CPUs, in an order that
-respects what each job reads:
-
-  version 0 of nobc      before every other job of its seed
-  a post-hoc strategy    after its base strategy (nobc)
-  the consumers          after fix-m0
-  the compatibility      after the consumers and its strategies
-
-A job is the library's own resumable call (`Experiment.run`,
-`consumers.train_consumers`, `compatibility.run_compatibility`), which
-writes its artifacts atomically; the pipeline then runs as in one process
-and finds them complete. Processes are started with "spawn" (JAX is not
-fork-safe) and get the graph once, at start.
+A `Stage` is a unit of work with an id, the ids of the stages whose
+artifacts it reads (`after`) and a module-level function to call with its
+arguments, so that it travels to another process. `run_serial` runs a plan
+in this process, each stage once its `after` are done, in the plan's order
+otherwise; `run_parallel` runs it on worker processes (`pinned_processes`:
+spawned, each pinned to its own share of the CPUs, which on a small CPU
+trains more epochs per second than one process on every CPU; docs/records.md
+has the figures), starting first, among the stages that are ready, the one
+that the most stages wait on (ties in plan order). Neither knows what a
+stage does: `bcjax.stages` writes the main job's plan.
 """
 
 from __future__ import annotations
@@ -33,108 +23,165 @@ import os
 import sys
 import time
 import types
-from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
-import ml_collections
-
-from bcjax import compatibility, configs, consumers, strategies
 from bcjax.data import DynamicGraph
-from bcjax.experiment import NOBC, Experiment
 
-# Seconds per seed of the quick preset on the 2-core Xeon, rounded: they
-# order the jobs that are ready (`_critical_paths`); only the order matters.
-_COST = {"scratch": 120, "finetune": 20, "posthoc": 20, "consumers": 70,
-         "compatibility": 40, "fixed": 1, "closed": 1, "version0": 10}
+
+class Context(NamedTuple):
+  """What every stage's function gets first: the graph, and a dict that the
+  stages of one execution share in one process (a cache)."""
+  graph: DynamicGraph
+  cache: dict
 
 
 @dataclasses.dataclass(frozen=True)
-class Job:
-  """One unit of work: `kind` ("version0", "strategy", "consumers" or
-  "compatibility") of `name` (a strategy, or "") for the seed whose config
-  and run directory are `config` and `root`, once the jobs whose ids are
-  `after` are done."""
-  seed: int
-  kind: str
-  name: str
-  config: dict
-  root: str
-  after: tuple[tuple[int, str, str], ...] = ()
+class Stage:
+  """One unit of work of a plan.
 
-  @property
-  def id(self) -> tuple[int, str, str]:
-    return (self.seed, self.kind, self.name)
+  Attributes:
+    id: unique in its plan.
+    after: the ids of the stages it reads, which run before it.
+    fn: a module-level function (it is pickled by name), called as
+      `fn(context, *args)` with a `Context`; what it returns is the stage's
+      result.
+    args: picklable arguments.
+    label: the line logged when it starts (in this process).
+    local: run in the calling process (its result stays there, and its
+      figures do not depend on a worker's share of the CPUs).
+  """
+  id: str
+  after: tuple[str, ...]
+  fn: Callable[..., Any]
+  args: tuple = ()
+  label: str = ""
+  local: bool = False
 
-  @property
-  def cost(self) -> float:
-    if self.kind == "strategy":
-      return _COST[strategies.get(self.name).model]
-    return _COST[self.kind]
-
-
-def seed_jobs(config: ml_collections.ConfigDict, root: str | os.PathLike,
-              names: Sequence[str]) -> list[Job]:
-  """The jobs of one seed (`config.seed`) in run directory `root`."""
-  seed, record, root = int(config.seed), config.to_dict(), str(root)
-  settings = configs.validate(config)
-  job = lambda kind, name="", after=(): Job(seed, kind, name, record, root,
-                                            tuple(after))
-  v0 = (seed, "version0", "")
-  jobs = [job("version0")]
-  for name in names:
-    base = strategies.get(name).base
-    jobs.append(job("strategy", name,
-                    [v0] + ([(seed, "strategy", base)] if base else [])))
-  if consumers.REFERENCE in names:
-    jobs.append(job("consumers", after=[(seed, "strategy",
-                                         consumers.REFERENCE)]))
-    compat = settings.compat_strategies(names)
-    if compat:
-      jobs.append(job("compatibility", after=[(seed, "consumers", "")] + [
-          (seed, "strategy", s) for s in compat]))
-  return jobs
+  def run(self, context: Context) -> Any:
+    return self.fn(context, *self.args)
 
 
-def train_parallel(graph: DynamicGraph, jobs: Sequence[Job], workers: int,
-                   log: Callable[[str], None]) -> None:
-  """Runs `jobs` on `workers` processes, each job once its `after` are done.
+def waiting(plan: Sequence[Stage]) -> dict[str, int]:
+  """Stage id -> how many stages wait on it, directly or not: the order of
+  `run_parallel`, which starts early what holds the most work back."""
+  after = _check(plan)
+  waiters: dict[str, set[str]] = {s.id: set() for s in plan}
+  for stage in reversed(_topological(plan, after)):
+    for before in after[stage.id]:
+      waiters[before] |= {stage.id} | waiters[stage.id]
+  return {id_: len(ids) for id_, ids in waiters.items()}
+
+
+def run_serial(plan: Sequence[Stage], graph: DynamicGraph,
+               log: Callable[[str], None] | None = None,
+               cache: dict | None = None) -> dict[str, Any]:
+  """Runs `plan` in this process, each stage once, after its `after`.
 
   Args:
-    graph: the dataset (sent to each worker once).
-    jobs: from `seed_jobs`, of one or several seeds.
-    workers: the number of processes (>= 2).
-    log: a line when a job starts and when it ends.
+    plan: the stages, in the order to run those that are ready.
+    graph: the dataset, every stage's `Context.graph`.
+    log: a line per stage, its label and the elapsed time (default none).
+    cache: the stages' `Context.cache` (default a new dict).
+
+  Returns:
+    Stage id -> its result.
 
   Raises:
-    Whatever a job raised (the others are cancelled first).
+    ValueError: two stages with one id, or stages that wait on stages that
+      are not listed (before any stage runs).
   """
-  rank = _critical_paths(jobs)
-  pending, done, running = list(jobs), set(), {}
+  order = _topological(plan, _check(plan))
+  context = Context(graph, {} if cache is None else cache)
+  start, results = time.perf_counter(), {}
+  for stage in order:
+    if log:
+      log(f"== {stage.label or stage.id} "
+          f"({time.perf_counter() - start:.1f}s elapsed)")
+    results[stage.id] = stage.run(context)
+  return results
+
+
+def run_parallel(plan: Sequence[Stage], graph: DynamicGraph, workers: int,
+                 log: Callable[[str], None],
+                 cache: dict | None = None) -> dict[str, Any]:
+  """Runs `plan` on `workers` processes, each stage once its `after` are
+  done; the local stages in this process.
+
+  Args:
+    plan: the stages (ties of `waiting` go in this order).
+    graph: the dataset (sent to each worker once).
+    workers: the number of processes (>= 2).
+    log: a line when a stage starts and when it ends.
+    cache: the local stages' `Context.cache` (each worker has its own).
+
+  Returns:
+    Stage id -> its result.
+
+  Raises:
+    ValueError: as `run_serial`.
+    Whatever a stage raised (the stages not started are cancelled first).
+  """
+  rank, order = waiting(plan), {s.id: i for i, s in enumerate(plan)}
+  context = Context(graph, {} if cache is None else cache)
+  pending, done, running, results = list(plan), set(), {}, {}
   start = time.perf_counter()
+  elapsed = lambda: f"({time.perf_counter() - start:.1f}s elapsed)"
   with pinned_processes(graph, workers) as pool:
-    while pending or running:
-      ready = sorted((j for j in pending if set(j.after) <= done),
-                     key=lambda j: -rank[j.id])
-      for job in ready[:max(workers - len(running), 0)]:
-        pending.remove(job)
-        running[pool.submit(_run_job, job)] = job
-        log(f"== seed {job.seed}: {_describe(job)} started in a worker "
-            f"({time.perf_counter() - start:.1f}s elapsed)")
-      if not running:
-        raise ValueError(f"jobs wait on jobs that are not listed: "
-                         f"{[j.id for j in pending]}")
-      finished, _ = concurrent.futures.wait(
-          running, return_when=concurrent.futures.FIRST_COMPLETED)
-      for future in finished:
-        job = running.pop(future)
-        error = future.exception()
-        if error is not None:
-          for other in running:
-            other.cancel()
-          raise error
-        done.add(job.id)
-        log(f"== seed {job.seed}: {_describe(job)} done "
-            f"({time.perf_counter() - start:.1f}s elapsed)")
+    try:
+      while pending or running:
+        ready = sorted((s for s in pending if set(s.after) <= done),
+                       key=lambda s: (-rank[s.id], order[s.id]))
+        free = workers - len(running)
+        for stage in [s for s in ready if not s.local][:free]:
+          pending.remove(stage)
+          running[pool.submit(_run_stage, stage)] = stage
+          log(f"== {stage.id} started in a worker {elapsed()}")
+        local = [s for s in ready if s.local]
+        if local:  # Run here; the workers go on meanwhile.
+          pending.remove(local[0])
+          log(f"== {local[0].label or local[0].id} {elapsed()}")
+          results[local[0].id] = local[0].run(context)
+          done.add(local[0].id)
+          continue
+        finished, _ = concurrent.futures.wait(
+            running, return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in finished:
+          stage = running.pop(future)
+          results[stage.id] = future.result()  # Raises what the stage did.
+          done.add(stage.id)
+          log(f"== {stage.id} done {elapsed()}")
+    except BaseException:
+      for future in running:
+        future.cancel()
+      raise
+  return results
+
+
+def _check(plan: Sequence[Stage]) -> dict[str, tuple[str, ...]]:
+  """Stage id -> its `after`; refuses duplicated ids and unlisted `after`."""
+  after = {}
+  for stage in plan:
+    if stage.id in after:
+      raise ValueError(f"two stages have the id {stage.id!r}")
+    after[stage.id] = stage.after
+  missing = sorted({a for s in plan for a in s.after} - set(after))
+  if missing:
+    raise ValueError(f"stages wait on stages that are not listed: {missing}")
+  return after
+
+
+def _topological(plan: Sequence[Stage], after: dict) -> list[Stage]:
+  """The plan, each stage after its `after` and otherwise in plan order."""
+  order, done, pending = [], set(), list(plan)
+  while pending:
+    stage = next((s for s in pending if set(after[s.id]) <= done), None)
+    if stage is None:
+      raise ValueError("stages wait on each other: "
+                       f"{[s.id for s in pending]}")
+    pending.remove(stage)
+    order.append(stage)
+    done.add(stage.id)
+  return order
 
 
 @contextlib.contextmanager
@@ -166,33 +213,9 @@ def worker_graph() -> DynamicGraph:
   return _graph
 
 
-def _critical_paths(jobs: Sequence[Job]) -> dict:
-  """Job id -> its cost plus the costliest chain of jobs waiting on it: the
-  order that starts early what holds the most work back (fix-m0, cheap, goes
-  before the consumers it unblocks)."""
-  waiting = {job.id: [] for job in jobs}
-  for job in jobs:
-    for before in job.after:
-      waiting.setdefault(before, []).append(job)
-  rank: dict = {}
-
-  def visit(job: Job) -> float:
-    if job.id not in rank:
-      rank[job.id] = job.cost + max((visit(j) for j in waiting[job.id]),
-                                    default=0.0)
-    return rank[job.id]
-
-  for job in jobs:
-    visit(job)
-  return rank
-
-
-def _describe(job: Job) -> str:
-  return {"version0": "version 0", "strategy": job.name}.get(job.kind,
-                                                             job.kind)
-
-
+# A worker's graph, and its stages' cache: one pool runs one plan.
 _graph: DynamicGraph | None = None
+_cache: dict = {}
 
 
 def _start_worker(graph: DynamicGraph, queue) -> None:
@@ -224,28 +247,12 @@ class _Prefixed:
     self.stream.flush()
 
 
-def _run_job(job: Job) -> None:
-  """Runs one job in a worker (see the module docstring)."""
+def _run_stage(stage: Stage) -> Any:
+  """Runs one stage in a worker, its progress lines prefixed by its id."""
   stderr = sys.stderr
-  sys.stderr = _Prefixed(stderr, f"[seed {job.seed}] ")
+  sys.stderr = _Prefixed(stderr, f"[{stage.id}] ")
   try:
-    config = ml_collections.ConfigDict(job.config)
-    experiment = Experiment(worker_graph(), config, Path(job.root))
-    if job.kind == "version0":
-      experiment.run(NOBC, [0])
-    elif job.kind == "strategy":
-      experiment.run(job.name)
-    else:
-      settings = configs.validate(config)
-      if job.kind == "consumers":
-        consumers.train_consumers(experiment.run_dir,
-                                  consumers.all_task_data(experiment.splits),
-                                  settings.consumer, seed=job.seed)
-      else:
-        names = [name for _, kind, name in job.after if kind == "strategy"]
-        compatibility.run_compatibility(
-            experiment.run_dir, experiment.splits, names, settings.compat,
-            settings.consumer, seed=job.seed)
+    return stage.run(Context(worker_graph(), _cache))
   finally:
     sys.stderr.flush()
     sys.stderr = stderr

@@ -1,6 +1,7 @@
 """Structural rules of the library, checked on its source (AST)."""
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bcjax"
@@ -74,3 +75,114 @@ def test_modules_stay_small():
   """One concept per module: none grows past about 400 lines."""
   sizes = {_module_name(p): len(p.read_text().splitlines()) for p in MODULES}
   assert not {m: n for m, n in sizes.items() if n > 420}, sizes
+
+
+def _docstrings(tree: ast.Module):
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)):
+      text = ast.get_docstring(node)
+      if text:
+        yield text
+
+
+def test_strategy_names_and_display_names_are_defined_once():
+  """Strategy names ("nobc", "fix-m0", ...) and the paper's display names
+  are string literals in `bcjax.strategies` only; everything else reads
+  its constants (the presets in `bcjax.configs` list strategies as values a
+  user would write)."""
+  from bcjax import strategies
+  names = set(strategies.STRATEGIES) | set(strategies.PAPER_NAMES.values())
+  offenders = []
+  for path in MODULES:
+    module = _module_name(path)
+    if module == "bcjax.strategies" or module.startswith("bcjax.configs"):
+      continue
+    offenders += [f"{module}:{node.lineno}: {node.value!r}"
+                  for node in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(node, ast.Constant) and node.value in names]
+  assert not offenders, offenders
+
+
+def test_backward_maps_are_defined_and_chained_in_one_package():
+  """One registry of map kinds, one chain applicator: no module outside
+  `bcjax.backward` defines a backward-map type or a chain/compose/fit
+  function of its own."""
+  owned = ("compose", "chain", "chain_matrix", "apply_chain", "blocked_map",
+           "blocked_product", "chain_function", "fit_lstsq", "fit_procrustes")
+  offenders = []
+  for path in MODULES:
+    module = _module_name(path)
+    if module.startswith("bcjax.backward"):
+      continue
+    for node in ast.parse(path.read_text()).body:
+      if isinstance(node, ast.ClassDef) and "Backward" in node.name:
+        offenders.append(f"{module}: class {node.name}")
+      if isinstance(node, ast.FunctionDef) and node.name.lstrip("_") in owned:
+        offenders.append(f"{module}: def {node.name}")
+  assert not offenders, offenders
+
+
+def test_docstrings_quote_no_machine_figures():
+  """Figures of one machine go stale with every release: they belong in
+  docs/records.md, measured by `launch.benchmark`, not in docstrings."""
+  machine = re.compile(r"Xeon|EPYC|AVX|\d+-core|\d+(\.\d+)?x (faster|the)")
+  offenders = [f"{_module_name(p)}: {m.group(0)!r}" for p in MODULES
+               for text in _docstrings(ast.parse(p.read_text()))
+               for m in machine.finditer(text)]
+  assert not offenders, offenders
+
+
+def test_epochs_are_looped_in_one_place():
+  """One training loop (`bcjax.loop.run`): no other module iterates over
+  epochs (a `for epoch in ...` or a loop over `range(... epochs ...)`)."""
+  def loops_epochs(node: ast.For) -> bool:
+    target = ast.unparse(node.target)
+    return target == "epoch" or ("range(" in ast.unparse(node.iter)
+                                 and "epochs" in ast.unparse(node.iter))
+  offenders = [f"{_module_name(p)}:{node.lineno}" for p in MODULES
+               if _module_name(p) != "bcjax.loop"
+               for node in ast.walk(ast.parse(p.read_text()))
+               if isinstance(node, ast.For) and loops_epochs(node)]
+  assert not offenders, offenders
+
+
+def _bcjax_imports(path: Path) -> set[str]:
+  return {module for module, _, _ in _imports(ast.parse(path.read_text()))
+          if module.startswith("bcjax")}
+
+
+def test_the_executors_and_the_configs_import_no_stage():
+  """The plan's executors (`bcjax.workers`) run stages they know nothing
+  of, and `bcjax.configs` owns every stage's settings without importing a
+  stage: neither imports the consumers, the strategies or the stages."""
+  stages = ("bcjax.consumers", "bcjax.compatibility", "bcjax.strategies",
+            "bcjax.experiment", "bcjax.stages", "bcjax.pipeline",
+            "bcjax.scoring", "bcjax.retrieval", "bcjax.report")
+  offenders = [f"{_module_name(p)} imports {m}" for p in MODULES
+               if _module_name(p) == "bcjax.workers"
+               or _module_name(p).startswith("bcjax.configs")
+               for m in _bcjax_imports(p)
+               if m.startswith(stages) and not (  # It checks strategy names.
+                   _module_name(p).startswith("bcjax.configs")
+                   and m.startswith("bcjax.strategies"))]
+  assert not offenders, offenders
+
+
+def test_one_way_of_writing_lines():
+  """Lines go through `bcjax.progress` (or a caller's `log`): no library
+  module logs with absl or prints, except the report printer of the main
+  job and the JSON line a benchmark subprocess hands its parent."""
+  allowed = {"bcjax.progress", "bcjax.pipeline", "bcjax.benchmarks.scaling"}
+  offenders = []
+  for path in MODULES:
+    tree, module = ast.parse(path.read_text()), _module_name(path)
+    offenders += [f"{module} imports absl logging"
+                  for m in _bcjax_imports(path) | {
+                      n for n, _, _ in _imports(tree)}
+                  if m in ("absl.logging", "logging")]
+    if module not in allowed:
+      offenders += [f"{module}:{node.lineno} prints" for node in ast.walk(tree)
+                    if isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Name)
+                    and node.func.id == "print"]
+  assert not offenders, offenders

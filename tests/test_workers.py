@@ -1,9 +1,13 @@
-"""Worker processes: the jobs' order, the pipeline's result, and errors."""
+"""Worker processes: the stages' order, the pipeline's result, and errors."""
+
+import ast
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bcjax import configs, pipeline, workers
+from bcjax import configs, consumers, pipeline, stages, workers
+from bcjax.experiment import Experiment
 from bcjax.configs import test as test_config
 from bcjax.data.synthetic import make_synthetic
 from bcjax.rundir import RunDir
@@ -12,64 +16,65 @@ from bcjax.strategies import BC_ALIGNER_NAME as BC
 NAMES = ["fix-m0", "nobc", "posthoc-lstsq", BC]
 
 
-def test_seed_jobs_wait_for_what_they_read(tmp_path):
-  config = test_config.get_config()
-  config.seed = 5
-  jobs = {(j.kind, j.name): j for j in workers.seed_jobs(config, tmp_path,
-                                                         NAMES)}
-  v0 = (5, "version0", "")
-  assert jobs["version0", ""].after == ()
-  assert jobs["strategy", "nobc"].after == (v0,)
-  assert jobs["strategy", BC].after == (v0,)
-  # Post-hoc: on nobc's models.
-  assert set(jobs["strategy", "posthoc-lstsq"].after) == {
-      v0, (5, "strategy", "nobc")}
-  assert jobs["consumers", ""].after == ((5, "strategy", "fix-m0"),)
-  # The test preset's compatibility matrix is BC-Aligner's.
-  assert set(jobs["compatibility", ""].after) == {
-      (5, "consumers", ""), (5, "strategy", BC)}
-  assert all(j.seed == 5 and j.root == str(tmp_path) for j in jobs.values())
-
-
 def _events(lines):
-  """(seed, what, "started" | "done") of the workers' log lines, in order."""
+  """(stage id, "started" | "done") of the workers' log lines, in order."""
   out = []
   for line in lines:
-    if line.startswith("== seed ") and line.split(" (")[0].endswith(
-        ("in a worker", "done")):
-      head = line[len("== seed "):].split(" (")[0]
-      seed, rest = head.split(": ", 1)
-      what = rest.replace(" started in a worker", "").replace(" done", "")
-      out.append((int(seed), what,
-                  "done" if rest.endswith(" done") else "started"))
+    head = line.split(" (")[0]
+    for event in (" started in a worker", " done"):
+      if head.endswith(event):
+        out.append((head[len("== "):-len(event)], event.split()[0]))
   return out
 
 
-def test_two_workers_train_every_job_in_order_and_reproducibly(tmp_path):
-  """Each job starts after the jobs it reads are done; the pipeline then
-  retrains nothing; seed 0 run again with workers (alone, so the jobs run
-  in another order) is bit for bit the first run's seed 0."""
+def test_two_workers_run_every_stage_once_in_order_and_reproducibly(
+    tmp_path, monkeypatch):
+  """Each stage starts after the stages it reads are done, once; this
+  process trains nothing (it scores, measures retrieval and reports); seed
+  0 run again with workers (alone, so the stages run in another order) is
+  bit for bit the first run's seed 0."""
   config = test_config.get_config()
   config.seeds, config.workers = 2, 2
   graph = make_synthetic(1500, num_users=60, num_items=90, seed=1)
+  here = []
+  monkeypatch.setattr(Experiment, "run_version",
+                      lambda self, name, k: here.append((name, k)))
+  monkeypatch.setattr(consumers, "train_heads",
+                      lambda *args, **kwargs: here.append(args))
   lines = []
   result = pipeline.reproduce(graph, config, tmp_path / "a", NAMES,
                               log=lines.append)
+  assert here == []
   events = _events(lines)
-  done_at = {(s, w): i for i, (s, w, e) in enumerate(events) if e == "done"}
-  start_at = {(s, w): i for i, (s, w, e) in enumerate(events)
-              if e == "started"}
-  assert len(done_at) == len(start_at) == 2 * (len(NAMES) + 3)
+  started = [w for w, e in events if e == "started"]
+  done_at = {w: i for i, (w, e) in enumerate(events) if e == "done"}
+  start_at = {w: i for i, (w, e) in enumerate(events) if e == "started"}
+  # Every training stage once: version 0, the strategies, the consumers and
+  # the compatibility matrix of each seed.
+  assert len(started) == len(set(started)) == 2 * (len(NAMES) + 3)
+  assert len(events) == 2 * len(started) and set(done_at) == set(started)
   for seed in (0, 1):
+    at = lambda what, seed=seed: f"seed {seed}: {what}"
     for name in NAMES:
-      assert start_at[seed, name] > done_at[seed, "version 0"]
-    assert start_at[seed, "posthoc-lstsq"] > done_at[seed, "nobc"]
-    assert start_at[seed, "consumers"] > done_at[seed, "fix-m0"]
-    assert start_at[seed, "compatibility"] > max(done_at[seed, "consumers"],
-                                                 done_at[seed, BC])
-  # After the workers, the pipeline's own stages found every job done.
-  assert not any(line.startswith("[") for line in lines)
+      assert start_at[at(name)] > done_at[at("version 0")]
+    assert start_at[at("posthoc-lstsq")] > done_at[at("nobc")]
+    assert start_at[at("consumers")] > done_at[at("fix-m0")]
+    assert start_at[at("compatibility")] > max(done_at[at("consumers")],
+                                               done_at[at(BC)])
+    # The stage most stages wait on goes first once version 0 is done.
+    assert min((i, w) for w, i in start_at.items()
+               if w.startswith(at("")) and w != at("version 0")
+               )[1] == at("fix-m0")
+  # The stages of this process: once each, after the workers' they read.
+  local = [line.rsplit(" (", 1)[0] for line in lines
+           if line.startswith(("== legacy retrieval", "== report (",
+                               "== cross-version"))]
+  assert sorted(local) == sorted(
+      [f"== legacy retrieval (seed {s}): frozen version-0 exact and HNSW "
+       "indexes" for s in (0, 1)] + [f"== report (seed {s})" for s in (0, 1)]
+      + ["== cross-version evaluation: 2 training seeds in one call"])
   assert result.content["seeds"] == [0, 1]
+  assert config.seeds == 2 and config.dataset != graph.name  # Not modified.
   config.seeds = 1
   pipeline.reproduce(graph, config, tmp_path / "b", NAMES, log=lambda _: None)
   a, b = RunDir(tmp_path / "a").seed_dir(0), RunDir(tmp_path / "b")
@@ -83,13 +88,26 @@ def test_two_workers_train_every_job_in_order_and_reproducibly(tmp_path):
           .read_bytes())
 
 
-def test_jobs_waiting_on_unlisted_jobs_are_refused(tmp_path):
+def test_stages_waiting_on_unlisted_stages_are_refused():
   config = test_config.get_config()
-  jobs = [j for j in workers.seed_jobs(config, tmp_path, ["nobc"])
-          if j.kind != "version0"]
+  run = stages.SeedRun(config.to_dict(), "/nowhere")
+  plan = stages.strategy_stages(run, ["nobc"], 5)[1:]
   graph = make_synthetic(500, num_users=20, num_items=30, seed=0)
-  with pytest.raises(ValueError, match="jobs wait on jobs that are not listed"):
-    workers.train_parallel(graph, jobs, 2, log=lambda _: None)
+  with pytest.raises(ValueError, match="stages wait on stages that are not "
+                     "listed: \\['seed 0: version 0'\\]"):
+    workers.run_parallel(plan, graph, 2, log=lambda _: None)
+
+
+def test_the_executors_know_no_strategy_or_consumer():
+  """`bcjax.workers` runs any plan: it imports nothing of the main job."""
+  tree = ast.parse(Path(workers.__file__).read_text())
+  imported = {a.name for node in ast.walk(tree)
+              if isinstance(node, (ast.Import, ast.ImportFrom))
+              for a in node.names} | {
+                  node.module for node in ast.walk(tree)
+                  if isinstance(node, ast.ImportFrom) and node.module}
+  assert not {m for m in imported if m.startswith("bcjax")} - {
+      "bcjax.data"}, imported
 
 
 def test_workers_setting_is_checked():
