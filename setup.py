@@ -25,7 +25,7 @@ setuptools.setup(
         "matplotlib>=3.8",  # the report's plots (PNG)
         "scipy>=1.11",  # Student-t quantiles of the intervals over seeds
         "tensorboardX>=2.6",  # training curves as TensorBoard event files
-        # The legacy-index consumer (bcjax.retrieval): exact and HNSW
+        # The legacy-index consumer (bcjax.evaluation.retrieval): exact and HNSW
         # inner-product indexes, as a vector-search team would run them.
         "faiss-cpu>=1.15.1",
     ],

@@ -15,19 +15,21 @@ The model-agnostic surface (see the README's "Bring your own model")::
   metrics, data                                Recall@K, ROC-AUC; datasets
   EmbeddingStore                               the versioned store consumers read
   reproduce, print_report                      the paper's main job and its
-                                               report (`bcjax.pipeline`,
+                                               report (`bcjax.paper.pipeline`,
                                                imported on first use)
 """
 
-from bcjax import backward, data, keys, losses, metrics
+from bcjax import backward, data
+from bcjax.core import losses, metrics
+from bcjax.core.nodes import previous_ids, split_nodes
+from bcjax.core.tasks import BPRTask, Task, epoch_batches
+from bcjax.core.epoch import BC_ALIGNER, Objective, embed
+from bcjax.core.training import Checkpointing, Result, Schedule, fit
 from bcjax.data import TripleSampler
-from bcjax.lineage import Lineage, fill_from_neighbours
 from bcjax.models.interface import EmbeddingModel, FlaxModel, FunctionalModel
-from bcjax.nodes import previous_ids, split_nodes
+from bcjax.release.lineage import Lineage, fill_from_neighbours
 from bcjax.store import EmbeddingStore, StoreError
-from bcjax.tasks import BPRTask, Task, epoch_batches
-from bcjax.training import (BC_ALIGNER, Checkpointing, Objective, Result,
-                            Schedule, embed, fit)
+from bcjax.util import keys
 
 __version__ = "0.1.0"
 
@@ -38,7 +40,7 @@ _PIPELINE = ("reproduce", "print_report")
 
 def __getattr__(name: str):
   if name in _PIPELINE:
-    from bcjax import pipeline  # pylint: disable=import-outside-toplevel
+    from bcjax.paper import pipeline  # pylint: disable=import-outside-toplevel
     return getattr(pipeline, name)
   raise AttributeError(f"module 'bcjax' has no attribute {name!r}")
 
@@ -46,7 +48,7 @@ def __getattr__(name: str):
 __all__ = [
     "BC_ALIGNER", "BPRTask", "Checkpointing", "EmbeddingModel",
     "EmbeddingStore", "FlaxModel", "FunctionalModel", "Lineage", "Objective",
-    "Result", "Schedule", "StoreError", "Task", "TripleSampler", "data",
-    "embed", "epoch_batches", "fill_from_neighbours", "fit", "keys", "losses",
+    "Result", "Schedule", "StoreError", "Task", "TripleSampler", "backward",
+    "data", "embed", "epoch_batches", "fill_from_neighbours", "fit", "keys", "losses",
     "metrics", "previous_ids", "print_report", "reproduce", "split_nodes",
 ]

@@ -38,22 +38,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from pathlib import Path
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Callable
 
-import jax
 from absl import flags
+import jax
 
-from bcjax import io
-from bcjax.benchmarks import measure, projection, scaling, serving, table
-from bcjax.benchmarks import training as training_bench
+from bcjax.benchmarks import (
+  measure,
+  projection,
+  scaling,
+  serving,
+  table,
+  training as training_bench,
+)
 from bcjax.benchmarks.collapse import chain_collapse
 from bcjax.data import load_dataset
+from bcjax.runs.configs import paper, quick
+from bcjax.util import io
 from launch import common
-from bcjax.configs import paper, quick
 
 SECTIONS = ("matmul", "layers", "versions", "overheads", "workers", "store",
             "legacy_index", "collapse",

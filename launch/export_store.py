@@ -10,10 +10,10 @@ incomplete versions, a run file that fails its checksum, an `--out` that
 message.
 """
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from bcjax import store as store_lib
+from bcjax.runs import export
 from launch import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.",
@@ -31,7 +31,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   try:
-    store = store_lib.export_run(_WORKDIR.value, _STRATEGY.value, _OUT.value,
+    store = export.export_run(_WORKDIR.value, _STRATEGY.value, _OUT.value,
                                  _DATASET.value)
   except (store_lib.StoreError, OSError) as e:
     common.fail(e)

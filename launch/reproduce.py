@@ -3,7 +3,7 @@
   python -m launch.reproduce [--config=launch/configs/quick.py] \
       [--workdir=runs/ml100k-quick] [--dataset=ml100k ...]
 
-The command line of `bcjax.pipeline.reproduce` (resumable: complete versions,
+The command line of `bcjax.paper.pipeline.reproduce` (resumable: complete versions,
 saved consumers and saved compatibility matrices are skipped). Prints the
 method §8 table, the compatibility table and the paths of the plots. A bad
 setting, or a training that diverges, ends with a one-line message and exit
@@ -11,10 +11,10 @@ status 2.
 
 Beyond the paper, the stage "compatibility" trains consumers at every version
 of each strategy of `config.compat.strategies` that was run and scores them
-at every later version (`bcjax.compatibility`).
+at every later version (`bcjax.evaluation.compatibility`).
 
 The quick preset trains 3 seeds (`--config.seeds`) on 2 worker processes
-(`--config.workers`, `bcjax.workers`); `--config.workers=1` trains in this
+(`--config.workers`, `bcjax.paper.workers`); `--config.workers=1` trains in this
 process, seed after seed. The two settings round differently (threads), so
 each gives its own bitwise-reproducible numbers.
 """
@@ -24,7 +24,8 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
-from bcjax import pipeline, strategies
+from bcjax.paper import pipeline
+from bcjax.runs import strategies
 from launch import common
 
 FLAGS = flags.FLAGS

@@ -13,8 +13,8 @@ process 0 writes the run directory (which every process must see).
 from absl import flags
 from ml_collections import config_flags
 
-from bcjax import configs, strategies
-from bcjax.experiment import Experiment
+from bcjax.paper.experiment import Experiment
+from bcjax.runs import configs, strategies
 from launch import common
 
 FLAGS = flags.FLAGS

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import functools
 
-from absl import app
-from absl import flags
+from absl import app, flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -37,7 +36,8 @@ import numpy as np
 import optax
 
 import bcjax
-from bcjax import data, metrics
+from bcjax import data
+from bcjax.core import metrics
 from launch import common
 
 TIMES = (0.5, 0.6, 0.7, 0.8)  # Three versions.
@@ -114,7 +114,7 @@ def run(workdir: str, size: str = "test", seed: int = 0) -> dict:
   splits = data.make_splits(graph, TIMES)
   num_users, num_items = splits[-1].num_users, splits[-1].num_items
   num_batches = -(-max(s.num_train for s in splits) // cfg["batch_size"])
-  task, key = bcjax.BPRTask(reg=0.01), bcjax.keys.root(seed)
+  task, key = bcjax.BPRTask(reg=0.01), bcjax.util.keys.root(seed)
   tx = optax.adam(cfg["lr"])  # One optimizer object: one compiled epoch.
   lineage, result = bcjax.Lineage(), {}
   for k, (split, d) in enumerate(zip(splits, cfg["dims"])):
@@ -135,7 +135,7 @@ def run(workdir: str, size: str = "test", seed: int = 0) -> dict:
         model, task, inputs,
         lambda key, s=sampler: bcjax.epoch_batches(
             s, key, cfg["batch_size"], num_users, num_batches),
-        bcjax.keys.derive(key, "version", k), evaluate=evaluate,
+        bcjax.util.keys.derive(key, "version", k), evaluate=evaluate,
         schedule=bcjax.Schedule(epochs=cfg["epochs"],
                                 eval_every=cfg["eval_every"],
                                 select="recall@20"),

@@ -1,4 +1,4 @@
-"""The model-agnostic trainer (`bcjax.training.fit`) on a toy model whose
+"""The model-agnostic trainer (`bcjax.core.training.fit`) on a toy model whose
 optimum is known: a planted linear relation between two versions."""
 
 import dataclasses
@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import bcjax
-from bcjax import training
+from bcjax.core import training
 from bcjax.models.interface import FlaxModel, FunctionalModel
 
 # Compares floats of two computations: `make test-numerics` runs it under
@@ -73,7 +73,7 @@ def test_bc_aligner_recovers_the_planted_map(planted):
   # dominates and some initialisations settle in a poor minimum (4 of 6 keys
   # tried); at lambda = 1 with a decaying step every key tried reaches both
   # optima to 1e-4.
-  objective = dataclasses.replace(training.BC_ALIGNER, lam=1.0)
+  objective = dataclasses.replace(bcjax.BC_ALIGNER, lam=1.0)
   tx = optax.adam(optax.cosine_decay_schedule(0.03, 400 * NUM_NODES // 10))
   result = training.fit(TABLE, RegressionTask(), inputs, _batches(z_star),
                         jax.random.key(0), previous=previous, chain=(),
@@ -99,7 +99,7 @@ def test_posthoc_fit_learns_only_the_transform(planted):
   z_star, w_star, previous = planted
   inputs = jnp.zeros((NUM_NODES,))
   fixed = {"params": {"table": jnp.asarray(z_star)}}
-  objective = training.Objective(train_model=False, transform="linear")
+  objective = bcjax.Objective(train_model=False, transform="linear")
   result = training.fit(
       TABLE, RegressionTask(), inputs, _batches(z_star), jax.random.key(1),
       objective=objective, previous=previous, init_variables=fixed,
@@ -117,7 +117,7 @@ def test_multi_step_alignment_through_a_frozen_chain(planted):
   training (convex in W) still finds it, and the recorded loss goes to 0."""
   z_star, w_star, previous = planted
   w_1 = np.random.default_rng(3).normal(size=(D_PREV, 3)).astype(np.float32)
-  objective = training.Objective(train_model=False, transform="linear",
+  objective = bcjax.Objective(train_model=False, transform="linear",
                                  multi_step=True)
   result = training.fit(
       TABLE, RegressionTask(), jnp.zeros((NUM_NODES,)), _batches(z_star),
@@ -132,7 +132,7 @@ def test_no_alignment_objective_returns_no_transform(planted):
   z_star, _, _ = planted
   result = training.fit(TABLE, RegressionTask(), jnp.zeros((NUM_NODES,)),
                         _batches(z_star), jax.random.key(0),
-                        objective=training.Objective(),
+                        objective=bcjax.Objective(),
                         schedule=training.Schedule(epochs=3))
   assert result.transform is None and len(result.history) == 3
 
@@ -144,7 +144,7 @@ def test_any_optax_optimizer_trains(planted):
   result = training.fit(
       TABLE, RegressionTask(), jnp.zeros((NUM_NODES,)), _batches(z_star),
       jax.random.key(1),
-      objective=training.Objective(train_model=False, transform="linear"),
+      objective=bcjax.Objective(train_model=False, transform="linear"),
       previous=previous, init_variables={"params": {"table": jnp.asarray(z_star)}},
       schedule=training.Schedule(epochs=200), tx=optax.sgd(0.005, momentum=0.9))
   np.testing.assert_allclose(result.transform, w_star, atol=2e-2)
@@ -172,7 +172,7 @@ def test_fit_names_bad_arguments(planted):
                         np.zeros((2, D_PREV), np.float32)))
   with pytest.raises(ValueError, match="post-hoc.*init_variables"):
     training.fit(TABLE, task, inputs, batches, key, previous=previous,
-                 objective=training.Objective(train_model=False,
+                 objective=bcjax.Objective(train_model=False,
                                               transform="linear"))
   # A forgotten chain would make the multi-step loss single-step.
   with pytest.raises(ValueError, match="multi-step objective needs `chain`"):
@@ -192,7 +192,7 @@ def test_fit_checks_the_model_and_the_batches_before_training(planted):
                          _table_apply, D_NEW + 1)
   with pytest.raises(ValueError, match=r"declares dim=7 but embeds \[40, 6\]"):
     training.fit(liar, task, inputs, _batches(z_star), jax.random.key(0),
-                 objective=training.Objective())
+                 objective=bcjax.Objective())
 
   def beyond(key):  # Node ids up to 2 * NUM_NODES - 1: clamped if unchecked.
     ids, targets, mask = _batches(z_star)(key)
@@ -200,7 +200,7 @@ def test_fit_checks_the_model_and_the_batches_before_training(planted):
   with pytest.raises(ValueError, match=r"include 79, but the model embeds 40 "
                      r"nodes \(ids 0..39\)"):
     training.fit(TABLE, task, inputs, beyond, jax.random.key(0),
-                 objective=training.Objective())
+                 objective=bcjax.Objective())
 
 
 def test_fit_checks_the_known_mask_and_refuses_zero_target_rows(planted):
@@ -257,7 +257,7 @@ def test_progress_lines_can_be_silenced(planted, capsys):
   lines = []
   training.fit(TABLE, RegressionTask(), jnp.zeros((NUM_NODES,)),
                _batches(z_star), jax.random.key(0),
-               objective=training.Objective(),
+               objective=bcjax.Objective(),
                evaluate=lambda v, w: {"score": 1.0},
                schedule=training.Schedule(epochs=2, select="score"),
                log=lines.append)
@@ -304,13 +304,13 @@ def test_flax_models_fit_the_same_protocol():
   assert int(state["counts"]["calls"]) == 0
   z_star = np.zeros((NUM_NODES, D_NEW), np.float32)
   result = training.fit(model, RegressionTask(), inputs, _batches(z_star),
-                        jax.random.key(0), objective=training.Objective(),
+                        jax.random.key(0), objective=bcjax.Objective(),
                         schedule=training.Schedule(epochs=2))
   assert int(result.variables["counts"]["calls"]) == 2 * NUM_NODES // 10
 
 
 def test_recall_at_k_plugs_into_evaluate_and_selects_the_epoch():
-  """`Schedule`'s docstring example: `bcjax.metrics.recall_metrics` as
+  """`Schedule`'s docstring example: `bcjax.core.metrics.recall_metrics` as
   `evaluate`, selecting on recall@10 (a planted preference, four training
   and two held-out items per user)."""
   rng = np.random.default_rng(0)
@@ -320,7 +320,7 @@ def test_recall_at_k_plugs_into_evaluate_and_selects_the_epoch():
   user = np.repeat(np.arange(num_users), 4)
   val_user = np.repeat(np.arange(num_users), 2)
   train_item, val_item = top[:, :4].ravel(), top[:, 4:6].ravel()
-  recall_inputs = bcjax.metrics.prepare_recall_inputs(
+  recall_inputs = bcjax.core.metrics.prepare_recall_inputs(
       user, train_item, val_user, val_item, num_items)
   sampler = bcjax.TripleSampler(user, train_item, num_users, num_items)
   inputs = np.zeros(num_users + num_items)
@@ -328,11 +328,11 @@ def test_recall_at_k_plugs_into_evaluate_and_selects_the_epoch():
   def evaluate(variables, transform):
     z = bcjax.embed(TABLE, variables, inputs)
     users, items = bcjax.split_nodes(z, (num_users, num_items))
-    return bcjax.metrics.recall_metrics(users, items, recall_inputs)
+    return bcjax.core.metrics.recall_metrics(users, items, recall_inputs)
 
   result = bcjax.fit(
       TABLE, bcjax.BPRTask(), inputs,
-      lambda key: bcjax.epoch_batches(sampler, key, 32), bcjax.keys.root(0),
+      lambda key: bcjax.epoch_batches(sampler, key, 32), bcjax.util.keys.root(0),
       objective=bcjax.Objective(), evaluate=evaluate, tx=optax.adam(0.05),
       schedule=bcjax.Schedule(epochs=30, select="recall@10"),
       log=lambda _: None)
@@ -341,7 +341,7 @@ def test_recall_at_k_plugs_into_evaluate_and_selects_the_epoch():
   # The first best epoch (here 29 of 30: not simply the last one).
   assert result.epoch == 1 + int(np.argmax(recalls)) < 30
   z = np.asarray(bcjax.embed(TABLE, result.variables, inputs))
-  direct = bcjax.metrics.recall_at_k(z[:num_users], z[num_users:],
+  direct = bcjax.core.metrics.recall_at_k(z[:num_users], z[num_users:],
                                      recall_inputs, ks=(10,))
   assert result.metrics["recall@10"] == direct[10] == max(recalls)
 
@@ -351,8 +351,8 @@ def test_reproduce_is_importable_from_the_package_without_loading_it_early():
   the experiment behind it (a fresh interpreter tells)."""
   import subprocess
   import sys
-  code = ("import sys, bcjax; loaded = 'bcjax.pipeline' in sys.modules; "
-          "from bcjax import pipeline; "
+  code = ("import sys, bcjax; loaded = 'bcjax.paper.pipeline' in sys.modules; "
+          "from bcjax.paper import pipeline; "
           "print(loaded, bcjax.reproduce is pipeline.reproduce, "
           "bcjax.print_report is pipeline.print_report)")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,

@@ -1,8 +1,10 @@
 """Structural rules of the library, checked on its source (AST)."""
 
 import ast
-import re
 from pathlib import Path
+import re
+import subprocess
+import sys
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bcjax"
 MODULES = sorted(PACKAGE.rglob("*.py"))
@@ -18,7 +20,7 @@ def _imports(tree: ast.Module):
   for node in ast.walk(tree):
     if isinstance(node, ast.ImportFrom) and node.module:
       yield node.module, [a.name for a in node.names], None
-      for a in node.names:  # `from bcjax import consumers` binds a module.
+      for a in node.names:  # `from bcjax.evaluation import consumers` binds a module.
         yield f"{node.module}.{a.name}", [], a.asname or a.name
     elif isinstance(node, ast.Import):
       for a in node.names:
@@ -62,11 +64,11 @@ def test_nothing_in_the_library_imports_the_benchmarks_or_jit_internals():
 
 
 def test_random_streams_are_derived_in_one_module():
-  """Every key of a run comes from `bcjax.keys.derive` (named streams): no
+  """Every key of a run comes from `bcjax.util.keys.derive` (named streams): no
   other library module folds indices into keys by hand."""
   offenders = [_module_name(p) for p in MODULES
                if "fold_in" in p.read_text()
-               and _module_name(p) not in ("bcjax.keys",)
+               and _module_name(p) not in ("bcjax.util.keys",)
                and not _module_name(p).startswith("bcjax.benchmarks")]
   assert not offenders, offenders
 
@@ -87,15 +89,15 @@ def _docstrings(tree: ast.Module):
 
 def test_strategy_names_and_display_names_are_defined_once():
   """Strategy names ("nobc", "fix-m0", ...) and the paper's display names
-  are string literals in `bcjax.strategies` only; everything else reads
-  its constants (the presets in `bcjax.configs` list strategies as values a
+  are string literals in `bcjax.runs.strategies` only; everything else reads
+  its constants (the presets in `bcjax.runs.configs` list strategies as values a
   user would write)."""
-  from bcjax import strategies
+  from bcjax.runs import strategies
   names = set(strategies.STRATEGIES) | set(strategies.PAPER_NAMES.values())
   offenders = []
   for path in MODULES:
     module = _module_name(path)
-    if module == "bcjax.strategies" or module.startswith("bcjax.configs"):
+    if module == "bcjax.runs.strategies" or module.startswith("bcjax.runs.configs"):
       continue
     offenders += [f"{module}:{node.lineno}: {node.value!r}"
                   for node in ast.walk(ast.parse(path.read_text()))
@@ -133,14 +135,14 @@ def test_docstrings_quote_no_machine_figures():
 
 
 def test_epochs_are_looped_in_one_place():
-  """One training loop (`bcjax.loop.run`): no other module iterates over
+  """One training loop (`bcjax.util.loop.run`): no other module iterates over
   epochs (a `for epoch in ...` or a loop over `range(... epochs ...)`)."""
   def loops_epochs(node: ast.For) -> bool:
     target = ast.unparse(node.target)
     return target == "epoch" or ("range(" in ast.unparse(node.iter)
                                  and "epochs" in ast.unparse(node.iter))
   offenders = [f"{_module_name(p)}:{node.lineno}" for p in MODULES
-               if _module_name(p) != "bcjax.loop"
+               if _module_name(p) != "bcjax.util.loop"
                for node in ast.walk(ast.parse(p.read_text()))
                if isinstance(node, ast.For) and loops_epochs(node)]
   assert not offenders, offenders
@@ -152,27 +154,25 @@ def _bcjax_imports(path: Path) -> set[str]:
 
 
 def test_the_executors_and_the_configs_import_no_stage():
-  """The plan's executors (`bcjax.workers`) run stages they know nothing
-  of, and `bcjax.configs` owns every stage's settings without importing a
+  """The plan's executors (`bcjax.paper.workers`) run stages they know nothing
+  of, and `bcjax.runs.configs` owns every stage's settings without importing a
   stage: neither imports the consumers, the strategies or the stages."""
-  stages = ("bcjax.consumers", "bcjax.compatibility", "bcjax.strategies",
-            "bcjax.experiment", "bcjax.stages", "bcjax.pipeline",
-            "bcjax.scoring", "bcjax.retrieval", "bcjax.report")
+  stages = ("bcjax.evaluation", "bcjax.runs.strategies", "bcjax.paper")
   offenders = [f"{_module_name(p)} imports {m}" for p in MODULES
-               if _module_name(p) == "bcjax.workers"
-               or _module_name(p).startswith("bcjax.configs")
+               if _module_name(p) == "bcjax.paper.workers"
+               or _module_name(p).startswith("bcjax.runs.configs")
                for m in _bcjax_imports(p)
                if m.startswith(stages) and not (  # It checks strategy names.
-                   _module_name(p).startswith("bcjax.configs")
-                   and m.startswith("bcjax.strategies"))]
+                   _module_name(p).startswith("bcjax.runs.configs")
+                   and m.startswith("bcjax.runs.strategies"))]
   assert not offenders, offenders
 
 
 def test_one_way_of_writing_lines():
-  """Lines go through `bcjax.progress` (or a caller's `log`): no library
+  """Lines go through `bcjax.util.progress` (or a caller's `log`): no library
   module logs with absl or prints, except the report printer of the main
   job and the JSON line a benchmark subprocess hands its parent."""
-  allowed = {"bcjax.progress", "bcjax.pipeline", "bcjax.benchmarks.scaling"}
+  allowed = {"bcjax.util.progress", "bcjax.paper.pipeline", "bcjax.benchmarks.scaling"}
   offenders = []
   for path in MODULES:
     tree, module = ast.parse(path.read_text()), _module_name(path)
@@ -186,3 +186,39 @@ def test_one_way_of_writing_lines():
                     and isinstance(node.func, ast.Name)
                     and node.func.id == "print"]
   assert not offenders, offenders
+
+
+# The folders from the lowest floor up: a module imports from its own folder
+# and the folders before it only (docs/api.md follows the same order).
+FLOORS = ("util", "data", "models", "backward", "core", "store", "release",
+          "runs", "evaluation", "paper", "benchmarks", "text")
+
+
+def test_folders_are_layers_that_import_only_downwards():
+  assert {p.relative_to(PACKAGE).parts[0] for p in MODULES
+          if p.parent != PACKAGE} == set(FLOORS)
+  assert [p.name for p in MODULES if p.parent == PACKAGE] == ["__init__.py"]
+  offenders = []
+  for path in MODULES:
+    if path.parent == PACKAGE:
+      continue
+    floor = FLOORS.index(path.relative_to(PACKAGE).parts[0])
+    for module in _bcjax_imports(path):
+      parts = module.split(".")
+      if len(parts) > 1 and parts[1] in FLOORS and (
+          FLOORS.index(parts[1]) > floor):
+        offenders.append(f"{_module_name(path)} imports {module}")
+  assert not offenders, offenders
+
+
+def test_the_core_knows_no_experiment():
+  """`import bcjax` (the core, the store, the lineage) loads nothing of the
+  paper's experiment: no run folders, strategies, consumers or report."""
+  loaded = subprocess.run(
+      [sys.executable, "-c", "import sys, bcjax; print(' '.join(sorted("
+       "m for m in sys.modules if m.startswith('bcjax.'))))"],
+      capture_output=True, text=True, check=True).stdout.split()
+  above = [m for m in loaded
+           if m.split(".")[1] in ("runs", "evaluation", "paper", "benchmarks",
+                                  "text")]
+  assert loaded and not above, above

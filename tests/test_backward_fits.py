@@ -4,9 +4,9 @@ map."""
 import numpy as np
 import pytest
 
-from bcjax import keys
 from bcjax.backward import chains, fits
 from bcjax.backward.maps import BackwardMap
+from bcjax.util import keys
 
 # Compares floats of two computations: `make test-numerics` runs it under
 # other XLA CPU kernels.

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from bcjax import io
 from bcjax.benchmarks import projection, scaling, table
 from bcjax.data.synthetic import make_synthetic
+from bcjax.runs.configs import test as test_config
+from bcjax.util import io
 from launch import benchmark
-from bcjax.configs import test as test_config
 
 
 def _config():
@@ -154,8 +154,9 @@ def test_accelerator_suite_projects_the_paper_preset_at_reduced_size():
   on a CPU): the projection adds up every training `reproduce` runs."""
   import dataclasses
   import math
-  from bcjax import strategies
-  from bcjax.configs import paper
+
+  from bcjax.runs import strategies
+  from bcjax.runs.configs import paper
   accelerator = benchmark.SUITES["accelerator"]
   assert {"versions", "overheads", "sweep", "consumer_eval",
           benchmark.PROJECTION} <= set(accelerator.sections)

@@ -5,14 +5,13 @@ given, or the clock is injected)."""
 
 import itertools
 
+from float32_bounds import tolerance
 import numpy as np
 import pytest
 
-from float32_bounds import tolerance
-
-from bcjax import keys
 from bcjax.backward import chains, collapse, fits
 from bcjax.backward.maps import BackwardMap
+from bcjax.util import keys
 
 # Compares floats of two computations: `make test-numerics` runs it under
 # other XLA CPU kernels.

@@ -4,14 +4,16 @@ import json
 
 import numpy as np
 import pytest
-
-from bcjax import compatibility, configs, consumers, io, report, scoring
-from bcjax.data import load_dataset
 from test_consumers import _hand_graph  # One hand-worked graph for both.
+
+from bcjax.data import load_dataset
 from bcjax.data.splits import make_splits
 from bcjax.data.targets import version_targets
-from bcjax.configs import paper, quick
-from bcjax.configs import test as test_config
+from bcjax.evaluation import compatibility, consumers, scoring, unintended
+from bcjax.paper import report
+from bcjax.runs import configs
+from bcjax.runs.configs import paper, quick, test as test_config
+from bcjax.util import io
 
 # Compares floats of two computations: `make test-numerics` runs it under
 # other XLA CPU kernels.
@@ -21,14 +23,14 @@ TIMES = (0.4, 0.52, 0.64, 0.76, 0.88)  # four versions
 TASKS = ("user-activity", "binary-item-rating-std")
 
 
-def _same(a: consumers.Examples, b: consumers.Examples) -> bool:
+def _same(a: unintended.Examples, b: unintended.Examples) -> bool:
   return (np.array_equal(a.rows, b.rows) and np.array_equal(a.labels, b.labels))
 
 
 def test_task_data_at_a_later_version_by_hand():
   splits = make_splits(_hand_graph(), (0.5, 0.75, 1.0))
   s1 = splits[1]
-  edge = consumers.task_data("binary-edge-rating", splits, train_version=1)
+  edge = unintended.task_data("binary-edge-rating", splits, train_version=1)
   # Trained on version 1's training interactions, early-stopped on version
   # 1's validation rows (32 A r 5, 33 E r 1, 34-40 D r 5), scored nowhere.
   assert edge.train.rows.tolist() == np.stack(
@@ -36,14 +38,14 @@ def test_task_data_at_a_later_version_by_hand():
   assert edge.val.rows.tolist() == [[0, 2], [4, 2]] + [[3, 2]] * 7
   assert edge.evaluation == {}
   # The user tasks early-stop on j + 1, clipped to the last version.
-  active = consumers.task_data("user-activity", splits, train_version=1)
+  active = unintended.task_data("user-activity", splits, train_version=1)
   assert active.train.rows[:, 0].tolist() == [0, 1, 2, 3, 4]
   assert active.train.labels.tolist() == [True, False, False, True, True]
   assert _same(active.val, active.train) and active.evaluation == {}
-  assert consumers.early_stop_version(active.task, 0, 2) == 1
-  assert consumers.early_stop_version(active.task, 1, 2) == 1
+  assert unintended.early_stop_version(active.task, 0, 2) == 1
+  assert unintended.early_stop_version(active.task, 1, 2) == 1
   with pytest.raises(ValueError, match="train_version=2"):
-    consumers.task_data("user-activity", splits, train_version=2)
+    unintended.task_data("user-activity", splits, train_version=2)
 
 
 @pytest.fixture(scope="module")
@@ -52,24 +54,24 @@ def splits():
   return make_splits(graph, TIMES)
 
 
-@pytest.mark.parametrize("name", list(consumers.TASKS))
+@pytest.mark.parametrize("name", list(unintended.TASKS))
 def test_task_data_at_version_j_is_version_0_of_the_later_splits(splits, name):
   """Training at j: the method §7 examples of the run that starts at version j."""
   targets = [version_targets(s) for s in splits]
   for j in range(len(splits)):
-    data = consumers.task_data(name, splits, targets, train_version=j)
+    data = unintended.task_data(name, splits, targets, train_version=j)
     task = data.task
     assert sorted(data.evaluation) == list(
         range(j + task.first_version, len(splits)))
     if len(splits) - j > task.val_version:  # the clip does not bite
-      shifted = consumers.task_data(name, splits[j:], targets[j:])
+      shifted = unintended.task_data(name, splits[j:], targets[j:])
       assert _same(data.train, shifted.train) and _same(data.val, shifted.val)
       assert sorted(data.evaluation) == [k + j for k in shifted.evaluation]
       for k, examples in shifted.evaluation.items():
         assert _same(data.evaluation[k + j], examples)
     else:  # early-stopped on the last version, as version 1 of the run
       # starting one version earlier (a user task: no threshold involved)
-      assert _same(data.val, consumers.task_data(
+      assert _same(data.val, unintended.task_data(
           name, splits[j - 1:], targets[j - 1:]).val)
 
 
@@ -128,7 +130,7 @@ def test_matrix_equals_consumers_on_the_original_embeddings(tmp_path, splits):
         (tmp_path / "compatibility" / "s" / f"{name}.json").read_text())
     matrix = np.asarray([[np.nan if v is None else v for v in row]
                          for row in record["matrix"]])
-    first = consumers.TASKS[name].first_version
+    first = unintended.TASKS[name].first_version
     # Upper-triangular from the task's first scored offset, NaN elsewhere.
     assert matrix.shape == (num, num)
     expected_defined = np.triu(np.ones((num, num), bool), first)
@@ -138,11 +140,11 @@ def test_matrix_equals_consumers_on_the_original_embeddings(tmp_path, splits):
     # Each row: consumers trained on version j's own embeddings, scored on
     # the originals B[:rows_k] @ Q_j, give the same AUCs.
     for j in range(num - first):
-      data = consumers.task_data(name, splits, targets, train_version=j)
+      data = unintended.task_data(name, splits, targets, train_version=j)
       original = {k: (base[0][:splits[k].num_users] @ qs[j],
                       base[1][:splits[k].num_items] @ qs[j])
                   for k in range(num)}
-      val_k = consumers.early_stop_version(data.task, j, num)
+      val_k = unintended.early_stop_version(data.task, j, num)
       pick = lambda pair: [pair[0] if i == "user" else pair[1]
                            for i in data.task.inputs]
       heads = consumers.train_heads(
@@ -235,7 +237,7 @@ def test_report_has_the_compatibility_summary(tmp_path):
   compat = content["compatibility"]
   assert list(compat) == ["joint-lin-mloss"]
   assert list(compat["joint-lin-mloss"]["tasks"]) == [
-      "binary-edge-rating", "user-activity"]  # consumers.TASKS order
+      "binary-edge-rating", "user-activity"]  # unintended.TASKS order
   assert compat["joint-lin-mloss"] == {
       "mean": 0.75,
       "tasks": {"binary-edge-rating": {"mean": 0.75,

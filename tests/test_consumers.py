@@ -2,18 +2,18 @@
 
 import json
 
+from float32_bounds import tolerance
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bcjax import consumers, io, scoring
 from bcjax.data.graph import build_graph
 from bcjax.data.splits import make_splits
+from bcjax.evaluation import consumers, scoring, unintended
 from bcjax.models.consumer import ConsumerMLP
-from bcjax.configs import paper, quick
-from bcjax.configs import test as test_config
-from float32_bounds import tolerance
+from bcjax.runs.configs import paper, quick, test as test_config
+from bcjax.util import io
 
 # Compares floats of two computations: `make test-numerics` runs it under
 # other XLA CPU kernels.
@@ -55,8 +55,8 @@ def test_hand_split_is_as_documented():
 
 
 def test_task_data_by_hand():
-  data = consumers.all_task_data(make_splits(_hand_graph(), (0.5, 0.75, 1.0)))
-  assert list(data) == list(consumers.TASKS)
+  data = unintended.all_task_data(make_splits(_hand_graph(), (0.5, 0.75, 1.0)))
+  assert list(data) == list(unintended.TASKS)
 
   edge = data["binary-edge-rating"]
   assert edge.train.rows.shape == (23, 2)
@@ -99,10 +99,10 @@ def test_task_data_by_hand():
 def test_task_needs_enough_versions():
   (split,) = make_splits(_hand_graph(), (0.5, 1.0))
   with pytest.raises(ValueError, match="needs 2 versions"):
-    consumers.task_data("user-activity", [split])
+    unintended.task_data("user-activity", [split])
   with pytest.raises(ValueError, match="unknown task"):
-    consumers.task_data("rating", [split])
-  assert consumers.task_data("binary-edge-rating", [split]).evaluation == {}
+    unintended.task_data("rating", [split])
+  assert unintended.task_data("binary-edge-rating", [split]).evaluation == {}
 
 
 def test_masked_batch_equals_unpadded_batch():
@@ -145,8 +145,8 @@ def _planted(seed=0, n=1500, num_users=150, num_items=80, d=8):
 
 def test_consumer_learns_planted_task():
   users, items, rows, labels = _planted()
-  train = consumers.Examples(rows[:1000], labels[:1000])
-  val = consumers.Examples(rows[1000:], labels[1000:])
+  train = unintended.Examples(rows[:1000], labels[:1000])
+  val = unintended.Examples(rows[1000:], labels[1000:])
   lines = []
   heads = consumers.train_heads((users, items), train, (users, items), val,
                                 SMALL, jax.random.key(0), log=lines.append)
@@ -161,7 +161,7 @@ def test_consumer_learns_planted_task():
   assert lines and "val AUC" in lines[-1]
 
   # The frozen heads reproduce their recorded validation AUC.
-  data = consumers.TaskData(consumers.TASKS["binary-edge-rating"], train, val,
+  data = unintended.TaskData(unintended.TASKS["binary-edge-rating"], train, val,
                             {0: val})
   auc = scoring.evaluate_reference(heads, data, {"s": {0: (users, items)}},
                                      ["s"])
@@ -173,8 +173,8 @@ def test_consumer_learns_planted_task():
 def test_vmapped_grid_points_are_independent():
   """A grid point trained alongside others equals it trained alone."""
   users, items, rows, labels = _planted(seed=1, n=700)
-  train = consumers.Examples(rows[:500], labels[:500])
-  val = consumers.Examples(rows[500:], labels[500:])
+  train = unintended.Examples(rows[:500], labels[:500])
+  val = unintended.Examples(rows[500:], labels[500:])
   config = consumers.ConsumerConfig(epochs=3, hidden=(8,), dropout=(0.5, 0.0),
                                     seeds=2, batch_size=128)
   alone = consumers.ConsumerConfig(epochs=3, hidden=(8,), dropout=(0.0,),
@@ -201,7 +201,7 @@ def _random_heads(hidden=8, d_in=6, seeds=3, key=7):
 @pytest.mark.parametrize("task", ["binary-edge-rating", "binary-item-rating-avg"])
 def test_vmapped_evaluation_equals_plain_loop(task):
   rng = np.random.default_rng(0)
-  inputs = consumers.TASKS[task].inputs
+  inputs = unintended.TASKS[task].inputs
   heads = _random_heads(d_in=3 * len(inputs))
   sizes = {1: (20, 9), 2: (25, 12), 3: (31, 12)}  # rows grow per version
   embeddings = {s: {k: tuple(rng.standard_normal((n, 3)).astype(np.float32)
@@ -215,9 +215,9 @@ def test_vmapped_evaluation_equals_plain_loop(task):
     pairs = rng.choice(num_users * num_items, n, replace=False)
     rows = np.stack([pairs % num_users, pairs // num_users], 1)
     rows = rows if len(inputs) == 2 else rng.choice(num_items, (n, 1), replace=False)
-    evaluation[k] = consumers.Examples(rows.astype(np.int32),
+    evaluation[k] = unintended.Examples(rows.astype(np.int32),
                                        rng.random(n) < 0.4)
-  data = consumers.TaskData(consumers.TASKS[task], evaluation[1],
+  data = unintended.TaskData(unintended.TASKS[task], evaluation[1],
                             evaluation[1], evaluation)
   prepared = scoring.prepare_evaluation(data, embeddings, ["a", "b"])
   assert prepared.rows.shape[:2] == (3, len(evaluation[3]))
@@ -293,7 +293,7 @@ def test_train_and_evaluate_run_directory(tmp_path):
   graph = load_dataset("synthetic", num_interactions=3000, seed=0)
   splits = make_splits(graph, (0.5, 0.6, 0.7, 0.8))
   _fake_run(tmp_path, splits)
-  data = consumers.all_task_data(splits)
+  data = unintended.all_task_data(splits)
   data = {t: data[t] for t in ("user-activity", "binary-item-rating-std")}
   config = consumers.ConsumerConfig(epochs=2, hidden=(4,), dropout=(0.0,),
                                     seeds=2, batch_size=64)

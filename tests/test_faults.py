@@ -39,17 +39,18 @@ import subprocess
 import sys
 import threading
 
+from hypothesis import HealthCheck, given, settings, strategies as st
 import jax
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from bcjax import configs, io, store as store_lib
+from bcjax import store as store_lib
 from bcjax.data import load_dataset
 from bcjax.data.graph import build_graph
-from bcjax.rundir import RunDir
+from bcjax.runs import configs, export
+from bcjax.runs.rundir import RunDir
 from bcjax.store import EmbeddingStore, StoreError
+from bcjax.util import io
 
 REPO = Path(__file__).resolve().parents[1]
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[
@@ -135,7 +136,7 @@ def test_command_lines_refuse_with_one_line(finished_run, tmp_path):
   assert not failed, failed
   # Nothing was touched, and the run still exports its own ids.
   assert _snapshot(graph) == before and not (tmp_path / "new").exists()
-  exported = store_lib.export_run(graph, "nobc", tmp_path / "s")
+  exported = export.export_run(graph, "nobc", tmp_path / "s")
   ids = load_dataset("synthetic", num_interactions=3000).user_ids
   np.testing.assert_array_equal(exported.user_ids,
                                 ids[:len(exported.user_ids)])
@@ -144,7 +145,7 @@ def test_command_lines_refuse_with_one_line(finished_run, tmp_path):
 def test_a_finished_run_with_broken_files_names_them(finished_run, tmp_path,
                                                      capsys):
   """Items 2, 7, 8 in process: what the commands turn into one line."""
-  from bcjax.experiment import Experiment
+  from bcjax.paper.experiment import Experiment
   from launch import common
   graph = load_dataset("synthetic", num_interactions=3000)
   config = _copy(finished_run, tmp_path, "config")
@@ -159,7 +160,7 @@ def test_a_finished_run_with_broken_files_names_them(finished_run, tmp_path,
   bit = _copy(finished_run, tmp_path, "bit")
   _flip(bit / "nobc" / "v0" / "users.npy")
   with pytest.raises(StoreError, match="users.npy: checksum mismatch"):
-    store_lib.export_run(bit, "nobc", tmp_path / "out")
+    export.export_run(bit, "nobc", tmp_path / "out")
   here = os.getcwd()
   with pytest.raises(SystemExit) as status:
     common.output_path("workdir", "", directory=True)
@@ -252,7 +253,7 @@ def test_any_flipped_bit_of_a_run_is_refused_by_its_readers(
   if not name.startswith(("s/v1/bc_", "s/v0/bc_", "s/v1/var")):  # Exported.
     out = tmp_path_factory.mktemp("out") / "store"
     with pytest.raises(StoreError, match=str(path)):
-      store_lib.export_run(run_dir.root, "s", out)
+      export.export_run(run_dir.root, "s", out)
     assert not out.exists()
   if name.startswith("s/"):
     k, file = int(name[3]), name[5:]
@@ -313,7 +314,7 @@ def test_export_output_is_refused_inside_a_store_or_over_a_file(tmp_path,
          "a file": tmp_path / "file"}[where]
   files = _snapshot(tmp_path)
   with pytest.raises(StoreError):
-    store_lib.export_run(run_dir.root, "s", out)
+    export.export_run(run_dir.root, "s", out)
   assert _snapshot(tmp_path) == files
 
 
@@ -462,7 +463,7 @@ def test_an_attribute_kind_without_kept_values_contributes_nothing(
 
 def test_a_graph_of_50_interactions_embeds():
   """`--synthetic_interactions=50`: every brand is on fewer than 5 items."""
-  from bcjax.run_data import RunData
+  from bcjax.runs.run_data import RunData
   data = RunData(load_dataset("synthetic", num_interactions=50),
                  configs.get("test"))
   assert 0 in data.vocab_sizes
@@ -474,7 +475,7 @@ def test_a_graph_of_50_interactions_embeds():
 # --------------------------------- Command lines, in process (7, 8) ---
 
 def test_settings_refused_in_process(tmp_path):
-  from bcjax import pipeline
+  from bcjax.paper import pipeline
   config = configs.get("test")
   config.seed = 10**20
   with pytest.raises(ValueError, match="config.seed"):
@@ -486,9 +487,9 @@ def test_settings_refused_in_process(tmp_path):
   run_dir = _fake_run(tmp_path / "run")
   (tmp_path / "x").mkdir()
   with pytest.raises(StoreError, match="not a plain name"):
-    store_lib.export_run(run_dir.root, "../x", tmp_path / "out")
+    export.export_run(run_dir.root, "../x", tmp_path / "out")
   with pytest.raises(StoreError, match="empty path"):
-    store_lib.export_run("", "s", tmp_path / "out")
+    export.export_run("", "s", tmp_path / "out")
   assert not (tmp_path / "out").exists()
 
 
@@ -497,7 +498,7 @@ def test_settings_refused_in_process(tmp_path):
 @pytest.mark.parametrize("field, value", [("batch_size", 10**8),
                                           ("dims", (10**6, 8, 12, 12, 16))])
 def test_sizes_are_checked_against_memory_before_allocating(field, value):
-  from bcjax.run_data import RunData
+  from bcjax.runs.run_data import RunData
   config = configs.get("test")
   config[field] = value
   graph = load_dataset("synthetic", num_interactions=3000)
@@ -522,9 +523,9 @@ def test_messages_name_the_file(tmp_path, monkeypatch):
   io.save_json(run_dir.path("s", 1, "metrics.json"), metrics)
   with pytest.raises(StoreError, match=f"{run_dir.version_dir('s', 1)}: "
                      "users has non-finite values"):
-    store_lib.export_run(run_dir.root, "s", tmp_path / "out")
+    export.export_run(run_dir.root, "s", tmp_path / "out")
   # A truncated consumer file.
-  from bcjax import consumers
+  from bcjax.evaluation import consumers
   heads = consumers.Heads(4, 0.0, consumers.init_heads(
       4, 2, jax.random.split(jax.random.key(0), 2)), np.ones(2), np.ones(2),
                           {})
@@ -557,6 +558,6 @@ def test_resumes_remove_their_own_temporaries(tmp_path):
   (killed / "manifest.json").write_text("{}")
   other = tmp_path / f".other.{'d' * 32}.tmp"
   other.mkdir()
-  store_lib.export_run(_fake_run(tmp_path / "run2").root, "s",
+  export.export_run(_fake_run(tmp_path / "run2").root, "s",
                        tmp_path / "out")
   assert not killed.exists() and other.exists()

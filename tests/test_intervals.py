@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from bcjax import intervals, multiseed
-from bcjax.strategies import BC_ALIGNER_NAME as BC
+from bcjax.paper import multiseed
+from bcjax.runs.strategies import BC_ALIGNER_NAME as BC
+from bcjax.util import intervals
 
 # t_{0.975, 3} = 3.182446 and t_{0.975, 2} = 4.302653 (Student-t tables).
 T3, T2 = 3.182446, 4.302653

@@ -3,10 +3,11 @@
 import jax
 import numpy as np
 
-from bcjax import keys, pipeline
-from bcjax.configs import test as test_config
 from bcjax.data.synthetic import make_synthetic
-from bcjax.unintended import TASKS
+from bcjax.evaluation.unintended import TASKS
+from bcjax.paper import pipeline
+from bcjax.runs.configs import test as test_config
+from bcjax.util import keys
 
 
 def _bits(key):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from bcjax.data.synthetic import make_synthetic
-from bcjax.experiment import Experiment
 from bcjax.models.interface import FlaxModel
 from bcjax.models.lightgcn import LightGCN, make_lightgcn_inputs
-from bcjax.configs import test as test_config
+from bcjax.paper.experiment import Experiment
+from bcjax.runs.configs import test as test_config
 
 # Compares floats of two computations: `make test-numerics` runs it under
 # other XLA CPU kernels.

@@ -1,12 +1,13 @@
-"""Tests of bcjax.loop: the one training loop over one model or a stack."""
+"""Tests of bcjax.util.loop: the one training loop over one model or a stack."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bcjax import consumers, loop
-from bcjax.checkpointing import Checkpointing, Selection
+from bcjax.evaluation import consumers, unintended
+from bcjax.util import loop
+from bcjax.util.checkpointing import Checkpointing, Selection
 
 
 def test_keep_best_selects_per_model_of_a_stack_and_whole_for_one():
@@ -94,8 +95,8 @@ def _planted_heads(tmp_path=None, epochs=6, **kwargs):
   items = rng.normal(size=(50, 4)).astype(np.float32)
   rows = np.stack([rng.integers(40, size=600), rng.integers(50, size=600)], 1)
   labels = ((users[rows[:, 0], 0] + items[rows[:, 1], 0]) > 0).astype(np.int32)
-  train = consumers.Examples(rows[:400], labels[:400])
-  val = consumers.Examples(rows[400:], labels[400:])
+  train = unintended.Examples(rows[:400], labels[:400])
+  val = unintended.Examples(rows[400:], labels[400:])
   config = consumers.ConsumerConfig(hidden=(8,), dropout=(0.0,), seeds=2,
                                     epochs=epochs, batch_size=64, lr=1e-2)
   return consumers.train_heads((users, items), train, (users, items), val,

@@ -1,12 +1,12 @@
-"""Tests of bcjax.losses against plain numpy formulas."""
+"""Tests of bcjax.core.losses against plain numpy formulas."""
 
+from float32_bounds import tolerance
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bcjax import losses
-from float32_bounds import tolerance
+from bcjax.core import losses
 
 # Compares floats of two computations: `make test-numerics` runs it under
 # other XLA CPU kernels.

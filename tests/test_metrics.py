@@ -1,6 +1,7 @@
-"""Tests of bcjax.metrics against brute-force numpy and pure Python."""
+"""Tests of bcjax.core.metrics against brute-force numpy and pure Python."""
 
 import chex
+from float32_bounds import tolerance
 import hypothesis
 import hypothesis.strategies as st
 import jax
@@ -8,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bcjax import metrics
-from float32_bounds import tolerance
+from bcjax.core import metrics
 
 # Compares floats of two computations: `make test-numerics` runs it under
 # other XLA CPU kernels.

@@ -5,17 +5,17 @@ timeout and killed in `finally`."""
 
 import json
 import os
+from pathlib import Path
 import signal
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bcjax.rundir import CHECKPOINT
+from bcjax.runs.rundir import CHECKPOINT
 
 # Compares floats of two computations: `make test-numerics` runs it under
 # other XLA CPU kernels.

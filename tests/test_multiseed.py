@@ -4,11 +4,11 @@ the report over seeds at the top, per-seed resume."""
 import numpy as np
 import pytest
 
-from bcjax import pipeline
-from bcjax.configs import test as test_config
 from bcjax.data.synthetic import make_synthetic
-from bcjax.rundir import RunDir, read_json
-from bcjax.strategies import BC_ALIGNER_NAME as BC
+from bcjax.paper import pipeline
+from bcjax.runs.configs import test as test_config
+from bcjax.runs.rundir import RunDir, read_json
+from bcjax.runs.strategies import BC_ALIGNER_NAME as BC
 
 NAMES = ["nobc", BC]
 

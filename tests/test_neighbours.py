@@ -5,12 +5,15 @@ import jax
 import numpy as np
 import pytest
 
-from bcjax import configs
-from bcjax.data.neighbours import (NeighbourSampler, SampledInputs,
-                                   sampled_bpr_chunks)
+from bcjax.data.neighbours import (
+  NeighbourSampler,
+  SampledInputs,
+  sampled_bpr_chunks,
+)
 from bcjax.data.synthetic import make_synthetic
-from bcjax.experiment import Experiment
-from bcjax.configs import test as test_config
+from bcjax.paper.experiment import Experiment
+from bcjax.runs import configs
+from bcjax.runs.configs import test as test_config
 
 # Compares floats of two computations: `make test-numerics` runs it under
 # other XLA CPU kernels.

@@ -1,11 +1,11 @@
-"""Padding to fixed shapes (bcjax.padding), on host and under jit."""
+"""Padding to fixed shapes (bcjax.util.padding), on host and under jit."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bcjax import padding
+from bcjax.util import padding
 
 
 @pytest.mark.parametrize("n,multiple,expected", [(0, 4, 4), (1, 4, 4),

@@ -2,7 +2,7 @@
 
 import time
 
-from bcjax.progress import Progress
+from bcjax.util.progress import Progress
 
 
 def test_rate_and_eta_are_measured_after_the_first_line():

@@ -3,21 +3,21 @@ NaN stops training with a message that names it, keeping the checkpoint."""
 
 import json
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from bcjax import training
+from bcjax.core import epoch, training
 from bcjax.data.synthetic import make_synthetic
-from bcjax.experiment import Experiment
-from bcjax.rundir import CHECKPOINT
-from bcjax.configs import test as test_config
+from bcjax.paper.experiment import Experiment
+from bcjax.runs.configs import test as test_config
+from bcjax.runs.rundir import CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["--config=launch/configs/test.py", "--dataset=synthetic",
@@ -154,7 +154,7 @@ def test_injected_nan_stops_with_a_named_error_and_keeps_the_checkpoint(
     tmp_path, monkeypatch):
   """Parameters poisoned after epoch 3: the error names the strategy,
   version, epoch and parameter; epoch 2's checkpoint stays for a restart."""
-  original = training.train_epoch
+  original = epoch.train_epoch
 
   def poisoned(state, *args, **kwargs):
     state, loss = original(state, *args, **kwargs)
@@ -196,8 +196,8 @@ def test_injected_nan_stops_with_a_named_error_and_keeps_the_checkpoint(
 def experiment_state(experiment):
   """A fresh train state of version 0 (the checkpoint's template)."""
   model, data = experiment.model(0), experiment.data(0)
-  return training.init_state(model, data.inputs, training.Objective(),
-                             jax.random.key(0), None, training.adam(1e-3))
+  return epoch.init_state(model, data.inputs, epoch.Objective(),
+                             jax.random.key(0), None, epoch.adam(1e-3))
 
 
 def test_reproduce_killed_in_the_consumer_stage_ends_with_the_same_report(

@@ -3,16 +3,17 @@
 import csv
 import json
 import os
+from pathlib import Path
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bcjax import io, report
-from bcjax.strategies import STRATEGIES
+from bcjax.paper import report
+from bcjax.runs.strategies import STRATEGIES
+from bcjax.util import io
 
 ROOT = Path(__file__).resolve().parents[1]
 BC = "joint-lin-mloss"

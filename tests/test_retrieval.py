@@ -1,10 +1,13 @@
-"""Tests of bcjax.retrieval: recall through faiss indexes against brute force,
+"""Tests of bcjax.evaluation.retrieval: recall through faiss indexes against brute force,
 HNSW against exact, and insertion into a frozen index."""
 
 import numpy as np
 import pytest
 
-from bcjax import metrics, retrieval, retrieval_report
+from bcjax.core import metrics
+from bcjax.evaluation import retrieval
+from bcjax.paper import retrieval_report
+from bcjax.store import faiss_index
 
 
 def _graph(seed, num_users=60, num_items=300, dim=16):
@@ -46,7 +49,7 @@ def _brute_force(users, items, pairs, ks):
 def test_exact_index_recall_equals_brute_force(seed):
   users, items, pairs, inputs = _graph(seed)
   ks = (1, 10, 50)
-  found = retrieval.recall(retrieval.build_index(items, "exact"), users,
+  found = retrieval.recall(faiss_index.build_index(items, "exact"), users,
                            retrieval.Queries.of(inputs), ks)
   expected = _brute_force(users, items, pairs, ks)
   assert found == pytest.approx(expected, abs=1e-12)
@@ -60,44 +63,44 @@ def test_hnsw_recall_is_close_to_exact():
   2000 Gaussian items (at the fixed M, efConstruction and efSearch)."""
   users, items, _, inputs = _graph(2, num_users=200, num_items=2000, dim=32)
   queries = retrieval.Queries.of(inputs)
-  exact = retrieval.recall(retrieval.build_index(items, "exact"), users,
+  exact = retrieval.recall(faiss_index.build_index(items, "exact"), users,
                            queries)
-  hnsw = retrieval.recall(retrieval.build_index(items, "hnsw"), users, queries)
+  hnsw = retrieval.recall(faiss_index.build_index(items, "hnsw"), users, queries)
   for k in retrieval.RETRIEVAL_KS:
     assert hnsw[k] >= 0.95 * exact[k], (k, hnsw, exact)
 
 
-@pytest.mark.parametrize("kind", retrieval.KINDS)
+@pytest.mark.parametrize("kind", faiss_index.KINDS)
 def test_inserting_leaves_existing_vectors_bitwise_untouched(kind):
   rng = np.random.default_rng(3)
   old = rng.normal(size=(120, 8)).astype(np.float32)
   new = rng.normal(size=(40, 8)).astype(np.float32)
-  frozen = retrieval.build_index(old, kind)
-  before = retrieval.stored_vectors(frozen).copy()
-  grown = retrieval.with_inserted(frozen, new)
-  stored = retrieval.stored_vectors(grown)
+  frozen = faiss_index.build_index(old, kind)
+  before = faiss_index.stored_vectors(frozen).copy()
+  grown = faiss_index.with_inserted(frozen, new)
+  stored = faiss_index.stored_vectors(grown)
   assert grown.ntotal == 160 and frozen.ntotal == 120
   assert stored[:120].tobytes() == old.tobytes() == before.tobytes()
   assert stored[120:].tobytes() == new.tobytes()
-  assert retrieval.stored_vectors(frozen).tobytes() == before.tobytes()
+  assert faiss_index.stored_vectors(frozen).tobytes() == before.tobytes()
   # Nothing to insert: an equal copy.
-  assert retrieval.with_inserted(frozen, new[:0]).ntotal == 120
+  assert faiss_index.with_inserted(frozen, new[:0]).ntotal == 120
 
 
 def test_bad_input_is_refused_by_name():
   users, items, _, inputs = _graph(4)
-  index = retrieval.build_index(items, "exact")
+  index = faiss_index.build_index(items, "exact")
   queries = retrieval.Queries.of(inputs)
   with pytest.raises(ValueError, match="index kind"):
-    retrieval.build_index(items, "ivf")
+    faiss_index.build_index(items, "ivf")
   with pytest.raises(ValueError, match="NaN"):
-    retrieval.build_index(np.full((3, 2), np.nan), "exact")
+    faiss_index.build_index(np.full((3, 2), np.nan), "exact")
   with pytest.raises(ValueError, match="dims"):
-    retrieval.with_inserted(index, np.zeros((2, 3)))
+    faiss_index.with_inserted(index, np.zeros((2, 3)))
   with pytest.raises(ValueError, match="dims"):
     retrieval.recall(index, users[:, :4], queries)
   with pytest.raises(ValueError, match="holds 10 items"):
-    retrieval.recall(retrieval.build_index(items[:10], "exact"), users,
+    retrieval.recall(faiss_index.build_index(items[:10], "exact"), users,
                      queries)
   with pytest.raises(ValueError, match=">= 1"):
     retrieval.recall(index, users, queries, ks=(0,))

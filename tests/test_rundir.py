@@ -1,4 +1,4 @@
-"""Tests of bcjax.rundir, the one owner of the run directory's layout."""
+"""Tests of bcjax.runs.rundir, the one owner of the run directory's layout."""
 
 from pathlib import Path
 import re
@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from bcjax import io
-from bcjax.rundir import CHECKPOINT, METRICS, RunDir, read_json
+from bcjax.runs.rundir import CHECKPOINT, METRICS, RunDir, read_json
+from bcjax.util import io
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bcjax"
 
@@ -117,7 +117,7 @@ def test_only_rundir_builds_run_directory_paths():
 def test_replace_dir_swaps_a_complete_directory_in(tmp_path):
   """io.replace_dir: the new directory takes the old one's place; the old
   is gone only afterwards, and nothing is left beside them."""
-  from bcjax import io
+  from bcjax.util import io
   root = tmp_path / "curves"
   root.mkdir()
   (root / "old.txt").write_text("old")

@@ -1,16 +1,16 @@
 """Training across 4 simulated CPU devices equals training on one."""
 
 import os
+from pathlib import Path
 import subprocess
 import sys
-from pathlib import Path
 
+from float32_bounds import tolerance
 import jax
 import numpy as np
 import pytest
 
-from bcjax import sharding
-from float32_bounds import tolerance
+from bcjax.core import sharding
 
 # Compares floats of two computations: `make test-numerics` runs it under
 # other XLA CPU kernels.
@@ -23,8 +23,8 @@ SCRIPT = r"""
 import json, sys
 import jax, numpy as np
 from bcjax.data.synthetic import make_synthetic
-from bcjax.experiment import Experiment
-from bcjax.configs import test as test_config
+from bcjax.paper.experiment import Experiment
+from bcjax.runs.configs import test as test_config
 
 assert len(jax.devices()) == 4, jax.devices()
 out = {}
@@ -53,17 +53,17 @@ for devices in (1, 4):
   out[devices] = record
 
 # One step's loss and gradients, BC-Aligner at version 1, sharded or not.
-from bcjax import sharding, training
+from bcjax.core import epoch, sharding, training
 experiment = Experiment(graph, config, sys.argv[1] + "/d1")
 data, model = experiment.data(1), experiment.model(1)
-objective = training.Objective(transform="linear", multi_step=True)
+objective = epoch.Objective(transform="linear", multi_step=True)
 target = experiment.embeddings(experiment.model(0),
                                experiment.load("nobc", 0).variables, 1)
-state = training.init_state(model, data.inputs, objective, jax.random.key(0),
-                            8, training.adam(1e-3))
-align = training.AlignmentInputs(target=target)
+state = epoch.init_state(model, data.inputs, objective, jax.random.key(0),
+                            8, epoch.adam(1e-3))
+align = epoch.AlignmentInputs(target=target)
 batch = jax.tree.map(lambda x: x[0], experiment.batches(1)(jax.random.key(3)))
-loss = training.EmbeddingLoss(model, experiment.task, objective)
+loss = epoch.EmbeddingLoss(model, experiment.task, objective)
 step = jax.jit(jax.value_and_grad(
     lambda p, state, inputs, align, batch: loss(p, state, (inputs, align),
                                                 batch),
@@ -71,7 +71,7 @@ step = jax.jit(jax.value_and_grad(
 (loss1, _), grads1 = step(state.params, state, data.inputs, align, batch)
 mesh = sharding.make_mesh(4)
 placed = sharding.replicate((state, data.inputs), mesh)
-align4 = training.AlignmentInputs(target=sharding.split_rows(target, mesh))
+align4 = epoch.AlignmentInputs(target=sharding.split_rows(target, mesh))
 batch4 = jax.tree.map(lambda x: sharding.split_rows(x, mesh), batch)
 (loss4, _), grads4 = step(placed[0].params, *placed, align4, batch4)
 assert len(batch4[0].sharding.device_set) == 4

@@ -5,11 +5,11 @@ import os
 
 import pytest
 
-from bcjax import stages, workers
-from bcjax.configs import test as test_config
 from bcjax.data.synthetic import make_synthetic
-from bcjax.experiment import Experiment
-from bcjax.strategies import BC_ALIGNER_NAME as BC
+from bcjax.paper import stages, workers
+from bcjax.paper.experiment import Experiment
+from bcjax.runs.configs import test as test_config
+from bcjax.runs.strategies import BC_ALIGNER_NAME as BC
 
 NAMES = ["fix-m0", "nobc", "posthoc-lstsq", BC]
 

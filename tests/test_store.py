@@ -6,14 +6,14 @@ from pathlib import Path
 import subprocess
 import sys
 
+import float32_bounds
 import numpy as np
 import pytest
 
-from bcjax import store as store_lib
 from bcjax.backward import chains
 from bcjax.backward.maps import BackwardMap
+from bcjax.runs import export
 from bcjax.store import EmbeddingStore, StoreError
-import float32_bounds
 
 # Compares floats of two computations: `make test-numerics` runs it under
 # other XLA CPU kernels.
@@ -448,7 +448,7 @@ def _fake_run(root, strategy="bc", num_versions=4, with_transform=True):
 
 def test_export_run_builds_the_store(tmp_path):
   arrays = _fake_run(tmp_path / "run")
-  store = store_lib.export_run(tmp_path / "run", "bc", tmp_path / "out")
+  store = export.export_run(tmp_path / "run", "bc", tmp_path / "out")
   assert store.latest_version == 3 and store.dims == list(DIMS)
   assert (store.dataset, store.strategy) == ("synthetic", "bc")
   users, _ = store.embeddings(0)
@@ -461,7 +461,7 @@ def test_export_run_builds_the_store(tmp_path):
 def test_export_run_skips_a_trailing_incomplete_version(tmp_path):
   _fake_run(tmp_path / "run")
   (tmp_path / "run" / "bc" / "v3" / "metrics.json").unlink()
-  store = store_lib.export_run(tmp_path / "run", "bc", tmp_path / "out",
+  store = export.export_run(tmp_path / "run", "bc", tmp_path / "out",
                                dataset="ml100k")
   assert store.latest_version == 2 and store.dataset == "ml100k"
 
@@ -485,7 +485,7 @@ def test_export_run_serves_a_non_linear_chain_map_by_map(tmp_path):
     np.save(v2 / f"backward_{p}.npy", value)
   (v2 / "metrics.json").write_text(json.dumps(
       {"backward": "residual-mlp", "backward_params": sorted(mlp.params)}))
-  store = store_lib.export_run(tmp_path / "run", "bc", tmp_path / "out")
+  store = export.export_run(tmp_path / "run", "bc", tmp_path / "out")
   chain = [BackwardMap.from_matrix(arrays[1][2]), mlp,
            BackwardMap.from_matrix(arrays[3][2])]
   users3, items3 = arrays[3][0], arrays[3][1]
@@ -533,7 +533,7 @@ def test_a_non_linear_map_of_the_wrong_width_is_refused(tmp_path):
 def test_export_run_without_config_names_the_run(tmp_path):
   _fake_run(tmp_path / "run")
   (tmp_path / "run" / "config.json").unlink()
-  store = store_lib.export_run(tmp_path / "run", "bc", tmp_path / "out")
+  store = export.export_run(tmp_path / "run", "bc", tmp_path / "out")
   assert store.dataset == "run"
 
 
@@ -544,7 +544,7 @@ def test_export_run_without_config_names_the_run(tmp_path):
 def test_export_run_missing_inputs(tmp_path, setup, message):
   setup(tmp_path / "run")
   with pytest.raises(StoreError, match=message):
-    store_lib.export_run(tmp_path / "run", "other", tmp_path / "out")
+    export.export_run(tmp_path / "run", "other", tmp_path / "out")
   assert not (tmp_path / "out").exists()
 
 
@@ -553,14 +553,14 @@ def test_export_run_gap_in_complete_versions(tmp_path):
   (tmp_path / "run" / "bc" / "v1" / "metrics.json").unlink()
   with pytest.raises(StoreError, match=r"version 1 is incomplete but later "
                      r"versions \[2, 3\] are complete"):
-    store_lib.export_run(tmp_path / "run", "bc", tmp_path / "out")
+    export.export_run(tmp_path / "run", "bc", tmp_path / "out")
 
 
 def test_export_run_failing_midway_leaves_no_store(tmp_path):
   _fake_run(tmp_path / "run")
   np.save(tmp_path / "run" / "bc" / "v2" / "transform.npy", np.ones((7, 5)))
   with pytest.raises(StoreError, match=r"transform has shape \(7, 5\)"):
-    store_lib.export_run(tmp_path / "run", "bc", tmp_path / "out")
+    export.export_run(tmp_path / "run", "bc", tmp_path / "out")
   assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 

@@ -27,15 +27,14 @@ import subprocess
 import sys
 import textwrap
 
+from hypothesis import HealthCheck, given, settings, strategies as st
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from bcjax import io
 from bcjax import store as store_lib
+from bcjax.runs import export
 from bcjax.store import EmbeddingStore, StoreError
-from bcjax.store import layout as store_layout
+from bcjax.util import io
 
 REPO = Path(__file__).resolve().parents[1]
 FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[
@@ -214,7 +213,7 @@ def test_export_of_a_run_with_a_pickle_bomb_is_refused(tmp_path):
   _fake_run(tmp_path / "run", _pickle_bomb(tmp_path / "bomb.npy", marker))
   with pytest.raises(StoreError, match=r"run file .*bc/v1/users.npy cannot "
                      "be read: .*holds Python objects"):
-    store_lib.export_run(tmp_path / "run", "bc", tmp_path / "out")
+    export.export_run(tmp_path / "run", "bc", tmp_path / "out")
   assert not marker.exists()
   assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.npy", "run"]
 
@@ -229,7 +228,7 @@ def test_export_of_a_run_with_a_broken_config(tmp_path, config):
   else:
     path.write_bytes(config)
   with pytest.raises(StoreError, match=f"run file {path} names no dataset"):
-    store_lib.export_run(tmp_path / "run", "bc", tmp_path / "out")
+    export.export_run(tmp_path / "run", "bc", tmp_path / "out")
   assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 

@@ -17,16 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bcjax import compatibility, metrics, strategies, training
-from bcjax import store as store_lib
 from bcjax.backward import fits
+from bcjax.core import epoch, metrics
+from bcjax.core.tasks import BPRTask
 from bcjax.data.graph import AttributeKind
 from bcjax.data.synthetic import make_synthetic
-from bcjax.experiment import Experiment
+from bcjax.evaluation import compatibility
 from bcjax.models.interface import FlaxModel
 from bcjax.models.pinsage import PinSage, make_graph_inputs
-from bcjax.tasks import BPRTask
-from bcjax.configs import test as test_config
+from bcjax.paper.experiment import Experiment
+from bcjax.runs import export, strategies
+from bcjax.runs.configs import test as test_config
 
 # Compares floats of two computations: `make test-numerics` runs it under
 # other XLA CPU kernels.
@@ -235,23 +236,23 @@ def test_gradient_training_recovers_a_planted_linear_map(num_batches,
   graph = make_graph_inputs(user, item, num_users, num_items, {"kind": kind},
                             num_users, num_items, layout="dense")
   model = FlaxModel(PinSage(d_in, 1, (1,)))
-  objective = training.Objective(train_model=False, transform="linear")
+  objective = epoch.Objective(train_model=False, transform="linear")
   z = rng.normal(size=(num_users + num_items, d_in)).astype(np.float32)
   w = rng.uniform(-1, 1, size=(d_in, d_out)).astype(np.float32)
-  align = training.AlignmentInputs(embeddings=jnp.asarray(z),
+  align = epoch.AlignmentInputs(embeddings=jnp.asarray(z),
                                    target=jnp.asarray(z @ w))
-  state = training.init_state(model, graph, objective, jax.random.key(0),
-                              d_out, training.adam(0.02))
-  loss_fn = training.EmbeddingLoss(model, BPRTask(), objective)
+  state = epoch.init_state(model, graph, objective, jax.random.key(0),
+                              d_out, epoch.adam(0.02))
+  loss_fn = epoch.EmbeddingLoss(model, BPRTask(), objective)
   initial_error = np.abs(np.asarray(state.params["transform"]["w"]) - w)
-  for epoch in range(40):
-    batch_rng = np.random.default_rng(epoch)
+  for e in range(40):
+    batch_rng = np.random.default_rng(e)
     shape = (num_batches, batch_size)
     batches = (batch_rng.integers(num_users, size=shape).astype(np.int32),
                num_users + batch_rng.integers(num_items, size=shape).astype(np.int32),
                num_users + batch_rng.integers(num_items, size=shape).astype(np.int32),
                np.ones(shape, bool))
-    state, loss = training.train_epoch(state, (graph, align), batches,
+    state, loss = epoch.train_epoch(state, (graph, align), batches,
                                        loss=loss_fn)
   kernel = np.asarray(state.params["transform"]["w"])
   assert np.abs(kernel - w).max() < 0.02 < initial_error.max()
@@ -275,7 +276,7 @@ def test_the_store_serves_the_bc_embeddings_the_report_scored(run, name,
   version 0, bit for bit the bc_users / bc_items the report scored (a linear
   chain and one with residual-MLP maps), and so do the compatibility
   matrices' mapped tables."""
-  store = store_lib.export_run(run.run_dir.root, name, tmp_path / "store")
+  store = export.export_run(run.run_dir.root, name, tmp_path / "store")
   tables = compatibility.StrategyTables.load(run.run_dir, name,
                                              run.num_versions)
   latest = run.num_versions - 1

@@ -1,15 +1,15 @@
-"""Tests of bcjax.sweep: N seeds under vmap equal N sequential runs."""
+"""Tests of bcjax.core.sweep: N seeds under vmap equal N sequential runs."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bcjax import sweep, training
+from bcjax.core import epoch, sweep, training
 from bcjax.data.synthetic import make_synthetic
-from bcjax.experiment import Experiment
 from bcjax.models import aggregate as agg
-from bcjax.configs import test as test_config
+from bcjax.paper.experiment import Experiment
+from bcjax.runs.configs import test as test_config
 
 # Compares floats of two computations: `make test-numerics` runs it under
 # other XLA CPU kernels.
@@ -50,14 +50,14 @@ def test_vmapped_seeds_equal_sequential_fits(pinsage):
   batches = pinsage.batches(k)
   assert not np.all(batches(jax.random.key(0))[3])  # Some padding.
   keys = sweep.seed_keys(jax.random.key(5), 3)
-  tx = training.adam(1e-2)
+  tx = epoch.adam(1e-2)
   result = sweep.train_seeds(model, task, data.inputs, batches, keys,
-                             epochs=2, objective=training.Objective(), tx=tx)
+                             epochs=2, objective=epoch.Objective(), tx=tx)
   assert result.num_seeds == 3 and result.losses.shape == (2, 3)
   zs = []
   for i, key in enumerate(keys):
     fitted = training.fit(model, task, data.inputs, batches, key,
-                          objective=training.Objective(),
+                          objective=epoch.Objective(),
                           schedule=training.Schedule(epochs=2), tx=tx)
     # Training trajectories, vmapped against one seed alone: the kernels
     # round differently at every step and Adam carries it on (2e-7 relative
@@ -104,8 +104,8 @@ def test_aligned_sweep_equals_sequential(pinsage):
   rng = np.random.default_rng(0)
   n = pinsage.num_users_pad + pinsage.num_items_pad
   target = jnp.asarray(rng.normal(size=(n, 8)), jnp.float32)
-  objective = training.Objective(transform="linear")
-  align = training.AlignmentInputs(target=target)
+  objective = epoch.Objective(transform="linear")
+  align = epoch.AlignmentInputs(target=target)
   keys = sweep.seed_keys(jax.random.key(1), 2)
   kwargs = dict(epochs=1, objective=objective, align=align, d_prev=8)
   result = sweep.train_seeds(model, pinsage.task, data.inputs,

@@ -8,13 +8,12 @@ import sys
 
 import numpy as np
 import pytest
-
 import text_setup
 
 text_setup.require_encoders()
 
-from bcjax import keys  # noqa: E402
 from bcjax.text import benchmark, cache, heads, report  # noqa: E402
+from bcjax.util import keys  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

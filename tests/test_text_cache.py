@@ -6,13 +6,12 @@ import re
 
 import numpy as np
 import pytest
-
 import text_setup
 
 text_setup.require_encoders()
 
-from bcjax import io  # noqa: E402
 from bcjax.text import benchmark, cache, encoders  # noqa: E402
+from bcjax.util import io  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,16 @@
-"""Tests of bcjax.training: compilation, batching, learning, model selection."""
+"""Tests of bcjax.core.training: compilation, batching, learning, model selection."""
 
+from float32_bounds import tolerance
 import jax
 import numpy as np
 import pytest
 
-from bcjax import epoch as epoch_lib
-from bcjax import loop, tasks, training
+from bcjax.core import epoch as epoch_lib, tasks
 from bcjax.data.sampling import TripleSampler
 from bcjax.data.synthetic import make_synthetic
-from bcjax.experiment import Experiment
-from bcjax.configs import test as test_config
-from float32_bounds import tolerance
+from bcjax.paper.experiment import Experiment
+from bcjax.runs.configs import test as test_config
+from bcjax.util import loop
 
 # Compares floats of two computations: `make test-numerics` runs it under
 # other XLA CPU kernels.
@@ -52,19 +52,19 @@ def _epochs(experiment, versions, batch_size, epochs_per_version=3,
             num_batches=None):
   """Runs a few real epochs of nobc training on each version."""
   model = experiment.model(0)
-  objective = training.Objective()
-  loss_fn = training.EmbeddingLoss(model, experiment.task, objective)
+  objective = epoch_lib.Objective()
+  loss_fn = epoch_lib.EmbeddingLoss(model, experiment.task, objective)
   losses = []
   for k in versions:
     data = experiment.data(k)
-    state = training.init_state(model, data.inputs, objective,
-                                jax.random.key(k), None, training.adam(1e-3))
+    state = epoch_lib.init_state(model, data.inputs, objective,
+                                jax.random.key(k), None, epoch_lib.adam(1e-3))
     for epoch in range(epochs_per_version):
       batches = tasks.epoch_batches(
           data.sampler, jax.random.key(100 * k + epoch), batch_size,
           experiment.num_users_pad, num_batches)
-      state, loss = training.train_epoch(
-          state, (data.inputs, training.AlignmentInputs()), batches,
+      state, loss = epoch_lib.train_epoch(
+          state, (data.inputs, epoch_lib.AlignmentInputs()), batches,
           loss=loss_fn)
       losses.append(float(loss["loss"]))
       yield batches
@@ -83,11 +83,11 @@ def test_train_epoch_compiles_once_across_epochs_and_versions(experiment,
     shapes.add(batches[0].shape)
     if i == 0:
       first = trace_counter[0]
-      cache = training.train_epoch._cache_size()
+      cache = epoch_lib.train_epoch._cache_size()
       assert first <= 1
   assert shapes == {(1, batch_size)}
   assert trace_counter[0] == first, "train_epoch was traced again"
-  assert training.train_epoch._cache_size() == cache
+  assert epoch_lib.train_epoch._cache_size() == cache
 
 
 def test_train_epoch_compiles_once_when_batch_counts_differ(experiment,
@@ -106,17 +106,17 @@ def test_train_epoch_compiles_once_when_batch_counts_differ(experiment,
 def test_padding_batches_change_nothing(experiment):
   """Empty (all-masked) batches leave the state and the mean loss as is."""
   data, model = experiment.data(1), experiment.model(1)
-  objective = training.Objective()
-  loss_fn = training.EmbeddingLoss(model, experiment.task, objective)
+  objective = epoch_lib.Objective()
+  loss_fn = epoch_lib.EmbeddingLoss(model, experiment.task, objective)
   results = []
   for extra in (0, 2):
-    state = training.init_state(model, data.inputs, objective,
-                                jax.random.key(0), None, training.adam(1e-3))
+    state = epoch_lib.init_state(model, data.inputs, objective,
+                                jax.random.key(0), None, epoch_lib.adam(1e-3))
     needed = -(-data.split.num_train // 256)
     batches = tasks.epoch_batches(data.sampler, jax.random.key(1), 256,
                                   experiment.num_users_pad, needed + extra)
-    results.append(training.train_epoch(
-        state, (data.inputs, training.AlignmentInputs()), batches,
+    results.append(epoch_lib.train_epoch(
+        state, (data.inputs, epoch_lib.AlignmentInputs()), batches,
         loss=loss_fn))
   (a, means_a), (b, means_b) = results
   assert set(means_a) == set(means_b) == {"loss", "task_loss"}
@@ -182,12 +182,12 @@ def test_nobc_beats_random_recall(tmp_path):
   assert best > 1.5 * np.mean(random) and best > max(random), (best, random)
 
 
-# The training loop's selection logic (`bcjax.loop.run`), with scripted
+# The training loop's selection logic (`bcjax.util.loop.run`), with scripted
 # epochs.
 
 
 def _fake_state(epoch, param=0.0):
-  return training.TrainState(step=np.array(epoch), params={"w": np.float32(param)},
+  return epoch_lib.TrainState(step=np.array(epoch), params={"w": np.float32(param)},
                              frozen={}, model_state={}, opt_state=(), tx=None)
 
 

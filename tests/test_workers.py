@@ -6,12 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bcjax import configs, consumers, pipeline, stages, workers
-from bcjax.experiment import Experiment
-from bcjax.configs import test as test_config
 from bcjax.data.synthetic import make_synthetic
-from bcjax.rundir import RunDir
-from bcjax.strategies import BC_ALIGNER_NAME as BC
+from bcjax.evaluation import consumers
+from bcjax.paper import pipeline, stages, workers
+from bcjax.paper.experiment import Experiment
+from bcjax.runs import configs
+from bcjax.runs.configs import test as test_config
+from bcjax.runs.rundir import RunDir
+from bcjax.runs.strategies import BC_ALIGNER_NAME as BC
 
 NAMES = ["fix-m0", "nobc", "posthoc-lstsq", BC]
 
@@ -99,7 +101,7 @@ def test_stages_waiting_on_unlisted_stages_are_refused():
 
 
 def test_the_executors_know_no_strategy_or_consumer():
-  """`bcjax.workers` runs any plan: it imports nothing of the main job."""
+  """`bcjax.paper.workers` runs any plan: it imports nothing of the main job."""
   tree = ast.parse(Path(workers.__file__).read_text())
   imported = {a.name for node in ast.walk(tree)
               if isinstance(node, (ast.Import, ast.ImportFrom))

@@ -16,7 +16,7 @@ report scored:
     just the blocks that hold them, and a row read alone is exactly that row
     of the bulk read, on any machine.
 
-The multi-step alignment loss (`bcjax.losses`) is the one place that keeps
+The multi-step alignment loss (`bcjax.core.losses`) is the one place that keeps
 its own products: it needs every partial chain of the frozen W's inside the
 jitted step, which it builds incrementally.
 """

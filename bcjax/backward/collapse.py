@@ -21,9 +21,9 @@ from typing import Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from bcjax import keys
 from bcjax.backward import chains, fits
 from bcjax.backward.maps import BackwardMap
+from bcjax.util import keys
 
 CHAIN, COMPOSED = "chain", "composed"
 # Distillation kinds: `fits` names, and "affine", the full-rank least-squares

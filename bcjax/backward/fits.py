@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bcjax import loop
 from bcjax.backward.maps import LOW_RANK_DIVISOR, BackwardMap, get
+from bcjax.util import loop
 
 FITS = ("lstsq", "procrustes", "lowrank-affine", "residual-mlp")
 
@@ -103,7 +103,7 @@ def residual_mlp(x, y, key: jax.Array, hidden: int = 128, steps: int = 500,
   part starts at the full-rank least-squares fit and w2 at zero, so training
   starts from the best affine map; then every parameter is trained full
   batch with Adam on the mean squared error for `steps` steps (one jitted
-  scan, one epoch of the training loop `bcjax.loop.run`, whose NaN guard
+  scan, one epoch of the training loop `bcjax.util.loop.run`, whose NaN guard
   names a diverged fit).
 
   Args:

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bcjax import keys
+from bcjax.util import keys
 
 Params = dict[str, Any]
 

@@ -8,7 +8,7 @@ of version k-1, except a held-out fifth of version 0's nodes, on which every
 error is measured; the 4-hop chain K -> 0 is then distilled into one direct
 map of each kind on the version-K table (`collapse`, its own held-out rows).
 Serving: the version-K users, mapped by the chain or a collapse, query a
-frozen version-0 index (`bcjax.retrieval`, exact and HNSW) holding version
+frozen version-0 index (`bcjax.evaluation.retrieval`, exact and HNSW) holding version
 0's items and, inserted, the later items mapped by the chain; Recall@50 of
 the users' validation items, training items filtered out.
 """
@@ -19,10 +19,11 @@ import time
 
 import numpy as np
 
-from bcjax import keys, retrieval
-from bcjax.backward import collapse as collapse_lib
-from bcjax.backward import fits
+from bcjax.backward import collapse as collapse_lib, fits
 from bcjax.data import PAPER_TIMES, DynamicGraph, make_splits
+from bcjax.evaluation import retrieval
+from bcjax.store import faiss_index
+from bcjax.util import keys
 
 RECALL_K = 50
 # The issue's target: within the budget, Recall@50 at most this many points
@@ -124,12 +125,12 @@ def chain_collapse(graph: DynamicGraph, dims=(256, 320, 384, 448, 512),
   evaluated = _queries(splits[top])
   ks = (min(RECALL_K, splits[top].num_items),)
   inserted = collapsed[collapse_lib.CHAIN](tables[top][1][n_items:])
-  indexes = {kind: retrieval.with_inserted(
-      retrieval.build_index(tables[0][1], kind), inserted)
-             for kind in retrieval.KINDS}
+  indexes = {kind: faiss_index.with_inserted(
+      faiss_index.build_index(tables[0][1], kind), inserted)
+             for kind in faiss_index.KINDS}
   recall = lambda index, vectors: retrieval.recall(index, vectors, evaluated,
                                                    ks)[ks[0]]
-  top_k = lambda vectors: retrieval.search(indexes["exact"], vectors,
+  top_k = lambda vectors: faiss_index.search(indexes["exact"], vectors,
                                            ks[0])[1]
   chain_top = top_k(collapsed[collapse_lib.CHAIN](queries))
   unseen = collapsed.split[1][collapsed.split[1] < len(queries)]
@@ -163,7 +164,7 @@ def chain_collapse(graph: DynamicGraph, dims=(256, 320, 384, 448, 512),
       choices[by] = {"chosen": choice.option.name, "reason": choice.reason}
     except ValueError as error:
       choices[by] = {"chosen": None, "reason": str(error)}
-  ceiling = recall(retrieval.build_index(tables[top][1], "exact"), queries)
+  ceiling = recall(faiss_index.build_index(tables[top][1], "exact"), queries)
   return {"dims": list(dims), "users": splits[top].num_users,
           "held_out_users": len(unseen),
           "items": splits[top].num_items, "evaluated_users":

@@ -5,7 +5,7 @@ every version at the preset's sizes (`training_epoch`) and each objective's
 epoch at one version (`strategy_overheads`); `paper_wall_time` adds up what
 `launch.reproduce` would train with them: version 0 once (every strategy's
 v0 is nobc's), then every strategy's versions k >= 1, each as its
-`bcjax.strategies` description says, so one can tell before starting
+`bcjax.runs.strategies` description says, so one can tell before starting
 whether the paper preset (500 epochs) fits in the time at hand.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from bcjax import strategies
+from bcjax.runs import strategies
 
 # What the projection leaves out, stated with its figure.
 EXCLUDED = ("the consumers of the unintended tasks and the compatibility "

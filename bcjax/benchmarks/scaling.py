@@ -17,18 +17,24 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from bcjax.benchmarks.measure import (available_gb, device_peak_gb,
-                                      peak_rss_gb, spread)
+from bcjax.benchmarks.measure import (
+  available_gb,
+  device_peak_gb,
+  peak_rss_gb,
+  spread,
+)
+from bcjax.core.tasks import BPRTask, epoch_batches
+from bcjax.core.epoch import AlignmentInputs, EmbeddingLoss, Objective, adam, init_state, train_epoch
 from bcjax.data import make_splits
-from bcjax.data.neighbours import (NeighbourSampler, SampledTask,
-                                   sampled_bpr_chunks)
+from bcjax.data.neighbours import (
+  NeighbourSampler,
+  SampledTask,
+  sampled_bpr_chunks,
+)
 from bcjax.data.sampling import TripleSampler
 from bcjax.data.synthetic import make_synthetic
 from bcjax.models import families
-from bcjax.progress import to_stderr
-from bcjax.tasks import BPRTask, epoch_batches
-from bcjax.training import (AlignmentInputs, EmbeddingLoss, Objective, adam,
-                            init_state, train_epoch)
+from bcjax.util.progress import to_stderr
 
 
 def scaling_point(num_interactions: int, dim: int = 256, layers: int = 2,

@@ -10,12 +10,13 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from bcjax import consumers, retrieval, scoring
-from bcjax.backward import BackwardMap, apply_chain
 from bcjax import store as store_lib
+from bcjax.backward import BackwardMap, apply_chain
 from bcjax.benchmarks.measure import timed
 from bcjax.data import DynamicGraph, make_splits
-from bcjax.strategies import STRATEGIES
+from bcjax.evaluation import consumers, scoring, unintended
+from bcjax.runs.strategies import STRATEGIES
+from bcjax.store import faiss_index
 
 
 def store_read(dims=(256, 320, 384, 448, 512), num_users: int = 943,
@@ -69,7 +70,7 @@ def consumer_eval(graph: DynamicGraph, config, repeats: int = 3,
                   num_strategies: int | None = None,
                   tasks: Sequence[str] | None = None, seed: int = 0) -> dict:
   """Scoring frozen consumer heads on every (strategy, version, seed) of
-  every task: `bcjax.scoring.evaluate` (one jitted vmapped call per task,
+  every task: `bcjax.evaluation.scoring.evaluate` (one jitted vmapped call per task,
   padding included) against `evaluate_reference` (a Python loop, one small
   jitted call per (strategy, version, seed)).
 
@@ -87,7 +88,7 @@ def consumer_eval(graph: DynamicGraph, config, repeats: int = 3,
     "auc_max_abs_diff"}`.
   """
   splits = make_splits(graph, config.times)
-  data = {name: d for name, d in consumers.all_task_data(splits).items()
+  data = {name: d for name, d in unintended.all_task_data(splits).items()
           if d.evaluation and (tasks is None or name in tasks)}
   strategies = list(STRATEGIES)[:num_strategies]
   d, hidden = int(config.dims[0]), int(config.consumer.hidden[0])
@@ -137,7 +138,7 @@ def consumer_eval(graph: DynamicGraph, config, repeats: int = 3,
 def legacy_index(dims=(256, 320, 384, 448, 512), num_users: int = 943,
                  num_items: int = 1682, k: int = 10, repeats: int = 5,
                  seed: int = 0) -> dict:
-  """Serving through a frozen version-0 HNSW index (`bcjax.retrieval`).
+  """Serving through a frozen version-0 HNSW index (`bcjax.evaluation.retrieval`).
 
   Half the items fill the frozen index at d_0; queries are `num_users`
   version-K vectors (d_K), mapped into version 0 by the linear chain
@@ -167,12 +168,12 @@ def legacy_index(dims=(256, 320, 384, 448, 512), num_users: int = 943,
   top = len(dims) - 1
   # The linear chain as the store serves it: composed once, one product.
   map_linear = lambda: apply_chain(linear, queries, top, 0)
-  build = timed(retrieval.build_index, frozen_items, "hnsw", repeats=repeats)
-  exact_build = timed(retrieval.build_index, frozen_items, "exact",
+  build = timed(faiss_index.build_index, frozen_items, "hnsw", repeats=repeats)
+  exact_build = timed(faiss_index.build_index, frozen_items, "exact",
                       repeats=repeats)
-  index = retrieval.build_index(frozen_items, "hnsw")
+  index = faiss_index.build_index(frozen_items, "hnsw")
   raw_queries = normal(num_users, dims[0])
-  search = lambda q: retrieval.search(index, q, k)
+  search = lambda q: faiss_index.search(index, q, k)
   times = {
       "raw": timed(search, raw_queries, repeats=repeats),
       "linear": timed(lambda: search(map_linear()), repeats=repeats),
@@ -181,7 +182,7 @@ def legacy_index(dims=(256, 320, 384, 448, 512), num_users: int = 943,
       "map_linear": timed(map_linear, repeats=repeats),
       "map_mlp": timed(apply_chain, mlp, queries, top, 0,
                        repeats=repeats),
-      "insert": timed(retrieval.with_inserted, index, new_items,
+      "insert": timed(faiss_index.with_inserted, index, new_items,
                       repeats=repeats)}
   per = lambda t, n, scale: {"median": n * scale / t["median_s"],
                              "spread": [n * scale / t["max_s"],

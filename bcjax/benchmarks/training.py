@@ -13,19 +13,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from bcjax import keys as key_streams
-from bcjax import sweep
 from bcjax.backward import fits as backward_fits
-from bcjax import workers as workers_lib
 from bcjax.benchmarks.measure import spread, timed
+from bcjax.core import sweep
+from bcjax.core.epoch import AlignmentInputs, EmbeddingLoss, Objective, adam, embed, init_state, train_epoch
 from bcjax.data import DynamicGraph
-from bcjax.experiment import Experiment
 from bcjax.models import aggregate as agg
-from bcjax.models.batchnorm import (masked_batch_norm,
-                                    masked_batch_norm_autodiff)
+from bcjax.models.batchnorm import masked_batch_norm, masked_batch_norm_autodiff
 from bcjax.models.consumer import dropout
-from bcjax.training import (AlignmentInputs, EmbeddingLoss, Objective, adam,
-                            embed, init_state, train_epoch)
+from bcjax.paper import workers as workers_lib
+from bcjax.paper.experiment import Experiment
+from bcjax.util import keys as key_streams
 
 
 def replicated_graph(user: np.ndarray, item: np.ndarray, copies: int,
@@ -215,7 +213,7 @@ def seed_sweep(graph: DynamicGraph, config, workdir: str, version: int = 0,
 
   Both sides do the same work from the same states: sample each seed's
   epoch (host), then train it; the vmapped side stacks the seeds' states
-  and batches and runs `bcjax.sweep.vmapped_epoch`, the sequential side
+  and batches and runs `bcjax.core.sweep.vmapped_epoch`, the sequential side
   runs `train_epoch` once per seed. Repeats alternate the two sides.
 
   Returns:
@@ -326,7 +324,7 @@ def worker_throughput(graph: DynamicGraph, config, workdir: str,
                       version: int, workers: int = 2,
                       repeats: int = 3) -> dict:
   """Training epochs per second: `workers` processes pinned to their own
-  CPUs (`bcjax.workers`, what `config.workers` runs), all at once, against
+  CPUs (`bcjax.paper.workers`, what `config.workers` runs), all at once, against
   one process on every CPU (`training_epoch` of `version`, each).
 
   Returns:

@@ -15,11 +15,11 @@ import json
 import math
 import os
 import pathlib
-import zlib
 from typing import Any, Iterator
+import zlib
 
 from bcjax.data.graph import DataError, DynamicGraph, build_graph
-from bcjax.progress import to_stderr
+from bcjax.util.progress import to_stderr
 
 GZIP_MAGIC = b"\x1f\x8b"
 RATING_RANGE = (1.0, 5.0)

@@ -69,7 +69,7 @@ class SampledTask:
   """A task whose batches are `SampledBatch` instances: the model embeds
   each batch's trees' roots instead of every node.
 
-  The trainer sees an ordinary task (`bcjax.tasks.Task`) plus the
+  The trainer sees an ordinary task (`bcjax.core.tasks.Task`) plus the
   `batch_inputs` hook, so sampling is a wrapper of the task and its
   batches, not a branch of the trainer.
 
@@ -163,7 +163,7 @@ class NeighbourSampler:
 def sampled_bpr_chunks(sampler: NeighbourSampler, batches: tuple[np.ndarray, ...],
                        fanout: int, num_layers: int, chunk: int,
                        rng: np.random.Generator) -> Iterator[SampledBatch]:
-  """BPR batches (`bcjax.tasks.epoch_batches`) as stacked `SampledBatch`
+  """BPR batches (`bcjax.core.tasks.epoch_batches`) as stacked `SampledBatch`
   chunks of `chunk` batches (the last padded with empty ones).
 
   Each batch's roots are its users, positives and negatives (n_0 = 3B, in

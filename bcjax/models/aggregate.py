@@ -28,9 +28,9 @@ from typing import Literal
 
 import flax.struct
 import jax
+from jax.experimental import sparse
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import sparse
 
 Layout = Literal["segment", "sparse", "dense"]
 LAYOUTS: tuple[str, ...] = ("segment", "sparse", "dense")
@@ -153,7 +153,7 @@ def _csr_product(matrix: sparse.BCSR, h: jax.Array) -> jax.Array:
 
 @_csr_product.def_vmap
 def _csr_product_vmap(axis_size, in_batched, matrix, h):
-  """Under `jax.vmap` over `h` alone (a seed sweep, `bcjax.sweep`), the
+  """Under `jax.vmap` over `h` alone (a seed sweep, `bcjax.core.sweep`), the
   mapped axis is folded into the columns: one call of the CSR kernel,
   `[n, B * d]`, the same numbers. JAX's own batching rule for a CSR product
   goes through a COO gather and scatter, ~100x slower on CPU."""

@@ -11,10 +11,10 @@ import dataclasses
 from typing import Sequence
 
 from bcjax.data.splits import VersionSplit
-from bcjax.padding import round_up
 from bcjax.models.interface import FlaxModel
 from bcjax.models.lightgcn import LightGCN, make_lightgcn_inputs
 from bcjax.models.pinsage import PinSage, make_graph_inputs
+from bcjax.util.padding import round_up
 
 FAMILIES = ("pinsage", "lightgcn")
 NODE_MULTIPLE, EDGE_MULTIPLE = 64, 1024

@@ -1,7 +1,7 @@
 """What bcjax asks of an embedding model, and adapters for Flax and plain JAX.
 
 Backward compatibility does not care what the embedding model is. The
-trainer (`bcjax.training`) needs only two pure functions:
+trainer (`bcjax.core.training`) needs only two pure functions:
 
   init(key, inputs) -> variables
   apply(variables, inputs, train) -> (z, state)

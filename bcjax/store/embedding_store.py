@@ -30,11 +30,10 @@ from typing import Any, BinaryIO, Callable, Sequence
 
 import numpy as np
 
-from bcjax import io
 from bcjax.backward import chains
 from bcjax.store import guard, layout, maps
-from bcjax.store.layout import (FORMAT, FORMAT_VERSION, MANIFEST,
-                                StoreError)
+from bcjax.store.layout import FORMAT, FORMAT_VERSION, MANIFEST, StoreError
+from bcjax.util import io
 
 _OPEN_ATTEMPTS = 20
 

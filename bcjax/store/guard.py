@@ -12,9 +12,9 @@ from pathlib import Path
 import stat
 from typing import Iterator
 
-from bcjax import io
 from bcjax.store import layout
 from bcjax.store.layout import FORMAT, StoreError
+from bcjax.util import io
 
 LOCK = ".lock"
 

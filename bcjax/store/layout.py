@@ -30,8 +30,8 @@ from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
-from bcjax import io
 from bcjax.backward.maps import STORED_KINDS, BackwardMap
+from bcjax.util import io
 
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 << 20

@@ -3,7 +3,7 @@ read side (method §10).
 
 A consumer team that serves "items for this user" from an index of version
 j builds it over the store's items in version j's space (`version_index`,
-exact or HNSW, `bcjax.retrieval.build_index`), and queries it with users of
+exact or HNSW, `bcjax.store.faiss_index.build_index`), and queries it with users of
 the latest version mapped into version j (`EmbeddingStore.lookup`, the same
 product path as every read). Scores are inner products; training items are
 not known to the store, so nothing is filtered.
@@ -17,7 +17,7 @@ from typing import Sequence
 import faiss
 import numpy as np
 
-from bcjax import retrieval
+from bcjax.store import faiss_index
 from bcjax.store.embedding_store import EmbeddingStore
 from bcjax.store.layout import StoreError
 
@@ -45,12 +45,12 @@ def version_index(store: EmbeddingStore, version: int | None = None,
   Raises:
     StoreError: an unknown version or kind.
   """
-  if kind not in retrieval.KINDS:
+  if kind not in faiss_index.KINDS:
     raise StoreError(f"index kind {kind!r}; known: "
-                     f"{', '.join(retrieval.KINDS)}")
+                     f"{', '.join(faiss_index.KINDS)}")
   j = store.latest_version if version is None else version
   _, items = store.embeddings(j)
-  return VersionIndex(j, kind, retrieval.build_index(items, kind),
+  return VersionIndex(j, kind, faiss_index.build_index(items, kind),
                       store.item_ids)
 
 
@@ -76,6 +76,6 @@ def neighbours(store: EmbeddingStore, index: VersionIndex,
   if not 1 <= k <= len(index.item_ids):
     raise StoreError(f"k={k}: the index holds {len(index.item_ids)} items")
   users, _ = store.lookup(user_ids, (), index.version)
-  scores, found = retrieval.search(index.index, users, k)
+  scores, found = faiss_index.search(index.index, users, k)
   return [[(str(index.item_ids[i]), float(s)) for i, s in zip(rows, values)
            if i >= 0] for rows, values in zip(found, scores)]

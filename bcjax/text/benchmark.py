@@ -41,13 +41,13 @@ from typing import Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from bcjax import keys, metrics, retrieval
+from bcjax.backward import BackwardMap, apply_chain, fits as backward_fits
+from bcjax.core import metrics
 from bcjax.data.sampling import numpy_rng
 from bcjax.data.text import KINDS, TextCorpus
+from bcjax.store import faiss_index
 from bcjax.text import heads
-
-from bcjax.backward import BackwardMap, apply_chain
-from bcjax.backward import fits as backward_fits
+from bcjax.util import keys
 
 ORDER = ("minilm-l3", "minilm-l6", "mpnet")  # Same width, then wider.
 HEAD_DIMS = (128, 128, 256)
@@ -101,8 +101,8 @@ def recall_at_k(docs: np.ndarray, doc_vectors: np.ndarray,
                 group: np.ndarray, k: int = K) -> float:
   """Mean over queries of (same-group documents in the top k) / min(k,
   same-group documents), cosine similarity through a faiss exact index."""
-  index = retrieval.build_index(_unit(doc_vectors), "exact")
-  _, found = retrieval.search(index, _unit(query_vectors), min(k, len(docs)))
+  index = faiss_index.build_index(_unit(doc_vectors), "exact")
+  _, found = faiss_index.search(index, _unit(query_vectors), min(k, len(docs)))
   hits = group[docs][found] == group[queries][:, None]
   relevant = (group[queries][:, None] == group[docs][None, :]).sum(1)
   keep = relevant > 0
@@ -123,15 +123,15 @@ def frozen_recall(tables, maps, version: np.ndarray, query: np.ndarray,
   if maps is None:
     return recall_at_k(docs, tables[k][docs], queries, tables[k][queries],
                        group)
-  index = retrieval.build_index(
+  index = faiss_index.build_index(
       _unit(tables[0][docs[version[docs] == 0]]), "exact")
   for v in range(1, k + 1 if insert else 1):
     arrived = docs[version[docs] == v]
-    index = retrieval.with_inserted(
+    index = faiss_index.with_inserted(
         index, _unit(to_version0(tables, maps, v, arrived)))
   order = np.concatenate([docs[version[docs] == v]
                           for v in range(k + 1 if insert else 1)])
-  _, found = retrieval.search(
+  _, found = faiss_index.search(
       index, _unit(to_version0(tables, maps, k, queries)), min(K, len(order)))
   hits = group[order][found] == group[queries][:, None]
   relevant = (group[queries][:, None] == group[order][None, :]).sum(1)

@@ -9,7 +9,7 @@ Layout, under a cache folder::
                          sha256 of every finished chunk
     chunk_00000.npy ...  rows [i * chunk, (i + 1) * chunk) of the corpus
 
-A chunk is written (`bcjax.io.save_npy`: a temporary file, fsync, rename)
+A chunk is written (`bcjax.util.io.save_npy`: a temporary file, fsync, rename)
 and then listed in the manifest (`save_json`, the same way), so a killed
 `prepare` leaves only finished chunks listed, and the same call resumes at
 the first chunk missing. Every chunk read back is checked against its
@@ -27,16 +27,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from bcjax import io, progress
 from bcjax.data.text import TextCorpus
 from bcjax.text import encoders
+from bcjax.util import io, progress
 
 CHUNK = 256
 MANIFEST = "manifest.json"
 
 
 class EmbedProgress(progress.Progress):
-  """`bcjax.progress.Progress` for chunks of texts: the first line after the
+  """`bcjax.util.progress.Progress` for chunks of texts: the first line after the
   first chunk (the encoder's loading included), then at most one line per
   `interval` seconds, with the rate in texts/s and the ETA measured from
   the first line on."""

@@ -11,7 +11,7 @@
 Each is located in site-packages by its distribution's file list (nothing
 is imported from those packages), unpacked once into
 `<cache>/models/<name>/` (built in a staging folder and renamed into place,
-`bcjax.io.build_dir`; the zip's CRCs are checked as it is read), and run as
+`bcjax.util.io.build_dir`; the zip's CRCs are checked as it is read), and run as
 its sentence-transformers configuration does: mean pooling of the last
 hidden states over the real tokens, then L2 normalisation (applied to all
 three here, so every encoder gives unit rows). Texts are cut at
@@ -28,12 +28,12 @@ import json
 import os
 import pathlib
 import shutil
-import zipfile
 from typing import Sequence
+import zipfile
 
 import numpy as np
 
-from bcjax import io
+from bcjax.util import io
 
 MAX_TOKENS = 128
 BATCH_SIZE = 32

@@ -51,7 +51,7 @@ class Head(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class PairTask:
-  """InfoNCE over same-movie pairs (`bcjax.tasks.Task`).
+  """InfoNCE over same-movie pairs (`bcjax.core.tasks.Task`).
 
   A batch is `(rows [2B], group [B], mask [B])`: the text ids of B anchors
   then their B positives, the anchors' movies, and the real pairs. The
@@ -158,7 +158,7 @@ def train_lineage(features: Mapping[str, np.ndarray],
     model = bcjax.FlaxModel(Head(dim, name))
     batches = (lambda epoch_key, rows=np.asarray(train_rows[k]):
                pair_batches(rows, groups, epoch_key, batch, num_batches))
-    args = (model, task, inputs, batches, bcjax.keys.derive(key, "version", k))
+    args = (model, task, inputs, batches, bcjax.util.keys.derive(key, "version", k))
     options = dict(schedule=bcjax.Schedule(epochs=epochs), tx=tx,
                    label=f"head v{k}", log=lambda _: None)
     if compatible:

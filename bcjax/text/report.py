@@ -3,7 +3,7 @@ table, the PNG plots and report.json / report.md.
 
 Every figure is computed per seed (`benchmark.run_seed`) and reported as the
 mean ± half-width of its 95% Student-t interval over the seeds
-(`bcjax.intervals`); differences are paired per seed (the strategies of a
+(`bcjax.util.intervals`); differences are paired per seed (the strategies of a
 seed share its split).
 """
 
@@ -15,9 +15,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from bcjax import intervals, io, plots
-from bcjax.numbers import fmt, percent_change
+from bcjax.paper import plots
 from bcjax.text.benchmark import STRATEGIES
+from bcjax.util import intervals, io
+from bcjax.util.numbers import fmt, percent_change
 
 # figure -> (column header, decimals).
 COLUMNS = {

@@ -1,6 +1,6 @@
 """The `quick` preset as a file for `--config=launch/configs/quick.py`: its
-settings live in the library (`bcjax.configs.quick`)."""
+settings live in the library (`bcjax.runs.configs.quick`)."""
 
-from bcjax.configs.quick import get_config
+from bcjax.runs.configs.quick import get_config
 
 __all__ = ["get_config"]
