@@ -42,7 +42,7 @@ def main(argv):
     experiment = Experiment(graph, config, workdir)
     experiment.run(FLAGS.strategy, versions)
     # Read back (checked) from the run directory, as a resumed run's are.
-    summary = [(k, experiment.load(FLAGS.strategy, k).metrics["best"])
+    summary = [(k, experiment.artifacts.load(FLAGS.strategy, k).metrics["best"])
                for k in versions]
   except common.run_errors() as e:
     common.fail(common.describe(e))

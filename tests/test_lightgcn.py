@@ -114,12 +114,12 @@ def test_lightgcn_runs_every_kind_of_strategy(tmp_path):
   experiment = Experiment(graph, config, tmp_path)
   for name in ("joint-lin-mloss", "posthoc-lstsq", "fix-m0", "finetune-m0"):
     experiment.run(name)
-    artifacts = experiment.load(name, 1)
+    artifacts = experiment.artifacts.load(name, 1)
     assert np.all(np.isfinite(artifacts.users))
     assert artifacts.transform.shape in ((12, 8), (8, 8))
     assert set(artifacts.variables) == {"params", "nodes"}
   # Fix-M0's v1 rows of users new in v1 come from propagation alone.
-  split0, split1 = experiment.splits
-  fixed = experiment.load("fix-m0", 1).users
+  split0, split1 = experiment.versions.splits
+  fixed = experiment.artifacts.load("fix-m0", 1).users
   assert split1.num_users > split0.num_users
   assert np.abs(fixed[split0.num_users:]).sum() > 0

@@ -65,17 +65,17 @@ def test_sampled_pinsage_equals_the_full_graph_at_full_fanout():
   config.times, config.dims, config.layers = (0.6, 1.0), (8,), (2,)
   graph = make_synthetic(600, num_users=30, num_items=40, seed=1)
   experiment = Experiment(graph, config, "/tmp/unused-neighbours")
-  data, model = experiment.data(0), experiment.model(0)
+  data, model = experiment.versions.data(0), experiment.versions.model(0)
   variables = model.init(jax.random.key(0), data.inputs)
   # Non-trivial running statistics.
   variables = jax.tree_util.tree_map_with_path(
       lambda p, x: x + 0.3 if "mean" in jax.tree_util.keystr(p) else x,
       variables)
   full = np.asarray(model.apply(variables, data.inputs, train=False)[0])
-  split = experiment.splits[0]
+  split = experiment.versions.splits[0]
   sampler = NeighbourSampler(split.train_user, split.train_item,
-                             experiment.num_users_pad, experiment.num_items_pad)
-  roots = np.array([0, 3, experiment.num_users_pad + 2, 5, 0])
+                             experiment.versions.num_users_pad, experiment.versions.num_items_pad)
+  roots = np.array([0, 3, experiment.versions.num_users_pad + 2, 5, 0])
   tree = sampler.sample(roots, np.ones(5, bool), sampler.max_degree, 2,
                         np.random.default_rng(0))
   sampled, _ = model.apply(variables, SampledInputs(data.inputs, tree),
@@ -109,10 +109,10 @@ def test_training_with_neighbour_sampling(tmp_path):
   experiment = Experiment(graph, config, tmp_path)
   for name in ("joint-lin-mloss", "posthoc-lin-sloss"):
     experiment.run(name)
-    artifacts = experiment.load(name, 1)
+    artifacts = experiment.artifacts.load(name, 1)
     assert np.isfinite(artifacts.users).all()
     assert artifacts.transform.shape == (12, 8)
-  history = experiment.load("nobc", 0).metrics["history"]
+  history = experiment.artifacts.load("nobc", 0).metrics["history"]
   assert history[-1]["loss"] < history[0]["loss"]
   config.model = "lightgcn"
   with pytest.raises(ValueError, match="neighbour sampling"):

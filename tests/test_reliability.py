@@ -171,7 +171,7 @@ def test_injected_nan_stops_with_a_named_error_and_keeps_the_checkpoint(
   config.epochs, config.eval_every, config.checkpoint_every = 6, 1, 1
   graph = make_synthetic(2000, num_users=60, num_items=90, seed=0)
   experiment = Experiment(graph, config, tmp_path)
-  steps_per_epoch = experiment.num_batches
+  steps_per_epoch = experiment.versions.num_batches
   monkeypatch.setattr(training, "train_epoch", poisoned)
   with pytest.raises(FloatingPointError) as error:
     experiment.run("nobc")
@@ -195,7 +195,7 @@ def test_injected_nan_stops_with_a_named_error_and_keeps_the_checkpoint(
 
 def experiment_state(experiment):
   """A fresh train state of version 0 (the checkpoint's template)."""
-  model, data = experiment.model(0), experiment.data(0)
+  model, data = experiment.versions.model(0), experiment.versions.data(0)
   return epoch.init_state(model, data.inputs, epoch.Objective(),
                              jax.random.key(0), None, epoch.adam(1e-3))
 
@@ -252,11 +252,11 @@ def test_a_received_run_directory_is_checked_when_loaded(tmp_path):
   (path / "variables.msgpack").write_bytes(
       flax.serialization.msgpack_serialize(variables))
   with pytest.raises(ValueError, match=r"variables.msgpack: .*kernel_l.*float32\[3, 3\]"):
-    experiment.load("joint-lin-mloss", 1)
+    experiment.artifacts.load("joint-lin-mloss", 1)
   (path / "variables.msgpack").write_bytes(b"\x80\x04garbage")  # a pickle
   with pytest.raises(ValueError, match="variables.msgpack: not the variables"):
-    experiment.load("joint-lin-mloss", 1)
+    experiment.artifacts.load("joint-lin-mloss", 1)
   (path / "variables.msgpack").write_bytes(good)
   (path / "metrics.json").write_text("{broken")
   with pytest.raises(ValueError, match="metrics.json: not valid JSON"):
-    experiment.load("joint-lin-mloss", 1)
+    experiment.artifacts.load("joint-lin-mloss", 1)

@@ -44,7 +44,7 @@ for devices in (1, 4):
   record = {}
   for name in ("joint-lin-mloss", "posthoc-lin-mloss"):
     for k in (0, 1):
-      a = experiment.load(name, k)
+      a = experiment.artifacts.load(name, k)
       record[f"{name}/{k}"] = {
           "losses": [h["loss"] for h in a.metrics["history"]],
           "epoch": a.metrics["best_epoch"],
@@ -55,15 +55,15 @@ for devices in (1, 4):
 # One step's loss and gradients, BC-Aligner at version 1, sharded or not.
 from bcjax.core import epoch, sharding, training
 experiment = Experiment(graph, config, sys.argv[1] + "/d1")
-data, model = experiment.data(1), experiment.model(1)
+data, model = experiment.versions.data(1), experiment.versions.model(1)
 objective = epoch.Objective(transform="linear", multi_step=True)
-target = experiment.embeddings(experiment.model(0),
-                               experiment.load("nobc", 0).variables, 1)
+target = experiment.versions.embeddings(experiment.versions.model(0),
+                               experiment.artifacts.load("nobc", 0).variables, 1)
 state = epoch.init_state(model, data.inputs, objective, jax.random.key(0),
                             8, epoch.adam(1e-3))
 align = epoch.AlignmentInputs(target=target)
-batch = jax.tree.map(lambda x: x[0], experiment.batches(1)(jax.random.key(3)))
-loss = epoch.EmbeddingLoss(model, experiment.task, objective)
+batch = jax.tree.map(lambda x: x[0], experiment.versions.batches(1)(jax.random.key(3)))
+loss = epoch.EmbeddingLoss(model, experiment.versions.task, objective)
 step = jax.jit(jax.value_and_grad(
     lambda p, state, inputs, align, batch: loss(p, state, (inputs, align),
                                                 batch),

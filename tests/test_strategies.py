@@ -79,7 +79,7 @@ def _alignment_error(experiment, name):
           _load(experiment, name, k, "bc_items"),
           _load(experiment, "fix-m0", k, "bc_users"),
           _load(experiment, "fix-m0", k, "bc_items")))
-      for k in range(1, experiment.num_versions)]
+      for k in range(1, experiment.versions.num_versions)]
   return float(np.mean(errors))
 
 
@@ -93,7 +93,7 @@ def test_bc_strategies_align_better_than_nobc(run, name):
 
 @pytest.mark.parametrize("name", ("nobc", "fix-m0") + BC_STRATEGIES)
 def test_run_layout_files_and_shapes(run, name):
-  for k, split in enumerate(run.splits):
+  for k, split in enumerate(run.versions.splits):
     path = run.run_dir.version_dir(name, k)
     d_k = DIMS[0] if name == "fix-m0" else DIMS[k]
     assert _load(run, name, k, "users").shape == (split.num_users, d_k)
@@ -111,7 +111,7 @@ def test_run_layout_files_and_shapes(run, name):
 
 @pytest.mark.parametrize("name", ("nobc",) + BC_STRATEGIES)
 def test_bc_embedding_is_the_chain_newest_first(run, name):
-  for k in range(run.num_versions):
+  for k in range(run.versions.num_versions):
     expected = _load(run, name, k, "users")
     for j in range(k, 0, -1):   # z_k @ W_k @ W_{k-1} @ ... @ W_1
       expected = expected @ _load(run, name, j, "transform")
@@ -125,7 +125,7 @@ def test_adapters_save_their_maps_and_apply_the_chain_map_by_map(run, name):
   same map, and the BC embedding is B_1(... B_k(z_k)); the adapters fitted
   on nobc's pairs align better than nobc's prefix."""
   kind = strategies.get(name).backward
-  for k in range(run.num_versions):
+  for k in range(run.versions.num_versions):
     maps = run.run_dir.backward_maps(name, k)
     assert [m.kind for m in maps] == [kind] * k
     assert not (run.run_dir.version_dir(name, k) / "transform.npy").exists()
@@ -139,7 +139,7 @@ def test_adapters_save_their_maps_and_apply_the_chain_map_by_map(run, name):
 
 def test_prefix_strategies_read_the_first_dims(run):
   for name in ("nobc", "joint-notrans-sloss"):
-    for k in range(run.num_versions):
+    for k in range(run.versions.num_versions):
       np.testing.assert_allclose(_load(run, name, k, "bc_items"),
                                  _load(run, name, k, "items")[:, :DIMS[0]],
                                  rtol=1e-6, atol=1e-6)
@@ -151,7 +151,7 @@ def test_shared_version_zero_and_posthoc_models(run):
     np.testing.assert_array_equal(_load(run, name, 0, "users"), v0)
   for name in BC_STRATEGIES:
     if strategies.get(name).base == "nobc":   # post-hoc: nobc's M_k
-      for k in range(1, run.num_versions):
+      for k in range(1, run.versions.num_versions):
         np.testing.assert_allclose(_load(run, name, k, "items"),
                                    _load(run, "nobc", k, "items"),
                                    rtol=1e-5, atol=1e-5)
@@ -262,9 +262,9 @@ def test_gradient_training_recovers_a_planted_linear_map(num_batches,
 def test_resuming_with_other_training_settings_is_refused(run):
   """A run directory keeps its training settings; other ones are an error."""
   graph = make_synthetic(3000, seed=0)
-  Experiment(graph, run.config, run.workdir)  # Same settings: fine.
-  changed = run.config.as_configdict()  # The run's own is frozen.
-  changed.lam = run.config.lam * 2
+  Experiment(graph, run.versions.config, run.workdir)  # Same settings: fine.
+  changed = run.versions.config.as_configdict()  # The run's own is frozen.
+  changed.lam = run.versions.config.lam * 2
   with pytest.raises(ValueError, match="lam"):
     Experiment(graph, changed, run.workdir)
 
@@ -278,9 +278,9 @@ def test_the_store_serves_the_bc_embeddings_the_report_scored(run, name,
   matrices' mapped tables."""
   store = export.export_run(run.run_dir.root, name, tmp_path / "store")
   tables = compatibility.StrategyTables.load(run.run_dir, name,
-                                             run.num_versions)
-  latest = run.num_versions - 1
-  for k in range(run.num_versions):
+                                             run.versions.num_versions)
+  latest = run.versions.num_versions - 1
+  for k in range(run.versions.num_versions):
     scored = run.run_dir.bc_tables(name, k)
     users, items = run.run_dir.tables(name, k)
     for got, want in zip((store.transform(users, k, 0),

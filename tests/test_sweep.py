@@ -80,12 +80,12 @@ def test_vmapped_seeds_equal_sequential_fits(pinsage):
 def test_vmapped_seeds_equal_sequential_lightgcn(graph, tmp_path_factory):
   """A model without BatchNorm: every parameter matches."""
   experiment = _experiment(graph, tmp_path_factory, "lightgcn")
-  data, model = experiment.data(0), experiment.model(0)
+  data, model = experiment.versions.data(0), experiment.versions.model(0)
   keys = sweep.seed_keys(jax.random.key(0), 2)
-  result = sweep.train_seeds(model, experiment.task, data.inputs,
-                             experiment.batches(0), keys, epochs=2)
-  sequential = sweep.train_sequential(model, experiment.task, data.inputs,
-                                      experiment.batches(0), keys, epochs=2)
+  result = sweep.train_seeds(model, experiment.versions.task, data.inputs,
+                             experiment.versions.batches(0), keys, epochs=2)
+  sequential = sweep.train_sequential(model, experiment.versions.task, data.inputs,
+                                      experiment.versions.batches(0), keys, epochs=2)
   for i, (state, losses) in enumerate(sequential):
     # Trajectories, vmapped against sequential (see above).
     np.testing.assert_allclose(result.losses[:, i], losses, rtol=1e-4,

@@ -51,18 +51,18 @@ def trace_counter(monkeypatch):
 def _epochs(experiment, versions, batch_size, epochs_per_version=3,
             num_batches=None):
   """Runs a few real epochs of nobc training on each version."""
-  model = experiment.model(0)
+  model = experiment.versions.model(0)
   objective = epoch_lib.Objective()
-  loss_fn = epoch_lib.EmbeddingLoss(model, experiment.task, objective)
+  loss_fn = epoch_lib.EmbeddingLoss(model, experiment.versions.task, objective)
   losses = []
   for k in versions:
-    data = experiment.data(k)
+    data = experiment.versions.data(k)
     state = epoch_lib.init_state(model, data.inputs, objective,
                                 jax.random.key(k), None, epoch_lib.adam(1e-3))
     for epoch in range(epochs_per_version):
       batches = tasks.epoch_batches(
           data.sampler, jax.random.key(100 * k + epoch), batch_size,
-          experiment.num_users_pad, num_batches)
+          experiment.versions.num_users_pad, num_batches)
       state, loss = epoch_lib.train_epoch(
           state, (data.inputs, epoch_lib.AlignmentInputs()), batches,
           loss=loss_fn)
@@ -77,7 +77,7 @@ def test_train_epoch_compiles_once_across_epochs_and_versions(experiment,
   # budgets; a batch size above their training sizes gives both one batch,
   # so the whole epoch has one shape.
   batch_size = 4096
-  assert max(s.num_train for s in experiment.splits) <= batch_size
+  assert max(s.num_train for s in experiment.versions.splits) <= batch_size
   shapes = set()
   for i, batches in enumerate(_epochs(experiment, (1, 2), batch_size)):
     shapes.add(batches[0].shape)
@@ -94,7 +94,7 @@ def test_train_epoch_compiles_once_when_batch_counts_differ(experiment,
                                                             trace_counter):
   """Epochs padded to a run-wide batch count share one program."""
   batch_size = 512
-  counts = {-(-experiment.splits[k].num_train // batch_size) for k in (1, 2)}
+  counts = {-(-experiment.versions.splits[k].num_train // batch_size) for k in (1, 2)}
   assert len(counts) == 2
   for i, _ in enumerate(_epochs(experiment, (1, 2), batch_size, 2,
                                 num_batches=max(counts))):
@@ -105,16 +105,16 @@ def test_train_epoch_compiles_once_when_batch_counts_differ(experiment,
 
 def test_padding_batches_change_nothing(experiment):
   """Empty (all-masked) batches leave the state and the mean loss as is."""
-  data, model = experiment.data(1), experiment.model(1)
+  data, model = experiment.versions.data(1), experiment.versions.model(1)
   objective = epoch_lib.Objective()
-  loss_fn = epoch_lib.EmbeddingLoss(model, experiment.task, objective)
+  loss_fn = epoch_lib.EmbeddingLoss(model, experiment.versions.task, objective)
   results = []
   for extra in (0, 2):
     state = epoch_lib.init_state(model, data.inputs, objective,
                                 jax.random.key(0), None, epoch_lib.adam(1e-3))
     needed = -(-data.split.num_train // 256)
     batches = tasks.epoch_batches(data.sampler, jax.random.key(1), 256,
-                                  experiment.num_users_pad, needed + extra)
+                                  experiment.versions.num_users_pad, needed + extra)
     results.append(epoch_lib.train_epoch(
         state, (data.inputs, epoch_lib.AlignmentInputs()), batches,
         loss=loss_fn))
@@ -173,11 +173,11 @@ def test_nobc_beats_random_recall(tmp_path):
                    eval_every=5, batch_size=128)
   experiment = Experiment(graph, config, tmp_path)
   experiment.run("nobc", [0])
-  best = experiment.load("nobc", 0).metrics["best"]["recall@50"]
-  n = experiment.num_users_pad + experiment.num_items_pad
-  random = [experiment.recall(jax.random.normal(jax.random.key(s), (n, 16)),
+  best = experiment.artifacts.load("nobc", 0).metrics["best"]["recall@50"]
+  n = experiment.versions.num_users_pad + experiment.versions.num_items_pad
+  random = [experiment.versions.recall(jax.random.normal(jax.random.key(s), (n, 16)),
                               0)["recall@50"] for s in range(10)]
-  expected = 50 / experiment.splits[0].num_items
+  expected = 50 / experiment.versions.splits[0].num_items
   assert abs(np.mean(random) - expected) < 0.05   # sanity of the baseline
   assert best > 1.5 * np.mean(random) and best > max(random), (best, random)
 

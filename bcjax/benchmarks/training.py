@@ -16,7 +16,15 @@ import numpy as np
 from bcjax.backward import fits as backward_fits
 from bcjax.benchmarks.measure import spread, timed
 from bcjax.core import sweep
-from bcjax.core.epoch import AlignmentInputs, EmbeddingLoss, Objective, adam, embed, init_state, train_epoch
+from bcjax.core.epoch import (
+  AlignmentInputs,
+  EmbeddingLoss,
+  Objective,
+  adam,
+  embed,
+  init_state,
+  train_epoch,
+)
 from bcjax.data import DynamicGraph
 from bcjax.models import aggregate as agg
 from bcjax.models.batchnorm import masked_batch_norm, masked_batch_norm_autodiff
@@ -94,14 +102,14 @@ def training_epoch(graph: DynamicGraph, config, workdir: str, version: int,
     count zero there, so achieved GFLOP/s is a lower bound).
   """
   experiment = Experiment(graph, config, workdir)
-  data, model = experiment.data(version), experiment.model(version)
+  data, model = experiment.versions.data(version), experiment.versions.model(version)
   objective = Objective()
   state = init_state(model, data.inputs, objective, jax.random.key(0), None,
                      adam(config.lr))
-  loss_fn = EmbeddingLoss(model, experiment.task, objective)
+  loss_fn = EmbeddingLoss(model, experiment.versions.task, objective)
   run = lambda state, batches: train_epoch(  # noqa: E731
       state, (data.inputs, AlignmentInputs()), batches, loss=loss_fn)
-  one = experiment.batches(version)(jax.random.key(0))
+  one = experiment.versions.batches(version)(jax.random.key(0))
   one_step = tuple(a[:1] for a in one)
   start = time.perf_counter()
   compiled = jax.jit(run).lower(state, one).compile()
@@ -117,7 +125,7 @@ def training_epoch(graph: DynamicGraph, config, workdir: str, version: int,
   jax.block_until_ready(means)
   for r in range(repeats):
     start = time.perf_counter()
-    batches = experiment.batches(version)(jax.random.key(r + 1))
+    batches = experiment.versions.batches(version)(jax.random.key(r + 1))
     state, means = run(state, batches)
     jax.block_until_ready(means)
     times.append(time.perf_counter() - start)
@@ -126,7 +134,7 @@ def training_epoch(graph: DynamicGraph, config, workdir: str, version: int,
 
   def evaluate(state):
     z = embed(model, state.model_variables(), data.inputs)
-    return experiment.recall(z, version)
+    return experiment.versions.recall(z, version)
 
   evaluation = timed(evaluate, state, repeats=repeats)
   step_s = epoch_s / steps
@@ -149,21 +157,21 @@ def strategy_overheads(graph: DynamicGraph, config, workdir: str,
   their B_k epoch x posthoc epochs; closed-form fits: one solve.
   """
   experiment = Experiment(graph, config, workdir)
-  data, model = experiment.data(version), experiment.model(version)
+  data, model = experiment.versions.data(version), experiment.versions.model(version)
   d, d_prev = config.dims[version], config.dims[version - 1]
   rng = np.random.default_rng(0)
-  n = experiment.num_users_pad + experiment.num_items_pad
+  n = experiment.versions.num_users_pad + experiment.versions.num_items_pad
   target = jnp.asarray(rng.normal(size=(n, d_prev)), jnp.float32)
   earlier = tuple(jnp.asarray(rng.normal(size=(config.dims[j], config.dims[j - 1])),
                               jnp.float32) for j in range(version - 1, 0, -1))
   embeddings = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
-  batches = experiment.batches(version)(jax.random.key(0))
+  batches = experiment.versions.batches(version)(jax.random.key(0))
 
   def epoch_time(objective, align):
     variables = model.init(jax.random.key(0), data.inputs)
     state = init_state(model, data.inputs, objective, jax.random.key(1),
                        d_prev, adam(config.lr), model_variables=variables)
-    loss_fn = EmbeddingLoss(model, experiment.task, objective)
+    loss_fn = EmbeddingLoss(model, experiment.versions.task, objective)
     def run():
       nonlocal state
       state, value = train_epoch(state, (data.inputs, align), batches,
@@ -224,11 +232,11 @@ def seed_sweep(graph: DynamicGraph, config, workdir: str, version: int = 0,
     two sides' first-epoch losses of every seed (they start equal).
   """
   experiment = Experiment(graph, config, workdir)
-  data, model = experiment.data(version), experiment.model(version)
+  data, model = experiment.versions.data(version), experiment.versions.model(version)
   objective, shared = Objective(), (data.inputs, AlignmentInputs())
   keys = sweep.seed_keys(jax.random.key(seed), num_seeds)
-  sample = experiment.batches(version)
-  loss_fn = EmbeddingLoss(model, experiment.task, objective)
+  sample = experiment.versions.batches(version)
+  loss_fn = EmbeddingLoss(model, experiment.versions.task, objective)
 
   def fresh():
     return [init_state(model, data.inputs, objective, key_streams.derive(k, "init"),

@@ -61,7 +61,7 @@ class SeedRun:
 
   @classmethod
   def of(cls, experiment: Experiment) -> SeedRun:
-    return cls(experiment.config.to_dict(), str(experiment.workdir))
+    return cls(experiment.versions.config.to_dict(), str(experiment.workdir))
 
   @property
   def seed(self) -> int:
@@ -185,18 +185,18 @@ class _SeedData:
 
   @functools.cached_property
   def settings(self) -> configs.Settings:
-    return configs.validate(self.experiment.config)
+    return configs.validate(self.experiment.versions.config)
 
   @functools.cached_property
   def tasks(self) -> dict[str, unintended.TaskData]:
-    return unintended.all_task_data(self.experiment.splits)
+    return unintended.all_task_data(self.experiment.versions.splits)
 
   def heads(self) -> dict[str, consumers.Heads]:
     """Every task's consumers: trained, or loaded where saved (once)."""
     if self._heads is None:
       self._heads = consumers.train_consumers(
           self.experiment.run_dir, self.tasks, self.settings.consumer,
-          seed=self.experiment.config.seed)
+          seed=self.experiment.versions.config.seed)
     return self._heads
 
 
@@ -225,15 +225,15 @@ def _compatibility(context: Context, run: SeedRun,
                    names: tuple[str, ...]) -> None:
   seed = _seed(context, run)
   compatibility.run_compatibility(
-      seed.experiment.run_dir, seed.experiment.splits, list(names),
+      seed.experiment.run_dir, seed.experiment.versions.splits, list(names),
       seed.settings.compat, seed.settings.consumer, seed=run.seed)
 
 
 def _retrieval(context: Context, run: SeedRun, names: tuple[str, ...]) -> None:
   experiment = _seed(context, run).experiment
   retrieval.evaluate_run(experiment.run_dir,
-                         [experiment.data(k).recall
-                          for k in range(experiment.num_versions)],
+                         [experiment.versions.data(k).recall
+                          for k in range(experiment.versions.num_versions)],
                          list(names))
 
 
@@ -243,7 +243,8 @@ def _evaluate(context: Context, runs: tuple[SeedRun, ...],
   seeds = [_seed(context, run) for run in runs]
   scoring.evaluate_consumers([s.experiment.run_dir for s in seeds],
                              seeds[0].tasks, [s.heads() for s in seeds],
-                             list(names), seeds[0].experiment.num_versions)
+                             list(names),
+                             seeds[0].experiment.versions.num_versions)
 
 
 def _report(context: Context, run: SeedRun, names: tuple[str, ...]):
