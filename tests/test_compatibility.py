@@ -175,6 +175,37 @@ def test_matrix_equals_consumers_on_the_original_embeddings(tmp_path, splits):
   assert saved["config"]["epochs"] == 1 and len(saved["auc"][0][2]) == 2
 
 
+
+def test_each_row_checkpoints_its_heads_and_removes_them_once_scored(
+    tmp_path, splits, monkeypatch):
+  """Row j's heads checkpoint beside the matrix while they train (a killed
+  compatibility stage resumes them), under a stem of their own; the files
+  go once the row is scored, and the AUCs are those of a run without."""
+  splits = splits[:3]
+  _fake_run(tmp_path, splits)
+  tables = compatibility.StrategyTables.load(tmp_path, "s", len(splits))
+  targets = [version_targets(s) for s in splits]
+  monkeypatch.setattr(consumers, "CHECKPOINT_EVERY", 1)
+  train_heads, stems = consumers.train_heads, []
+
+  def recording(*args, checkpoints=None, **kwargs):
+    heads = train_heads(*args, checkpoints=checkpoints, **kwargs)
+    stems.append(checkpoints)
+    assert consumers.checkpoint_path(checkpoints, 4, 0.0).is_file()
+    return heads
+  monkeypatch.setattr(consumers, "train_heads", recording)
+  stem = tmp_path / "compatibility" / "s" / TASKS[0]
+  stem.parent.mkdir(parents=True)
+  with_checkpoints = compatibility.task_matrix(
+      TASKS[0], splits, targets, tables, CONFIG, seed=3, checkpoints=stem)
+  assert stems == [stem.with_name(f"{TASKS[0]}.v{j}")
+                   for j in range(len(stems))] and stems
+  assert not list(stem.parent.glob("*.checkpoint.msgpack"))
+  stems.clear()
+  monkeypatch.setattr(consumers, "train_heads", train_heads)
+  assert compatibility.task_matrix(TASKS[0], splits, targets, tables, CONFIG,
+                                   seed=3) == with_checkpoints
+
 def test_hyper_parameters_of_the_main_consumers(tmp_path):
   assert compatibility.chosen_hyper(tmp_path, "user-activity", CONFIG) == (4, 0.0)
   (tmp_path / "consumers").mkdir()

@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
 
-from bcjax.backward.chains import apply_chain
+from bcjax.backward.chains import blocked_map, chain
 from bcjax.backward.maps import BackwardMap
 from bcjax.data.splits import VersionSplit
 from bcjax.data.targets import VersionTargets, version_targets
@@ -117,7 +118,8 @@ class StrategyTables:
     """
     if k == j:
       return self.tables[k]
-    return tuple(apply_chain(self.maps, t, k, j) for t in self.tables[k])
+    to_j = chain(self.maps, k, j)  # Composed once, for users and items.
+    return tuple(blocked_map(t, to_j) for t in self.tables[k])
 
 
 def _inputs(task: unintended.UnintendedTask, pair) -> list[np.ndarray]:
@@ -126,7 +128,8 @@ def _inputs(task: unintended.UnintendedTask, pair) -> list[np.ndarray]:
 
 def train_row(data: unintended.TaskData, tables: StrategyTables,
               train_version: int, config: ConsumerConfig,
-              key: jax.Array, log: Callable[[str], None] | None = None
+              key: jax.Array, log: Callable[[str], None] | None = None,
+              checkpoints: Path | None = None
               ) -> tuple[consumers.Heads, dict[int, np.ndarray]]:
   """Trains one row's consumers and scores them at every later version.
 
@@ -137,6 +140,8 @@ def train_row(data: unintended.TaskData, tables: StrategyTables,
     config: a single grid point (one h, one dropout rate).
     key: the row's PRNG key.
     log: progress lines of `consumers.train_heads` (default: none).
+    checkpoints: the stem of the heads' checkpoint files
+      (`consumers.train_heads`; None: no checkpoints).
 
   Returns:
     (the heads, k -> `[seeds]` ROC-AUC for every scored version k).
@@ -146,7 +151,8 @@ def train_row(data: unintended.TaskData, tables: StrategyTables,
   heads = consumers.train_heads(
       _inputs(data.task, tables.mapped(j, j)), data.train,
       _inputs(data.task, tables.mapped(val_version, j)), data.val, config, key,
-      label=f"compat {data.task.name} v{j}", log=log or (lambda _: None))
+      label=f"compat {data.task.name} v{j}", checkpoints=checkpoints,
+      log=log or (lambda _: None))
   embeddings = {"s": {k: tables.mapped(k, j) for k in data.evaluation}}
   inputs = scoring.prepare_evaluation(data, embeddings, ["s"])
   auc = scoring.evaluate(heads, inputs)["s"]
@@ -170,7 +176,8 @@ def row_key(seed: int, task: str, train_version: int) -> jax.Array:
 def task_matrix(name: str, splits: Sequence[VersionSplit],
                 targets: Sequence[VersionTargets], tables: StrategyTables,
                 config: ConsumerConfig, seed: int = 0,
-                log: Callable[[str], None] | None = None) -> list[list]:
+                log: Callable[[str], None] | None = None,
+                checkpoints: Path | None = None) -> list[list]:
   """Per-seed AUCs of one task, every row j trained and scored.
 
   Args:
@@ -181,6 +188,9 @@ def task_matrix(name: str, splits: Sequence[VersionSplit],
     config: a single grid point (one h, one dropout rate).
     seed: the run's seed (see `row_key`).
     log: progress lines (default: none).
+    checkpoints: a stem; row j's heads checkpoint at `<stem>.v<j>` while
+      they train (`consumers.checkpoint_path`), removed once the row is
+      scored (None: no checkpoints).
 
   Returns:
     `auc[j][k]`: `[K + 1][K + 1]`, a list of per-seed floats (NaN: None),
@@ -197,7 +207,13 @@ def task_matrix(name: str, splits: Sequence[VersionSplit],
       log(f"[compat {name} v{j}] skipped: its training or early-stopping "
           "labels have a single class")
       continue
-    _, row = train_row(data, tables, j, config, row_key(seed, name, j))
+    stem = (None if checkpoints is None
+            else checkpoints.with_name(f"{checkpoints.name}.v{j}"))
+    _, row = train_row(data, tables, j, config, row_key(seed, name, j),
+                       checkpoints=stem)
+    if stem is not None:
+      io.remove(consumers.checkpoint_path(stem, config.hidden[0],
+                                          config.dropout[0]))
     for k, values in row.items():
       auc[j][k] = finite_or_none(values)
   return auc
@@ -294,7 +310,7 @@ def run_compatibility(workdir: RunDir | str | os.PathLike,
       tables = tables or StrategyTables.load(run_dir, strategy, len(splits))
       start = time.perf_counter()
       auc = task_matrix(name, splits, targets, tables, head_config, seed,
-                        log=log)
+                        log=log, checkpoints=path.with_suffix(""))
       means = matrix_means(auc)
       record = {"strategy": strategy, "task": name, "hidden": hidden,
                 "dropout": dropout, "config": settings,

@@ -18,7 +18,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from bcjax.backward.chains import apply_chain
+from bcjax.backward.chains import blocked_map, chain
 from bcjax.backward.maps import BackwardMap
 from bcjax.models.interface import EmbeddingModel
 from bcjax.release.lineage import Lineage
@@ -101,7 +101,7 @@ class RunArtifacts:
       variables: the selected model's variables.
       z: `[num_users_pad + num_items_pad, d_k]` its embeddings.
       backward: B_k (k >= 1; ignored for k = 0); the BC embedding applies
-        B_1..B_k (`bcjax.backward.chains.apply_chain`).
+        B_1..B_k (`bcjax.backward.chains.chain`, over fixed blocks).
       record: metrics and history, saved in metrics.json.
     """
     users, items = self.versions.real_rows(z, k)
@@ -111,8 +111,9 @@ class RunArtifacts:
       arrays.update(files)
       record = {**record, **fields}
       maps = self.run_dir.backward_maps(strategy, k - 1) + [backward]
-    arrays.update(bc_users=apply_chain(maps, users, k, 0),
-                  bc_items=apply_chain(maps, items, k, 0))
+    to_zero = chain(maps, k, 0)  # Composed once, for users and items.
+    arrays.update(bc_users=blocked_map(users, to_zero),
+                  bc_items=blocked_map(items, to_zero))
     size = self.size_version(k, strategy)
     config = self.versions.config
     self.run_dir.save_version(
