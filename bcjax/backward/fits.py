@@ -21,9 +21,8 @@ import numpy as np
 import optax
 
 from bcjax.backward.maps import LOW_RANK_DIVISOR, BackwardMap, get
-from bcjax.util import loop
+from bcjax.util import loop, names
 
-FITS = ("lstsq", "procrustes", "lowrank-affine", "residual-mlp")
 
 
 def _check_pairs(x, y) -> tuple[np.ndarray, np.ndarray]:
@@ -156,16 +155,7 @@ def fit(name: str, x, y, key: jax.Array) -> BackwardMap:
   Raises:
     ValueError: an unknown name (listing the known ones) or bad pairs.
   """
-  if name == "lstsq":
-    return BackwardMap.from_matrix(lstsq_matrix(x, y))
-  if name == "procrustes":
-    return BackwardMap.from_matrix(procrustes_matrix(x, y))
-  if name == "lowrank-affine":
-    rank = max(1, min(np.shape(x)[1], np.shape(y)[1]) // LOW_RANK_DIVISOR)
-    return low_rank_affine(x, y, rank)
-  if name == "residual-mlp":
-    return residual_mlp(x, y, key)
-  raise ValueError(f"unknown backward fit {name!r}; known: {', '.join(FITS)}")
+  return names.lookup(FITS, name, "backward fit")(x, y, key)
 
 
 @jax.jit
@@ -189,3 +179,20 @@ def _train_mse(params, x, y, *, steps: int, lr: float):
   (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None,
                                 length=steps)
   return params
+
+
+def _low_rank_by_divisor(x, y, key) -> BackwardMap:
+  """`low_rank_affine` at rank min(d_in, d_out) // `LOW_RANK_DIVISOR`."""
+  del key
+  rank = max(1, min(np.shape(x)[1], np.shape(y)[1]) // LOW_RANK_DIVISOR)
+  return low_rank_affine(x, y, rank)
+
+
+# A post-hoc fit's name (`Strategy.fit`) -> `(x, y, key) -> BackwardMap`.
+FITS = {
+    "lstsq": lambda x, y, key: BackwardMap.from_matrix(lstsq_matrix(x, y)),
+    "procrustes": lambda x, y, key: BackwardMap.from_matrix(
+        procrustes_matrix(x, y)),
+    "lowrank-affine": _low_rank_by_divisor,
+    "residual-mlp": residual_mlp,
+}

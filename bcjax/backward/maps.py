@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bcjax.util import keys
+from bcjax.util import keys, names
 
 Params = dict[str, Any]
 
@@ -160,10 +160,7 @@ def get(name: str) -> Kind:
   Raises:
     ValueError: an unknown name (the message lists the known ones).
   """
-  if name not in KINDS:
-    raise ValueError(f"unknown backward map kind {name!r}; known: "
-                     f"{', '.join(KINDS)}")
-  return KINDS[name]
+  return names.lookup(KINDS, name, "backward map kind")
 
 
 @dataclasses.dataclass(frozen=True)

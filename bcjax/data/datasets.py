@@ -9,6 +9,7 @@ from bcjax.data.amazon import load_amazon
 from bcjax.data.graph import DataError, DynamicGraph
 from bcjax.data.movielens import load_movielens_100k
 from bcjax.data.synthetic import make_synthetic
+from bcjax.util import names
 
 
 def _amazon(amazon_dir: str | None = None,
@@ -47,9 +48,7 @@ def load_dataset(name: str, **options) -> DynamicGraph:
     DataError: an unknown name, options the dataset does not take, or the
       loader's own errors.
   """
-  if name not in LOADERS:
-    raise DataError(f"unknown dataset {name!r}; known: {', '.join(LOADERS)}")
-  loader = LOADERS[name]
+  loader = names.lookup(LOADERS, name, "dataset", DataError)
   try:
     inspect.signature(loader).bind(**options)
   except TypeError as error:

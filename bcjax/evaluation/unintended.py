@@ -17,7 +17,7 @@ import numpy as np
 
 from bcjax.data.splits import VersionSplit
 from bcjax.data.targets import VersionTargets, version_targets
-from bcjax.util import keys, padding
+from bcjax.util import keys, names, padding
 
 STD_THRESHOLD = 1.0
 
@@ -122,9 +122,7 @@ def task_data(name: str, splits: Sequence[VersionSplit],
     ValueError: an unknown task, too few versions for its early stopping, or
       a training version out of range.
   """
-  if name not in TASKS:
-    raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
-  task = TASKS[name]
+  task = names.lookup(TASKS, name, "task")
   if len(splits) <= task.val_version:
     raise ValueError(f"task {name}: needs {task.val_version + 1} versions, "
                      f"the run has {len(splits)}")

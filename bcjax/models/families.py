@@ -14,6 +14,7 @@ from bcjax.data.splits import VersionSplit
 from bcjax.models.interface import FlaxModel
 from bcjax.models.lightgcn import LightGCN, make_lightgcn_inputs
 from bcjax.models.pinsage import PinSage, make_graph_inputs
+from bcjax.util import names
 from bcjax.util.padding import round_up
 
 FAMILIES = ("pinsage", "lightgcn")
@@ -60,9 +61,7 @@ def check(name: str) -> str:
   Raises:
     ValueError: an unknown family (the message lists the known ones).
   """
-  if name not in FAMILIES:
-    raise ValueError(f"unknown model {name!r}; known: {', '.join(FAMILIES)}")
-  return name
+  return names.check(FAMILIES, name, "model")
 
 
 def build(name: str, dim: int, num_layers: int,

@@ -14,6 +14,7 @@ import dataclasses
 from typing import Literal
 
 from bcjax.core.epoch import Objective
+from bcjax.util import names
 
 # How M_k (k >= 1) is obtained:
 #   fixed     - M_0 itself, applied to graph k (fix-m0);
@@ -135,7 +136,4 @@ def get(name: str) -> Strategy:
   Raises:
     ValueError: an unknown name (the message lists the known ones).
   """
-  if name not in STRATEGIES:
-    raise ValueError(f"unknown strategy {name!r}; known: "
-                     f"{', '.join(STRATEGIES)}")
-  return STRATEGIES[name]
+  return names.lookup(STRATEGIES, name, "strategy")

@@ -19,6 +19,8 @@ from typing import Literal
 import faiss
 import numpy as np
 
+from bcjax.util import names
+
 Kind = Literal["exact", "hnsw"]
 KINDS: tuple[Kind, ...] = ("exact", "hnsw")
 # HNSW: 32 links a node, beam 200 while building; searches use a beam of at
@@ -67,13 +69,11 @@ def build_index(vectors, kind: Kind) -> faiss.Index:
   """
   vectors = _vectors(vectors, "index vectors")
   d = vectors.shape[1]
-  if kind == "exact":
+  if names.check(KINDS, kind, "index kind") == "exact":
     index = faiss.IndexFlatIP(d)
-  elif kind == "hnsw":
+  else:
     index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-  else:
-    raise ValueError(f"index kind {kind!r}; known: {', '.join(KINDS)}")
   with _one_thread():
     index.add(vectors)
   return index

@@ -33,7 +33,7 @@ import zipfile
 
 import numpy as np
 
-from bcjax.util import io
+from bcjax.util import io, names
 
 MAX_TOKENS = 128
 BATCH_SIZE = 32
@@ -90,10 +90,7 @@ def spec(name: str) -> EncoderSpec:
   Raises:
     ValueError: an unknown name, listing the known ones.
   """
-  if name not in ENCODERS:
-    raise ValueError(f"unknown encoder {name!r}; known: "
-                     f"{', '.join(ENCODERS)}")
-  return ENCODERS[name]
+  return names.lookup(ENCODERS, name, "encoder")
 
 
 def package_file(distribution: str, relative: str) -> pathlib.Path:
