@@ -156,7 +156,7 @@ def test_a_finished_run_with_broken_files_names_them(finished_run, tmp_path,
   users = _copy(finished_run, tmp_path, "users")
   (users / "nobc" / "v0" / "users.npy").unlink()
   with pytest.raises(FileNotFoundError, match="users.npy"):
-    Experiment(graph, configs.get("test"), users).load("nobc", 0)
+    Experiment(graph, configs.get("test"), users).artifacts.load("nobc", 0)
   bit = _copy(finished_run, tmp_path, "bit")
   _flip(bit / "nobc" / "v0" / "users.npy")
   with pytest.raises(StoreError, match="users.npy: checksum mismatch"):
