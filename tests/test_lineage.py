@@ -1,6 +1,9 @@
 """bcjax.Lineage: the state carried from one version to the next."""
 
 import dataclasses
+from pathlib import Path
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -177,3 +180,71 @@ def test_split_nodes_by_kind():
   with pytest.raises(ValueError, match=r"sizes \[3, 3\] add up to 6, but z "
                      "has 7 rows"):
     bcjax.split_nodes(z, (3, 3))
+
+
+_CONTINUE = """
+import sys
+import jax
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import bcjax
+import test_lineage as t
+lineage = bcjax.Lineage.load(sys.argv[2], t._table(t.DIMS[1]))
+result = lineage.fit(t._table(t.DIMS[2]), t.PullTask(), t.INPUTS, t._batches,
+                     jax.random.key(2), **t.FIT)
+z = np.asarray(lineage.embed(t.INPUTS))
+ids = np.array([f"n{i}" for i in range(t.NUM_NODES)])
+lineage.publish(None, z[:5], z[5:], ids[:5], ids[5:])
+np.savez(sys.argv[3], w=result.transform, table=result.variables["params"][
+    "table"], chain=lineage.to_version_zero())
+"""
+
+
+def test_a_saved_lineage_continues_in_another_process(tmp_path):
+  """Versions 0-1 here, saved; version 2 fit in a second process from the
+  save: bit for bit version 2 fit here without saving (same machine)."""
+  lineage, results = bcjax.Lineage(), []
+  ids = np.array([f"n{i}" for i in range(NUM_NODES)])
+  for k, d in enumerate(DIMS[:2]):
+    results.append(lineage.fit(_table(d), PullTask(), INPUTS, _batches,
+                               jax.random.key(k), **FIT))
+    z = np.asarray(lineage.embed(INPUTS))
+    lineage.publish(tmp_path / "store", z[:5], z[5:], ids[:5], ids[5:])
+  lineage.save(tmp_path / "saved")
+  done = subprocess.run(
+      [sys.executable, "-c", _CONTINUE, str(Path(__file__).parent),
+       str(tmp_path / "saved"), str(tmp_path / "out.npz")],
+      capture_output=True, text=True, check=False, timeout=300)
+  assert done.returncode == 0, done.stderr
+  here = lineage.fit(_table(DIMS[2]), PullTask(), INPUTS, _batches,
+                     jax.random.key(2), **FIT)
+  there = np.load(tmp_path / "out.npz")
+  np.testing.assert_array_equal(there["w"], here.transform)
+  np.testing.assert_array_equal(there["table"],
+                                here.variables["params"]["table"])
+  np.testing.assert_array_equal(there["chain"], lineage.to_version_zero())
+  # The second process published version 2 to the first one's store.
+  store = bcjax.EmbeddingStore.open(tmp_path / "store")
+  assert store.versions == [0, 1, 2]
+  z = np.asarray(lineage.embed(INPUTS))
+  np.testing.assert_array_equal(store.embeddings()[0], z[:5])
+
+
+def test_a_bad_save_is_named(tmp_path):
+  lineage, _ = _three_versions()
+  lineage.save(tmp_path / "saved")
+  with pytest.raises(ValueError, match="has 5 dims, the model given 4"):
+    bcjax.Lineage.load(tmp_path / "saved", _table(4))
+  loaded = bcjax.Lineage.load(tmp_path / "saved", _table(5))
+  assert loaded.num_versions == 3 and loaded.store is None
+  np.testing.assert_array_equal(loaded.last_inputs, INPUTS)
+  for a, b in zip(loaded.chain(), lineage.chain()):
+    np.testing.assert_array_equal(a, b)
+  w = tmp_path / "saved" / "w2.npy"
+  w.write_bytes(w.read_bytes()[:-4] + b"\0\0\0\0")
+  with pytest.raises(ValueError, match="w2.npy: checksum mismatch"):
+    bcjax.Lineage.load(tmp_path / "saved", _table(5))
+  with pytest.raises(ValueError, match="no saved lineage"):
+    bcjax.Lineage.load(tmp_path / "nothing", _table(5))
+  with pytest.raises(ValueError, match="no version yet"):
+    bcjax.Lineage().save(tmp_path / "empty")

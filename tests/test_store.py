@@ -402,7 +402,18 @@ def test_object_arrays_are_never_unpickled(tmp_path):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m.update(format="other"), "not a bcjax-embedding-store"),
-    (lambda m: m.update(format_version=2), "format version 2"),
+    (lambda m: m.update(format_version=3), "format version 3"),
+    (lambda m: m.update(store_id="abc"), "'store_id' must be a hex sha256"),
+    (lambda m: m["versions"][2].pop("fingerprint"),
+     "version 2's 'fingerprint' must be a hex sha256"),
+    (lambda m: m["versions"][2].update(num_items=7), r"num_items \[3, 3, 7\] "
+     r"must be .* at most the 6 items"),
+    (lambda m: m["versions"][2].update(num_items=2), r"num_items \[3, 3, 2\] "
+     r"must be .* never shrinking"),
+    (lambda m: m["versions"][1].update(num_users=None), r"num_users \[5, None, "
+     r"7\] must be positive ints \(null only for the first ones\)"),
+    (lambda m: m["versions"][3].update(num_users=9), "the latest version has "
+     "none"),
     (lambda m: m.update(latest_version=2), "latest_version 2 disagrees"),
     (lambda m: m["versions"][1].update(dim=0), r"versions\[1\]"),
     (lambda m: m["files"].pop("v2_transform.npy"),

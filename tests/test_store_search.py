@@ -2,9 +2,9 @@
 of a user through a version's index, the user mapped from the latest
 version."""
 
+from pathlib import Path
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +86,35 @@ def test_read_store_neighbours_cli(tmp_path):
        "--neighbours=ghost"],
       cwd=REPO, capture_output=True, text=True, check=False, timeout=120)
   assert bad.returncode == 2 and "unknown user id 'ghost'" in bad.stderr
+
+
+def _read_store(*flags):
+  return subprocess.run(
+      [sys.executable, "-m", "launch.read_store", *flags], cwd=REPO,
+      capture_output=True, text=True, check=False, timeout=120)
+
+
+def test_read_store_new_since_exclude_and_export_cli(tmp_path):
+  store = _store(tmp_path / "s")
+  root = f"--store={tmp_path / 's'}"
+  new = _read_store(root, "--new_since=0")
+  assert new.returncode == 0, new.stderr
+  assert new.stdout.splitlines() == (
+      [f"user\tu{i}" for i in range(20, 30)]
+      + [f"item\ti{i}" for i in range(250, 300)])
+  top = _brute_force(store, 0, "u3", 5)
+  found = _read_store(root, "--version=0", "--neighbours=u3", "--k=3",
+                      "--index=exact", f"--exclude={top[0]},{top[2]}")
+  assert found.returncode == 0, found.stderr
+  assert [line.split("\t")[1] for line in found.stdout.splitlines()] == [
+      top[1], top[3], top[4]]
+  out = tmp_path / "v0.faiss"
+  export = _read_store(root, "--version=0", "--index=exact",
+                       f"--export_index={out}")
+  assert export.returncode == 0, export.stderr
+  served = store_lib.load_index(out, store)
+  assert served.space == store.space(0)
+  users, _ = store.lookup(["u3"], (), 0)
+  assert [i for i, _ in served.search(users, served.space, 5)[0]] == top
+  inside = _read_store(root, f"--export_index={tmp_path / 's' / 'x.faiss'}")
+  assert inside.returncode == 2 and "embedding store" in inside.stderr

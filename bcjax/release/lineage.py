@@ -13,6 +13,7 @@ versions are added, and publishes each version to an embedding store::
     users, items = bcjax.split_nodes(lineage.embed(inputs_k),
                                      (num_users_k, num_items_k))
     lineage.publish("store/", users, items, user_ids_k, item_ids_k)
+    lineage.save("lineage/")   # a later process: Lineage.load(path, model)
 
 Any model of the `bcjax.models.interface` protocol works; `Experiment` uses
 the same class for the strategies of a run.
@@ -51,6 +52,7 @@ from bcjax.core import checks
 from bcjax.core.epoch import BC_ALIGNER, Objective, embed
 from bcjax.core.training import Result, fit
 from bcjax.models.interface import EmbeddingModel, Variables
+from bcjax.release import saving
 from bcjax.store import EmbeddingStore, StoreError
 
 # The fix for a previous model that cannot embed the new version's nodes.
@@ -259,6 +261,51 @@ class Lineage:
     if k == 0:
       raise ValueError("Lineage.to_version_zero: version 0 is its own space")
     return chains.chain_matrix(self.backward, k, 0)
+
+  def save(self, path: str | os.PathLike) -> None:
+    """Saves what the lineage carries forward to the directory `path`
+    (`saving`: the newest variables, W_1..W_K, the newest inputs when they
+    are arrays, the store's path), replacing it atomically.
+
+    Raises:
+      ValueError: no version yet, or variables msgpack cannot hold.
+      StoreError: a `path` inside an embedding store.
+    """
+    if self.last is None:
+      raise ValueError("Lineage.save: no version yet")
+    model = self.last[0]
+    dims = [w.shape[1] for w in self.backward] + [model.dim]
+    store = None if self.store is None else os.fspath(
+        self.store.path.resolve())
+    saving.write(path, self.last[1], self.backward, dims, self.last_inputs,
+                 store)
+
+  @classmethod
+  def load(cls, path: str | os.PathLike, model: EmbeddingModel) -> Lineage:
+    """The lineage saved at `path`, continuing where it stopped.
+
+    Args:
+      path: a directory written by `save`.
+      model: the newest version's model object (models are code).
+
+    Returns:
+      A lineage whose next `fit` or `add` is the saved one's next version,
+      publishing to the same store (reopened) when it had one.
+
+    Raises:
+      ValueError: a missing or malformed save, a file failing its sha256,
+        or a `model` of another `dim` than the newest version's.
+      StoreError: the saved store cannot be opened or holds other versions.
+    """
+    saved = saving.read(path, model.dim)
+    lineage = cls((model, saved.variables), saved.backward, saved.last_inputs)
+    if saved.store is not None:
+      lineage.store = EmbeddingStore.open(saved.store)
+      dims = [w.shape[1] for w in saved.backward] + [model.dim]
+      if lineage.store.dims != dims[:len(lineage.store.dims)]:
+        raise StoreError(f"{path}: the lineage's versions have dims {dims}, "
+                         f"its store {saved.store} {lineage.store.dims}")
+    return lineage
 
   def publish(self, path: str | os.PathLike, users: Any, items: Any,
               user_ids: Any, item_ids: Any, dataset: str = "",

@@ -14,6 +14,9 @@ readers may open it at any time. `open` holds
 the latest files open (retrying if an append replaces them meanwhile), so a
 reader sees one complete version even though an append removes the
 superseded latest files; a reader wanting newer versions reopens the store.
+Each version is written with its space's fingerprint and its row counts
+(`bcjax.store.provenance`); reads, indexes and search carry the space
+(`bcjax.store.reader`).
 
 A store received from someone else is safe to open: nothing is unpickled,
 manifest paths must stay inside the directory (symlinks resolved), only
@@ -26,48 +29,22 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any
 
-import numpy as np
-
-from bcjax.backward import chains
-from bcjax.store import guard, layout, maps
+from bcjax.store import guard, layout, maps, provenance, reader
 from bcjax.store.layout import FORMAT, FORMAT_VERSION, MANIFEST, StoreError
 from bcjax.util import io
 
 _OPEN_ATTEMPTS = 20
 
 
-class EmbeddingStore:
+class EmbeddingStore(reader.StoreReader):
   """A versioned embedding store directory; see the module docstring.
 
   Make one with `create` or `open`. Reads are lazy: each file is verified
-  when first read and kept (embeddings memory-mapped, read-only).
+  when first read and kept (embeddings memory-mapped, read-only); the read
+  side, spaces and search are `reader.StoreReader`'s.
   """
-
-  def __init__(self, root: Path, raw_manifest: bytes,
-               pinned: dict[str, BinaryIO] | None = None):
-    """Use `create` or `open`; `raw_manifest` must already be validated;
-    `pinned` maps file names to open files, read in place of the paths."""
-    self._root = root
-    self._raw_manifest = raw_manifest
-    self._manifest = json.loads(raw_manifest)
-    self._arrays: dict[str, np.ndarray] = {}
-    self._chains: dict[tuple[int, int], Callable] = {}
-    self._pinned = dict(pinned or {})
-
-  def close(self) -> None:
-    """Closes the files held open since `open` (arrays read stay valid)."""
-    layout.close_all(self._pinned)
-
-  def __enter__(self) -> EmbeddingStore:
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    self.close()
-
-  def __del__(self, close_all=layout.close_all):  # no globals at exit
-    close_all(getattr(self, "_pinned", {}))
 
   @classmethod
   def create(cls, path: str | os.PathLike[str], users: Any, items: Any,
@@ -124,14 +101,18 @@ class EmbeddingStore:
       arrays = dict(zip(layout.LATEST_ROLES, (users, items, user_ids,
                                               item_ids)))
       latest = {role: f"v0_{role}.npy" for role in layout.LATEST_ROLES}
+      files = {latest[r]: layout.write_npy(root, latest[r], arrays[r])
+               for r in arrays}
+      ident = provenance.store_id(dataset, strategy, [
+          files[latest[r]]["sha256"] for r in layout.LATEST_ROLES])
       raw = layout.commit(root, {
           "format": FORMAT, "format_version": FORMAT_VERSION,
-          "dataset": dataset, "strategy": strategy, "latest_version": 0,
+          "dataset": dataset, "strategy": strategy, "store_id": ident,
+          "latest_version": 0,
           "versions": [{"version": 0, "dim": users.shape[1],
-                        "transform": None}],
-          "latest": latest, "files": {
-              latest[r]: layout.write_npy(root, latest[r], arrays[r])
-              for r in arrays}})
+                        "transform": None, "fingerprint": provenance.fingerprint(
+                            ident, 0, users.shape[1], [], [])}],
+          "latest": latest, "files": files})
       if replacing:
         io.replace_dir(root, final)
     return cls.open(final) if replacing else cls(root, raw)
@@ -172,181 +153,6 @@ class EmbeddingStore:
       layout.close_all(pinned)
     raise StoreError(f"store {root} changed {_OPEN_ATTEMPTS} times while "
                      "being opened")
-
-  @property
-  def path(self) -> Path:
-    """The store directory."""
-    return self._root
-
-  @property
-  def dataset(self) -> str:
-    """The dataset's name recorded in the manifest."""
-    return self._manifest["dataset"]
-
-  @property
-  def strategy(self) -> str:
-    """The strategy's name recorded in the manifest."""
-    return self._manifest["strategy"]
-
-  @property
-  def versions(self) -> list[int]:
-    """The stored versions, `[0, ..., K]`."""
-    return list(range(len(self._manifest["versions"])))
-
-  @property
-  def latest_version(self) -> int:
-    """K, the version whose embeddings are stored."""
-    return self._manifest["latest_version"]
-
-  @property
-  def dims(self) -> list[int]:
-    """`dims[k]` is d_k, the embedding size of version k."""
-    return [entry["dim"] for entry in self._manifest["versions"]]
-
-  @property
-  def user_ids(self) -> np.ndarray:
-    """`[num_users]` raw ids of the stored user rows."""
-    return self._read(self._manifest["latest"]["user_ids"])
-
-  @property
-  def item_ids(self) -> np.ndarray:
-    """`[num_items]` raw ids of the stored item rows."""
-    return self._read(self._manifest["latest"]["item_ids"])
-
-  def _read(self, name: str) -> np.ndarray:
-    """Loads file `name`, verified against the manifest on first read."""
-    if name in self._arrays:
-      return self._arrays[name]
-    f = self._pinned.pop(name, None) or layout.open_file(self._root, name)
-    with f:
-      array = layout.read_verified(f, name, self._manifest["files"][name])
-    # What the writer refuses, whatever the checksums say.
-    if array.dtype.str == layout.FLOAT:
-      layout.check_finite(f"store file {name}", array)
-    else:
-      kind = "user" if name == self._manifest["latest"]["user_ids"] else "item"
-      layout.check_ids(kind, array, f"store file {name}")
-    array.flags.writeable = False
-    self._arrays[name] = array
-    return array
-
-  def _check_version(self, version: Any) -> int:
-    if isinstance(version, bool) or not isinstance(
-        version, (int, np.integer)) or version < 0:
-      raise StoreError(f"unknown version {version!r}; the store has versions "
-                       f"0..{self.latest_version}")
-    if version > self.latest_version:
-      raise StoreError(f"version {version} is newer than the latest stored "
-                       f"version {self.latest_version}")
-    return int(version)
-
-  def _chain(self, from_version: int, to_version: int) -> Callable:
-    """Rows of `from_version` -> rows of `to_version` < it (`maps`), cached."""
-    key = (from_version, to_version)
-    if key not in self._chains:
-      versions, links = self._manifest["versions"], [None] * from_version
-      for v in range(to_version + 1, from_version + 1):
-        links[v - 1] = maps.from_files(versions[v]["transform"], self._read)
-      self._chains[key] = chains.chain(links, from_version, to_version)
-    return self._chains[key]
-
-  def transform(self, z: Any, from_version: int, to_version: int) -> np.ndarray:
-    """Maps embeddings of version `from_version` into version `to_version`.
-
-    Args:
-      z: `[n, d_from]` (or `[d_from]`) embeddings of version `from_version`.
-      from_version: k.
-      to_version: j <= k.
-
-    Returns:
-      `[n, d_to]`, `z @ M_{k->j}` (z itself when j == k); a chain with a
-      non-linear map applies B_k, ..., B_{j+1} in turn (`maps`).
-
-    Raises:
-      StoreError: for an unknown version, j > k, or a z of the wrong width.
-    """
-    k = self._check_version(from_version)
-    j = self._check_version(to_version)
-    if j > k:
-      raise StoreError(f"cannot transform version {k} embeddings forward to "
-                       f"the newer version {j}")
-    z = np.asarray(z)
-    if z.ndim not in (1, 2) or z.shape[-1] != self.dims[k]:
-      raise StoreError(f"embeddings have shape {z.shape}, expected "
-                       f"[n, {self.dims[k]}] for version {k}")
-    return z if j == k else chains.blocked_map(z, self._chain(k, j))
-
-  def embeddings(self, version: int | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Every stored user and item in the space of `version` (default latest).
-
-    Args:
-      version: j, in `0..K`; None for the latest K.
-
-    Returns:
-      `(users [num_users, d_j], items [num_items, d_j])`; for the latest
-      version these are the read-only memory maps themselves.
-
-    Raises:
-      StoreError: for an unknown version or a file that fails verification.
-    """
-    latest = self._manifest["latest"]
-    users, items = self._read(latest["users"]), self._read(latest["items"])
-    j = self.latest_version if version is None else version
-    return (self.transform(users, self.latest_version, j),
-            self.transform(items, self.latest_version, j))
-
-  def lookup(self, user_ids: Sequence[str] = (), item_ids: Sequence[str] = (),
-             version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The rows of the given raw ids in the space of `version` (default latest).
-
-    Args:
-      user_ids: raw user ids (strings), in the order wanted.
-      item_ids: raw item ids (strings), in the order wanted.
-      version: j, in `0..K`; None for the latest K.
-
-    Returns:
-      `(users [len(user_ids), d_j], items [len(item_ids), d_j])`.
-
-    Raises:
-      StoreError: for an unknown id or version.
-    """
-    j = self._check_version(self.latest_version if version is None
-                            else version)
-    latest = self._manifest["latest"]
-    picked = []
-    for kind, ids, known in (("user", user_ids, self.user_ids),
-                             ("item", item_ids, self.item_ids)):
-      ids = np.asarray(ids, dtype=np.str_).reshape(-1)
-      order = np.argsort(known)
-      pos = np.searchsorted(known, ids, sorter=order).clip(max=len(known) - 1)
-      missing = ids[known[order[pos]] != ids]
-      if missing.size:
-        raise StoreError(f"unknown {kind} id {str(missing[0])!r}")
-      table, rows = self._read(latest[f"{kind}s"]), order[pos]
-      # The rows exactly as `embeddings(j)` computes them (one product path).
-      picked.append(table[rows] if j == self.latest_version else
-                    chains.blocked_map(
-                        table, self._chain(self.latest_version, j), rows))
-    return picked[0], picked[1]
-
-  def save_npz(self, out: str | os.PathLike[str],
-               version: int | None = None) -> None:
-    """Writes `users` and `items` of `version` (see `embeddings`) atomically.
-
-    Args:
-      out: the `.npz` file to write; its directory must exist.
-      version: j, in `0..K`; None for the latest K.
-
-    Raises:
-      StoreError: for an unknown version, a file that fails verification,
-        or an `out` refused by `guard.check_output` (not a regular file, or
-        inside a store).
-    """
-    out = guard.check_output(out)
-    users, items = self.embeddings(version)
-    io.atomic_write(out, lambda f: np.savez(f, users=users, items=items))
-    layout.fsync_dir(out.parent)
 
   def append_version(self, users: Any, items: Any, transform: Any,
                      user_ids: Any, item_ids: Any) -> int:
@@ -403,12 +209,18 @@ class EmbeddingStore:
              if name not in old_latest.values()}
     files.update({name: layout.write_npy(self._root, name, array)
                   for name, array in arrays.items()})
-    manifest = dict(self._manifest, latest_version=k, latest=latest,
-                    files=files, versions=self._manifest["versions"] + [
+    versions = self._provenance_so_far()
+    manifest = dict(self._manifest, format_version=FORMAT_VERSION,
+                    store_id=self.store_id, latest_version=k, latest=latest,
+                    files=files, versions=versions + [
                         {"version": k, "dim": users.shape[1],
                          "transform": entry}])
-    self._raw_manifest = layout.commit(self._root, manifest)
-    self._manifest = manifest
+    manifest["versions"][k]["fingerprint"] = provenance.fingerprint(
+        versions[k - 1]["fingerprint"], k, users.shape[1],
+        provenance.map_digests(manifest, k),
+        provenance.table_digests(manifest, ("users", "items")))
+    self._use_manifest(layout.commit(self._root, manifest), manifest)
+    self._indexes.clear()  # Built over the rows before this version's.
     for name in old_latest.values():
       self._arrays.pop(name, None)
       pinned = self._pinned.pop(name, None)
@@ -416,3 +228,13 @@ class EmbeddingStore:
         pinned.close()
       io.remove(self._root / name)
     return k
+
+  def _provenance_so_far(self) -> list[dict[str, Any]]:
+    """The versions' manifest entries with their fingerprints and row
+    counts, the latest's now recorded from its tables: as written (format
+    2), or derived from a format-1 manifest (earlier counts unknown)."""
+    versions = [dict(v) for v in self._manifest["versions"]]
+    for k, (v, fingerprint) in enumerate(zip(versions, self._fingerprints)):
+      v.update(fingerprint=fingerprint, num_users=self._counts["user"][k],
+               num_items=self._counts["item"][k])
+    return versions

@@ -2,8 +2,10 @@
 
 A store is a directory::
 
-  manifest.json           format, dataset, strategy, versions and their dims,
-                          every file with its sha256, size, shape and dtype
+  manifest.json           format, dataset, strategy, the store id, versions
+                          with their dims, fingerprints and row counts
+                          (`bcjax.store.provenance`), every file with its
+                          sha256, size, shape and dtype
   v<k>_transform.npy      W_k, `[d_k, d_{k-1}]` float32, one per k >= 1,
                           written once and never rewritten; or, for a
                           non-linear B_k (a post-hoc adapter), one
@@ -36,13 +38,21 @@ from bcjax.util import io
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 << 20
 FORMAT = "bcjax-embedding-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Format 1 lacks the store id, fingerprints and row counts; it still opens.
+READABLE_VERSIONS = (1, 2)
 LATEST_ROLES = ("users", "items", "user_ids", "item_ids")
 FLOAT = np.dtype(np.float32).str
 
 
 class StoreError(ValueError):
   """A bad request to an embedding store, or a store that fails verification."""
+
+
+def is_digest(value: Any) -> bool:
+  """Whether `value` is a hex sha256."""
+  return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value
+                                                 ) is not None
 
 
 def fsync_dir(path: Path) -> None:
@@ -289,9 +299,10 @@ def validate(manifest: Any, root: Path) -> None:
 
   if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
     fail(f"not a {FORMAT} manifest")
-  if manifest.get("format_version") != FORMAT_VERSION:
+  if manifest.get("format_version") not in READABLE_VERSIONS or type(
+      manifest.get("format_version")) is not int:
     fail(f"format version {manifest.get('format_version')!r}, this reader "
-         f"knows {FORMAT_VERSION}")
+         f"knows {', '.join(map(str, READABLE_VERSIONS))}")
   for key in ("dataset", "strategy"):
     if not isinstance(manifest.get(key), str):
       fail(f"{key!r} must be a string")
@@ -358,3 +369,29 @@ def validate(manifest: Any, root: Path) -> None:
       fail(f"file {name!r} needs a sha256 hex digest and an int size")
   if set(files) != set(expected):
     fail(f"files lists unused entries {sorted(set(files) - set(expected))}")
+  if manifest["format_version"] >= 2:
+    _validate_provenance(manifest, rows, fail)
+
+
+def _validate_provenance(manifest: dict, rows: dict[str, int],
+                         fail: Callable[[str], None]) -> None:
+  """Format 2's store id, fingerprints and row counts. Each version before
+  the latest records the rows it held when superseded (the latest's are its
+  tables'): they never shrink, nor exceed the rows stored, and may be null
+  (not recorded) only for versions a format-1 writer published."""
+  if not is_digest(manifest.get("store_id")):
+    fail("'store_id' must be a hex sha256")
+  versions = manifest["versions"]
+  for k, entry in enumerate(versions):
+    if not is_digest(entry.get("fingerprint")):
+      fail(f"version {k}'s 'fingerprint' must be a hex sha256")
+  for role in ("users", "items"):
+    counts = [entry.get(f"num_{role}") for entry in versions[:-1]]
+    known = [n for n in counts if n is not None]
+    if not all(type(n) is int and n >= 1 for n in known) or None in counts[
+        len(counts) - len(known):] or known != sorted(known) or (
+            known and known[-1] > rows[role]) or versions[-1].get(
+                f"num_{role}") is not None:
+      fail(f"the versions' num_{role} {counts} must be positive ints (null "
+           f"only for the first ones), never shrinking, at most the "
+           f"{rows[role]} {role} stored; the latest version has none")
