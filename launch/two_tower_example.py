@@ -36,8 +36,7 @@ import numpy as np
 import optax
 
 import bcjax
-from bcjax import data
-from bcjax.core import metrics
+from bcjax import data, metrics
 from launch import common
 
 TIMES = (0.5, 0.6, 0.7, 0.8)  # Three versions.
@@ -114,7 +113,7 @@ def run(workdir: str, size: str = "test", seed: int = 0) -> dict:
   splits = data.make_splits(graph, TIMES)
   num_users, num_items = splits[-1].num_users, splits[-1].num_items
   num_batches = -(-max(s.num_train for s in splits) // cfg["batch_size"])
-  task, key = bcjax.BPRTask(reg=0.01), bcjax.util.keys.root(seed)
+  task, key = bcjax.BPRTask(reg=0.01), bcjax.keys.root(seed)
   tx = optax.adam(cfg["lr"])  # One optimizer object: one compiled epoch.
   lineage, result = bcjax.Lineage(), {}
   for k, (split, d) in enumerate(zip(splits, cfg["dims"])):
@@ -135,7 +134,7 @@ def run(workdir: str, size: str = "test", seed: int = 0) -> dict:
         model, task, inputs,
         lambda key, s=sampler: bcjax.epoch_batches(
             s, key, cfg["batch_size"], num_users, num_batches),
-        bcjax.util.keys.derive(key, "version", k), evaluate=evaluate,
+        bcjax.keys.derive(key, "version", k), evaluate=evaluate,
         schedule=bcjax.Schedule(epochs=cfg["epochs"],
                                 eval_every=cfg["eval_every"],
                                 select="recall@20"),

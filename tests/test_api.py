@@ -310,7 +310,7 @@ def test_flax_models_fit_the_same_protocol():
 
 
 def test_recall_at_k_plugs_into_evaluate_and_selects_the_epoch():
-  """`Schedule`'s docstring example: `bcjax.core.metrics.recall_metrics` as
+  """`Schedule`'s docstring example: `bcjax.metrics.recall_metrics` as
   `evaluate`, selecting on recall@10 (a planted preference, four training
   and two held-out items per user)."""
   rng = np.random.default_rng(0)
@@ -320,7 +320,7 @@ def test_recall_at_k_plugs_into_evaluate_and_selects_the_epoch():
   user = np.repeat(np.arange(num_users), 4)
   val_user = np.repeat(np.arange(num_users), 2)
   train_item, val_item = top[:, :4].ravel(), top[:, 4:6].ravel()
-  recall_inputs = bcjax.core.metrics.prepare_recall_inputs(
+  recall_inputs = bcjax.metrics.prepare_recall_inputs(
       user, train_item, val_user, val_item, num_items)
   sampler = bcjax.TripleSampler(user, train_item, num_users, num_items)
   inputs = np.zeros(num_users + num_items)
@@ -328,11 +328,11 @@ def test_recall_at_k_plugs_into_evaluate_and_selects_the_epoch():
   def evaluate(variables, transform):
     z = bcjax.embed(TABLE, variables, inputs)
     users, items = bcjax.split_nodes(z, (num_users, num_items))
-    return bcjax.core.metrics.recall_metrics(users, items, recall_inputs)
+    return bcjax.metrics.recall_metrics(users, items, recall_inputs)
 
   result = bcjax.fit(
       TABLE, bcjax.BPRTask(), inputs,
-      lambda key: bcjax.epoch_batches(sampler, key, 32), bcjax.util.keys.root(0),
+      lambda key: bcjax.epoch_batches(sampler, key, 32), bcjax.keys.root(0),
       objective=bcjax.Objective(), evaluate=evaluate, tx=optax.adam(0.05),
       schedule=bcjax.Schedule(epochs=30, select="recall@10"),
       log=lambda _: None)
@@ -341,7 +341,7 @@ def test_recall_at_k_plugs_into_evaluate_and_selects_the_epoch():
   # The first best epoch (here 29 of 30: not simply the last one).
   assert result.epoch == 1 + int(np.argmax(recalls)) < 30
   z = np.asarray(bcjax.embed(TABLE, result.variables, inputs))
-  direct = bcjax.core.metrics.recall_at_k(z[:num_users], z[num_users:],
+  direct = bcjax.metrics.recall_at_k(z[:num_users], z[num_users:],
                                      recall_inputs, ks=(10,))
   assert result.metrics["recall@10"] == direct[10] == max(recalls)
 

@@ -48,7 +48,7 @@ def _batches(num_users=NUM_USERS):
 
 
 def _fit(model=None, batches=None, inputs=INPUTS, **kwargs):
-  kwargs = {"objective": bcjax.Objective(), "key": bcjax.util.keys.root(0),
+  kwargs = {"objective": bcjax.Objective(), "key": bcjax.keys.root(0),
             "schedule": bcjax.Schedule(epochs=3), **QUIET, **kwargs}
   return bcjax.fit(model or _table(8), bcjax.BPRTask(), inputs,
                    batches or _batches(), **kwargs)
@@ -60,7 +60,7 @@ def _fit(model=None, batches=None, inputs=INPUTS, **kwargs):
     ({"model": _table(10)},
      r"state.params\['model'\]\['table'\] is float32\[50, 8\] in the file "
      r"but float32\[50, 10\] here"),
-    ({"key": bcjax.util.keys.root(1)}, "another key"),
+    ({"key": bcjax.keys.root(1)}, "another key"),
 ])
 def test_a_checkpoint_resumes_only_its_own_training(tmp_path, change,
                                                     message):
@@ -123,9 +123,9 @@ def test_items_never_take_the_node_ids_of_users():
   sampler = bcjax.TripleSampler(USER, ITEM, NUM_USERS, NUM_ITEMS)
   with pytest.raises(ValueError, match=r"item_offset=0 would give items the "
                      r"node ids of users 0..29"):
-    bcjax.epoch_batches(sampler, bcjax.util.keys.root(0), 32, 0)
+    bcjax.epoch_batches(sampler, bcjax.keys.root(0), 32, 0)
   # By default items come right after the users.
-  _, pos, neg, mask = bcjax.epoch_batches(sampler, bcjax.util.keys.root(0), 32)
+  _, pos, neg, mask = bcjax.epoch_batches(sampler, bcjax.keys.root(0), 32)
   assert pos[mask].min() >= NUM_USERS and neg[mask].min() >= NUM_USERS
   assert max(pos[mask].max(), neg[mask].max()) < NUM_USERS + NUM_ITEMS
 
@@ -146,19 +146,19 @@ def test_lineage_names_a_forgotten_or_wrong_previous_ids(make):
   lineage = bcjax.Lineage()
   with pytest.raises(ValueError, match="version 0: `previous_ids`"):
     lineage.fit(make(8), bcjax.BPRTask(), INPUTS, _batches(),
-                bcjax.util.keys.root(0), previous_ids=np.arange(50), **QUIET)
+                bcjax.keys.root(0), previous_ids=np.arange(50), **QUIET)
   lineage.fit(make(8), bcjax.BPRTask(), INPUTS, _batches(),
-              bcjax.util.keys.root(0), **QUIET)
+              bcjax.keys.root(0), **QUIET)
   grown = np.zeros(NUM_USERS + 5 + NUM_ITEMS)  # five new users
   batches = _batches(NUM_USERS + 5)
   with pytest.raises(ValueError, match=r"version 1: version 0's model .*"
                      r"learned row per node .* pass `previous_ids`"):
     lineage.fit(make(16), bcjax.BPRTask(), grown, batches,
-                bcjax.util.keys.root(1), **QUIET)
+                bcjax.keys.root(1), **QUIET)
   with pytest.raises(ValueError, match=r"version 1: `previous_ids` has 50 "
                      r"entries, but version 1's model embeds 55 nodes"):
     lineage.fit(make(16), bcjax.BPRTask(), grown, batches,
-                bcjax.util.keys.root(1), previous_ids=np.arange(50), **QUIET)
+                bcjax.keys.root(1), previous_ids=np.arange(50), **QUIET)
 
 
 # Items 6, 7, 8: batches, key and inputs are checked before tracing.
@@ -176,7 +176,7 @@ def test_batches_not_stacked_on_a_leading_axis_are_refused():
                          ids=["int", "None", "numpy int", "two keys"])
 def test_a_key_that_is_not_one_prng_key_is_refused(key):
   with pytest.raises(TypeError, match=r"`key` must be one JAX PRNG key, got "
-                     r".*bcjax.util.keys.root\(seed\)"):
+                     r".*bcjax.keys.root\(seed\)"):
     _fit(key=key)
 
 

@@ -67,7 +67,7 @@ def _consumer(x, y, steps=500, lr=0.5):
 
 
 def _auc(scores, labels):
-  return float(bcjax.core.metrics.roc_auc(scores, labels))
+  return float(bcjax.metrics.roc_auc(scores, labels))
 
 
 FIT = dict(schedule=bcjax.Schedule(epochs=40), tx=optax.adam(0.02),

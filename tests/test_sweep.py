@@ -46,8 +46,8 @@ def _train_mode_z(model, variables, inputs):
 def test_vmapped_seeds_equal_sequential_fits(pinsage):
   """Seed i of the sweep is `training.fit` of key i, and seeds differ."""
   k = 1  # Two layers; padding batches (version 2 has the most triples).
-  data, model, task = pinsage.data(k), pinsage.model(k), pinsage.task
-  batches = pinsage.batches(k)
+  data, model, task = pinsage.versions.data(k), pinsage.versions.model(k), pinsage.versions.task
+  batches = pinsage.versions.batches(k)
   assert not np.all(batches(jax.random.key(0))[3])  # Some padding.
   keys = sweep.seed_keys(jax.random.key(5), 3)
   tx = epoch.adam(1e-2)
@@ -100,18 +100,18 @@ def test_vmapped_seeds_equal_sequential_lightgcn(graph, tmp_path_factory):
 def test_aligned_sweep_equals_sequential(pinsage):
   """An objective with a transformation and a shared alignment target."""
   k = 1
-  data, model = pinsage.data(k), pinsage.model(k)
+  data, model = pinsage.versions.data(k), pinsage.versions.model(k)
   rng = np.random.default_rng(0)
-  n = pinsage.num_users_pad + pinsage.num_items_pad
+  n = pinsage.versions.num_users_pad + pinsage.versions.num_items_pad
   target = jnp.asarray(rng.normal(size=(n, 8)), jnp.float32)
   objective = epoch.Objective(transform="linear")
   align = epoch.AlignmentInputs(target=target)
   keys = sweep.seed_keys(jax.random.key(1), 2)
   kwargs = dict(epochs=1, objective=objective, align=align, d_prev=8)
-  result = sweep.train_seeds(model, pinsage.task, data.inputs,
-                             pinsage.batches(k), keys, **kwargs)
-  sequential = sweep.train_sequential(model, pinsage.task, data.inputs,
-                                      pinsage.batches(k), keys, **kwargs)
+  result = sweep.train_seeds(model, pinsage.versions.task, data.inputs,
+                             pinsage.versions.batches(k), keys, **kwargs)
+  sequential = sweep.train_sequential(model, pinsage.versions.task, data.inputs,
+                                      pinsage.versions.batches(k), keys, **kwargs)
   for i, (state, losses) in enumerate(sequential):
     # Trajectories, vmapped against sequential (see above).
     np.testing.assert_allclose(result.losses[:, i], losses, rtol=1e-4,
@@ -123,7 +123,7 @@ def test_aligned_sweep_equals_sequential(pinsage):
 
 def test_stack_batches_shares_equal_leaves(pinsage):
   keys = sweep.seed_keys(jax.random.key(0), 3)
-  per_seed = [pinsage.batches(0)(k) for k in keys]
+  per_seed = [pinsage.versions.batches(0)(k) for k in keys]
   stacked, axes = sweep.stack_batches(per_seed)
   assert axes == (0, 0, 0, None)  # user, pos, neg differ; the mask is shared.
   assert stacked[0].shape == (3,) + per_seed[0][0].shape
@@ -159,5 +159,5 @@ def test_vmapped_csr_product_folds_seeds_into_columns():
 
 def test_no_seeds_is_an_error(pinsage):
   with pytest.raises(ValueError, match="no seeds"):
-    sweep.train_seeds(pinsage.model(0), pinsage.task, pinsage.data(0).inputs,
-                      pinsage.batches(0), [])
+    sweep.train_seeds(pinsage.versions.model(0), pinsage.versions.task, pinsage.versions.data(0).inputs,
+                      pinsage.versions.batches(0), [])

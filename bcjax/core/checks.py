@@ -30,7 +30,7 @@ def prng_key(label: str, key) -> None:
     shown = f"{dtype}{list(shape)}" if dtype is not None else repr(key)
     raise TypeError(f"{label}: `key` must be one JAX PRNG key, got "
                     f"{type(key).__name__} {shown}; make it from a seed with "
-                    "bcjax.util.keys.root(seed)")
+                    "bcjax.keys.root(seed)")
 
 
 def finite_inputs(label: str, inputs) -> None:

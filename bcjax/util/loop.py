@@ -120,7 +120,7 @@ def _checked_metrics(label: str, metrics: dict, select: str | None) -> dict:
   for name in metrics:
     if not isinstance(name, str):
       raise TypeError(f"{label}: `evaluate` must return {{name: value}} with "
-                      f"str names, got {name!r} (bcjax.core.metrics.recall_metrics "
+                      f"str names, got {name!r} (bcjax.metrics.recall_metrics "
                       "names Recall@K 'recall@K')")
   if select is not None and select not in metrics:
     raise ValueError(f"{label}: Schedule(select={select!r}) names no metric "
