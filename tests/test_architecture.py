@@ -222,3 +222,12 @@ def test_the_core_knows_no_experiment():
            if m.split(".")[1] in ("runs", "evaluation", "paper", "benchmarks",
                                   "text")]
   assert loaded and not above, above
+
+
+def test_unknown_names_are_refused_in_one_place():
+  """Every registry is read through `bcjax.util.names`: no other module
+  writes its own "unknown X; known: ..." message."""
+  offenders = [_module_name(p) for p in MODULES
+               if re.search(r"; known: ", p.read_text())
+               and _module_name(p) != "bcjax.util.names"]
+  assert not offenders, offenders

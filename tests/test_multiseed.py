@@ -6,6 +6,7 @@ import pytest
 
 from bcjax.data.synthetic import make_synthetic
 from bcjax.paper import pipeline
+from bcjax.release import backfill
 from bcjax.runs.configs import test as test_config
 from bcjax.runs.rundir import RunDir, read_json
 from bcjax.runs.strategies import BC_ALIGNER_NAME as BC
@@ -48,10 +49,34 @@ def test_two_seeds_report_intervals_and_resume_per_seed(tmp_path):
       np.mean([r["ann_vs_exact"] for r in legacy]))
   assert len(content["legacy_retrieval_ceiling"]["recall@50"]) == 4
   assert "Legacy retrieval" in result.table
+  # Partial backfill: each seed's curves; their areas with intervals.
+  measured = [read_json(d.backfill_path) for d in seeds]
+  filled = content["backfill"]
+  assert filled["seeds"] == 2 and filled["budgets"] == [0.0, 0.1, 0.5, 1.0]
+  assert list(filled["strategies"]) == [BC]
+  for policy, r in filled["strategies"][BC].items():
+    areas = [backfill.area(m["settings"]["budgets"],
+                           m["strategies"][BC][policy]["recall@50"])
+             for m in measured]
+    assert r["area"]["recall@50"]["per_seed"] == pytest.approx(areas,
+                                                               abs=1e-12)
+    assert r["area"]["recall@50"]["mean"] == pytest.approx(np.mean(areas),
+                                                           abs=1e-12)
+  # At budget 1 the item consumers read BC-Aligner's last BC table, which
+  # the cross-version evaluation scored too (batched, padded).
+  for d, m in zip(seeds, measured):
+    auc = read_json(d.auc_path)
+    expected = np.mean([np.mean(auc[t][BC][4]) for t in m["consumer_tasks"]])
+    for r in m["strategies"][BC].values():
+      assert r["consumer_auc"][-1] == pytest.approx(expected, abs=1e-3)
+  assert "Partial backfill of the legacy index" in result.table
+  assert tmp_path / "backfill.png" in result.plots
   for path in result.plots:
     assert path.parent == tmp_path and path.read_bytes()[:4] == b"\x89PNG"
-  # Again: every version and consumer of both seeds is reused, not retrained.
-  stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("metrics.json")}
+  # Again: every version and consumer of both seeds is reused, not retrained,
+  # and the backfill curves are not measured again.
+  stamps = {p: p.stat().st_mtime_ns for p in [
+      *tmp_path.rglob("metrics.json"), *tmp_path.rglob("backfill.json")]}
   again = pipeline.reproduce(graph, config, tmp_path, NAMES, log=lambda _: None)
   assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
   assert again.content["intervals"] == content["intervals"]

@@ -122,6 +122,32 @@ def test_read_report_returns_what_write_report_wrote(tmp_path):
   assert (tmp_path / "report.json").stat().st_mtime_ns == before  # not rewritten
 
 
+def test_the_report_has_the_backfill_areas(tmp_path):
+  """backfill.json's curves as areas (by hand: trapezoids over budgets 0,
+  0.5, 1), the table and the plot; strategies outside the report dropped."""
+  _fake_run(tmp_path)
+  curves = {"random": {"recall@10": [0.1, 0.1, 0.1],
+                       "recall@50": [0.2, 0.3, 0.4]},
+            "residual": {"recall@10": [0.1, 0.2, 0.1],
+                         "recall@50": [0.2, 0.38, 0.4]}}
+  io.save_json(tmp_path / "backfill.json", {
+      "settings": {"version": 1, "budgets": [0.0, 0.5, 1.0]},
+      "consumer_tasks": [], "strategies": {BC: curves, "other": curves}})
+  content, table, plots = report.write_report(tmp_path)
+  filled = content["backfill"]
+  assert filled["version"] == 1 and list(filled["strategies"]) == [BC]
+  residual = filled["strategies"][BC]["residual"]
+  assert residual["area"] == pytest.approx({"recall@10": 0.15,
+                                            "recall@50": 0.34}, abs=1e-12)
+  assert residual["at_budget"]["recall@50"] == pytest.approx(0.236, abs=1e-12)
+  assert ("| **Joint-Lin-MLoss (BC-Aligner)** | residual | 0.1500 | 0.3400 | "
+          "0.2360 | 0.0400 |") in table
+  assert "Partial backfill of the legacy index at version 1" in table
+  assert plots[-1].name == "backfill.png"
+  assert plots[-1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert report.read_report(tmp_path) == (content, table, plots)
+
+
 def test_comparison_table():
   first = report.summarize(RECALL50, AUC, ALIGNMENT)
   without_fix = lambda d: {s: v for s, v in d.items() if s != "fix-m0"}
@@ -212,6 +238,20 @@ def test_reproduce_end_to_end(tmp_path):
   assert "Legacy retrieval: Recall@50 through the frozen" in out
   assert f"plot: {tmp_path / 'run' / 'legacy_retrieval.png'}" in out
   assert f"plot: {tmp_path / 'run' / f'compatibility_{BC}.png'}" in out
+  # Partial backfill at the last version: BC-Aligner's curves (test preset),
+  # from the frozen index (budget 0) to the refreshed one (budget 1).
+  measured = json.loads((tmp_path / "run" / "backfill.json").read_text())
+  assert measured["settings"]["budgets"] == [0.0, 0.1, 0.5, 1.0]
+  curves = measured["strategies"][BC]
+  assert list(curves) == ["random", "residual", "popularity", "score-error"]
+  for policy, by_metric in curves.items():
+    assert by_metric["recall@50"][0] == pytest.approx(
+        legacy[BC]["recall@50"][-1], abs=1e-12)
+    assert by_metric["recall@50"][-1] == pytest.approx(
+        legacy[BC]["refreshed_recall@50"][-1], abs=1e-12)
+  assert set(content["backfill"]["strategies"][BC]) == set(curves)
+  assert "Partial backfill of the legacy index at version 4" in out
+  assert f"plot: {tmp_path / 'run' / 'backfill.png'}" in out
   print(f"reproduce end to end: {elapsed:.1f}s")
 
 

@@ -133,3 +133,24 @@ def test_replace_dir_swaps_a_complete_directory_in(tmp_path):
   built.mkdir()
   io.replace_dir(built, fresh)  # No old directory: just renamed.
   assert fresh.is_dir() and not built.exists()
+
+
+def test_joining_a_started_run_checks_and_writes_nothing(tmp_path):
+  """A worker joins the run its main process started: while another writer
+  has a temporary at the top, joining leaves it and config.json alone."""
+  record = {"dataset": "toy", "dims": [4, 8], "lr": 0.1}
+  with pytest.raises(ValueError, match="no config.json to join"):
+    RunDir(tmp_path).write_config(record, *IDS, join=True)
+  assert not any(tmp_path.iterdir())
+  run_dir = RunDir(tmp_path)
+  run_dir.write_config(record, *IDS)
+  writing = tmp_path / io.temporary_name("retrieval.json")
+  writing.write_bytes(b"half")
+  before = run_dir.config_path.read_bytes()
+  run_dir.write_config({**record, "preset": "other"}, *IDS, join=True)
+  assert writing.read_bytes() == b"half"
+  assert run_dir.config_path.read_bytes() == before
+  with pytest.raises(ValueError, match=r"trained with lr=0.1, not 0.2"):
+    run_dir.write_config({**record, "lr": 0.2}, *IDS, join=True)
+  run_dir.write_config(record, *IDS)  # Starting (not joining) clears it.
+  assert not writing.exists()

@@ -61,17 +61,25 @@ def test_the_plan_waits_for_what_each_stage_reads():
     # The test preset's compatibility matrix is BC-Aligner's.
     assert at("compatibility") == {run.id("consumers"), run.id(BC)}
     assert at("legacy retrieval") == {run.id(n) for n in NAMES}
+    # The test preset's backfill curves are BC-Aligner's: against fix-m0's
+    # version-0 items, through the consumers.
+    assert at("backfill") == {run.id("fix-m0"), run.id(BC),
+                              run.id("consumers")}
     assert at("report") == {stages.EVALUATION, run.id("compatibility"),
-                            run.id("legacy retrieval")}
+                            run.id("legacy retrieval"), run.id("backfill")}
     # Version 0 of nobc comes before everything else of its seed.
     for stage in plan:
       if stage.id.startswith(f"seed {run.seed}: ") and stage.after:
         assert run.id("version 0") in _closure(by_id, stage.id), stage.id
+  # A run without the preset's backfill strategies has no backfill stage.
+  assert runs[0].id("backfill") not in {
+      s.id for s in stages.plan(runs[:1], ["fix-m0", "nobc"])}
   assert set(by_id[stages.EVALUATION].after) == {
       run.id(w) for run in runs for w in NAMES + ["consumers"]}
   # Only the stages that read every seed, or measure, stay in this process.
   assert {s.id for s in plan if s.local} == {stages.EVALUATION} | {
-      run.id(w) for run in runs for w in ("legacy retrieval", "report")}
+      run.id(w) for run in runs
+      for w in ("legacy retrieval", "backfill", "report")}
   # Run in order: each stage once, after everything it reads.
   cache = {}
   results = workers.run_serial(_recorded(plan), None, cache=cache)
@@ -104,9 +112,10 @@ def test_the_parallel_order_is_what_waits_then_the_plan():
   run, = _runs(0)
   plan = stages.plan([run], NAMES)
   assert workers.waiting(plan) == {run.id(w): n for w, n in (
-      ("version 0", 9), ("fix-m0", 5), ("nobc", 4), ("posthoc-lstsq", 3),
-      (BC, 4), ("consumers", 3), ("compatibility", 1),
-      ("legacy retrieval", 1), ("report", 0))} | {stages.EVALUATION: 1}
+      ("version 0", 10), ("fix-m0", 6), ("nobc", 4), ("posthoc-lstsq", 3),
+      (BC, 5), ("consumers", 4), ("compatibility", 1),
+      ("legacy retrieval", 1), ("backfill", 1), ("report", 0))} | {
+          stages.EVALUATION: 1}
 
 
 def test_plans_that_cannot_run_are_refused_before_any_stage():

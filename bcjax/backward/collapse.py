@@ -23,7 +23,7 @@ import numpy as np
 
 from bcjax.backward import chains, fits
 from bcjax.backward.maps import BackwardMap
-from bcjax.util import keys
+from bcjax.util import keys, names
 
 CHAIN, COMPOSED = "chain", "composed"
 # Distillation kinds: `fits` names, and "affine", the full-rank least-squares
@@ -205,10 +205,10 @@ def collapse(maps: Sequence[BackwardMap | None], from_version: int,
   links = _links(maps, from_version, to_version, "collapse")
   linear = all(m.kind == "linear" for m in links)
   kinds = tuple(kinds or ((COMPOSED,) if linear else DIRECT))
-  unknown = [k for k in kinds if k not in (COMPOSED, *DIRECT)]
-  if unknown or len(set(kinds)) < len(kinds):
-    raise ValueError(f"collapse: kinds {kinds} repeat or are unknown; known: "
-                     f"{', '.join((COMPOSED, *DIRECT))}")
+  for kind in kinds:
+    names.check((COMPOSED, *DIRECT), kind, "collapse kind")
+  if len(set(kinds)) < len(kinds):
+    raise ValueError(f"collapse: kinds {kinds} repeat")
   if COMPOSED in kinds and not linear:
     kind = next(m.kind for m in links if m.kind != "linear")
     raise ValueError(f"collapse: only a chain of linear maps composes "

@@ -53,6 +53,8 @@ class Experiment:
     config: the run config (`bcjax.runs.configs`; fields `times`, `dims`,
       `layers`, `batch_size`, `seed`, ...).
     workdir: the run directory (created if needed).
+    join: join a run another process started (its config.json written):
+      check the settings and write nothing (`RunDir.write_config`).
 
   Raises:
     ValueError: `dims` or `layers` do not have one entry per version, an
@@ -63,7 +65,8 @@ class Experiment:
       interactions.
   """
 
-  def __init__(self, graph: DynamicGraph, config, workdir: str | os.PathLike):
+  def __init__(self, graph: DynamicGraph, config, workdir: str | os.PathLike,
+               join: bool = False):
     self.versions = RunData(graph, config)
     self.run_dir = RunDir(workdir)
     self.workdir = self.run_dir.root
@@ -75,7 +78,7 @@ class Experiment:
                  if devices != 1 or jax.process_count() > 1 else None)
     self.run_dir.write_config(
         {**config.to_dict(), "dataset": graph.name, GRAPH: graph.fingerprint()},
-        graph.user_ids, graph.item_ids)
+        graph.user_ids, graph.item_ids, join=join)
 
   def run(self, strategy: str, versions=None) -> None:
     """Trains the given versions (default all) of a strategy, skipping those

@@ -12,7 +12,9 @@ report.json keeps the single-seed keys (each figure the mean over seeds)
 and adds `"seeds"`, `"intervals": {strategy: {figure: {"mean", "low",
 "high", "per_seed"}}}` and `"paired": {other: {figure: {"mean", "low",
 "high", "excludes_zero"}}}`; `"legacy_retrieval"` (with its ceiling) is
-the mean over the seeds that measured it (`bcjax.paper.retrieval_report`).
+the mean over the seeds that measured it, `"backfill"` the areas and curves
+of partial backfill with their intervals over those seeds
+(`bcjax.paper.retrieval_report`).
 """
 
 from __future__ import annotations
@@ -101,17 +103,10 @@ def summarize_seeds(reports: Sequence[Mapping]) -> dict:
         [r["legacy_retrieval"] for r in retrieved])
     out["legacy_retrieval_ceiling"] = retrieval_report.mean_ceiling(
         [r["legacy_retrieval_ceiling"] for r in retrieved])
+  filled = [r["backfill"] for r in reports if r.get("backfill")]
+  if filled:
+    out["backfill"] = retrieval_report.backfill_over_seeds(filled)
   return out
-
-
-def _cell(found: Mapping, digits: int = 2) -> str:
-  """"mean ± half-width" (or the mean alone without an interval)."""
-  if found["mean"] is None:
-    return "n/a"
-  if found["low"] is None:
-    return fmt(found["mean"], digits)
-  half = (found["high"] - found["low"]) / 2
-  return f"{fmt(found['mean'], digits)} ± {fmt(half, digits)}"
 
 
 def interval_table(content: Mapping) -> str:
@@ -120,7 +115,8 @@ def interval_table(content: Mapping) -> str:
            "|---|" + "---:|" * len(FIGURES)]
   for s, by_figure in content["intervals"].items():
     name = display_name(s, markdown=True)
-    cells = [_cell(by_figure[f], 4 if f == "recall50" else 2) for f in FIGURES]
+    cells = [retrieval_report.cell(by_figure[f], 4 if f == "recall50" else 2)
+             for f in FIGURES]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -197,5 +193,9 @@ def write_seeds_report(workdir: RunDir | str | os.PathLike,
                                    title)
     table += "\n\n" + retrieval_report.table(
         content["legacy_retrieval"], content["legacy_retrieval_ceiling"])
+  if content.get("backfill"):
+    paths += retrieval_report.backfill_plot(content["backfill"], run_dir.root,
+                                            title)
+    table += "\n\n" + retrieval_report.backfill_table(content["backfill"])
   return content, table, paths
 

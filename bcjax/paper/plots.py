@@ -183,3 +183,46 @@ def plot_compatibility(summary: Mapping[str, dict], out_dir: str | os.PathLike,
     plt.close(figure)
     paths.append(path)
   return paths
+
+
+def plot_budget_curves(panels: Mapping[str, Mapping[str, Mapping[str, tuple]]],
+                       budgets: Sequence[float], path: Path,
+                       title: str = "") -> None:
+  """One PNG of curves against a budget: a row of panels per metric, a
+  column per group (a strategy), a line per label (a policy) with a shaded
+  band where its interval is known.
+
+  Args:
+    panels: metric (the row's y label) -> group (the column's title) ->
+      label -> (mean, low, high), one value (or None) per budget each.
+    budgets: the x values.
+    path: the PNG written.
+    title: the figure's title.
+  """
+  plt = _pyplot()
+  as_array = lambda ys: np.asarray([np.nan if y is None else y for y in ys],
+                                   np.float64)
+  rows = list(panels)
+  columns = list(dict.fromkeys(g for by_group in panels.values()
+                               for g in by_group))
+  figure, axes = plt.subplots(len(rows), len(columns), squeeze=False,
+                              figsize=(4.5 * len(columns), 3.4 * len(rows)),
+                              layout="constrained")
+  x = np.asarray(budgets, np.float64)
+  for i, metric in enumerate(rows):
+    for j, group in enumerate(columns):
+      ax = axes[i][j]
+      for label, (mean, low, high) in panels[metric].get(group, {}).items():
+        line, = ax.plot(x, as_array(mean), "o-", label=label, markersize=3)
+        ax.fill_between(x, as_array(low), as_array(high),
+                        color=line.get_color(), alpha=0.15, linewidth=0)
+      if i == 0:
+        ax.set_title(group, fontsize=8)
+      if i == len(rows) - 1:
+        ax.set_xlabel("budget (fraction of old items re-embedded)", fontsize=7)
+      ax.set_ylabel(metric, fontsize=7)
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=6)
+  figure.suptitle(title, fontsize=9)
+  save_figure(figure, path)
+  plt.close(figure)

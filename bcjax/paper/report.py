@@ -1,9 +1,9 @@
 """The report of a finished run (method §8): table, JSON, CSV and plots.
 
 Reads the run directory (`bcjax.runs.rundir`: the config, every version's metrics
-and BC embedding, the consumers' AUCs and the compatibility matrices where
-present) and writes `report.json`, `report.csv` and PNG plots into it, every
-file atomically.
+and BC embedding, the consumers' AUCs, the compatibility matrices, the
+legacy retrieval and the backfill curves where present) and writes
+`report.json`, `report.csv` and PNG plots into it, every file atomically.
 The arithmetic (`summarize`, `compatibility.summarize`) is a pure function of
 per-version numbers, tested on its own; the plots are `bcjax.paper.plots`'.
 """
@@ -197,8 +197,11 @@ def read_report(workdir: RunDir | str | os.PathLike
   if content.get("legacy_retrieval"):
     table += "\n\n" + retrieval_report.table(
         content["legacy_retrieval"], content["legacy_retrieval_ceiling"])
+  if content.get("backfill"):
+    table += "\n\n" + retrieval_report.backfill_table(
+        retrieval_report.backfill_over_seeds([content["backfill"]]))
   names = (list(PLOTS) + [f"compatibility_{s}.png" for s in compat]
-           + [retrieval_report.PLOT])
+           + [retrieval_report.PLOT, retrieval_report.BACKFILL_PLOT])
   paths = [run_dir.report_path(n) for n in names]
   return content, table, [p for p in paths if p.exists()]
 
@@ -271,6 +274,11 @@ def write_report(workdir: RunDir | str | os.PathLike,
                               if s in strategies}
     report["legacy_retrieval"] = retrieval_report.summarize(measured)
     report["legacy_retrieval_ceiling"] = measured["ceiling"]
+  if run_dir.backfill_path.exists():
+    measured = read_json(run_dir.backfill_path)
+    measured["strategies"] = {s: r for s, r in measured["strategies"].items()
+                              if s in strategies}
+    report["backfill"] = retrieval_report.summarize_backfill(measured)
   io.save_json(run_dir.report_path("report.json"), report)
   io.save_bytes(run_dir.report_path("report.csv"),
                 csv_text(summary, num_versions).encode())
@@ -286,4 +294,8 @@ def write_report(workdir: RunDir | str | os.PathLike,
                                    title)
     table += "\n\n" + retrieval_report.table(
         report["legacy_retrieval"], report["legacy_retrieval_ceiling"])
+  if report.get("backfill"):
+    over = retrieval_report.backfill_over_seeds([report["backfill"]])
+    paths += retrieval_report.backfill_plot(over, run_dir.root, title)
+    table += "\n\n" + retrieval_report.backfill_table(over)
   return report, table, paths

@@ -8,6 +8,8 @@ resumable (it skips what the run directory holds complete):
   consumers          the unintended tasks' consumers, on fix-m0 (method §7)
   compatibility      the matrices of `config.compat.strategies`
   legacy retrieval   through a frozen version-0 index (`bcjax.evaluation.retrieval`)
+  backfill           partial backfill of that index at the last version
+                     (`bcjax.evaluation.backfill`; skipped when complete)
   report             the seed's report
 
 and one cross-version evaluation scores the consumers of every seed in one
@@ -20,8 +22,10 @@ call. The order the stages need is written here once, as each stage's
   the consumers         after fix-m0 (`consumers.REFERENCE`)
   the compatibility     after the consumers and its strategies
   legacy retrieval      after the seed's strategies
+  backfill              after fix-m0, its strategies and the consumers
   the evaluation        after every seed's strategies and consumers
-  the report            after the evaluation, compatibility and retrieval
+  the report            after the evaluation, compatibility, retrieval and
+                        backfill
 
 A base strategy that the run does not list is trained all the same.
 `workers.run_serial` or `workers.run_parallel` runs a plan; a process builds
@@ -38,6 +42,7 @@ from typing import Sequence
 import ml_collections
 
 from bcjax.evaluation import (
+  backfill,
   compatibility,
   consumers,
   retrieval,
@@ -48,6 +53,7 @@ from bcjax.paper import report
 from bcjax.paper.experiment import Experiment
 from bcjax.paper.workers import Context, Stage
 from bcjax.runs import configs, strategies
+from bcjax.runs.rundir import RunDir
 
 EVALUATION = "cross-version evaluation"
 
@@ -110,7 +116,7 @@ def seed_stages(run: SeedRun, names: Sequence[str],
                 prefix: str = "") -> list[Stage]:
   """One seed's stages (the module docstring): `names` (which list
   `consumers.REFERENCE`) trained for every version, then the consumers,
-  compatibility, retrieval and the report (after `EVALUATION`)."""
+  compatibility, retrieval, backfill and the report (after `EVALUATION`)."""
   settings = configs.validate(ml_collections.ConfigDict(run.config))
   stages = strategy_stages(run, names, len(run.config["times"]) - 1, prefix)
   trained = tuple(s.id for s in stages[1:])
@@ -133,6 +139,16 @@ def seed_stages(run: SeedRun, names: Sequence[str],
       run.id("legacy retrieval"), trained, _retrieval, (run, tuple(names)),
       f"legacy retrieval (seed {run.seed}): frozen version-0 exact and HNSW "
       "indexes", local=True))
+  filled = settings.backfill_strategies(names)
+  if filled:
+    finish.append(Stage(
+        run.id("backfill"),
+        tuple(run.id(s) for s in dict.fromkeys(
+            [retrieval.FROZEN_SOURCE, *filled])) + (run.id("consumers"),),
+        _backfill, (run, tuple(filled)),
+        f"backfill (seed {run.seed}): {', '.join(filled)} at "
+        f"{len(settings.backfill.budgets)} budgets, policies "
+        f"{', '.join(settings.backfill.policies)}", local=True))
   finish.append(Stage(
       run.id("report"), (EVALUATION,) + tuple(s.id for s in finish), _report,
       (run, tuple(names)), f"report (seed {run.seed})", local=True))
@@ -201,10 +217,14 @@ class _SeedData:
 
 
 def _seed(context: Context, run: SeedRun) -> _SeedData:
-  """The seed's `_SeedData` in this process, built on first use."""
+  """The seed's `_SeedData` in this process, built on first use; a run
+  already started (by the main process, before its workers) is joined, not
+  rewritten, so a worker never touches files another one is writing."""
   if run.root not in context.cache:
+    started = RunDir(run.root).config_path.exists()
     context.cache[run.root] = _SeedData(Experiment(
-        context.graph, ml_collections.ConfigDict(run.config), run.root))
+        context.graph, ml_collections.ConfigDict(run.config), run.root,
+        join=started))
   return context.cache[run.root]
 
 
@@ -235,6 +255,22 @@ def _retrieval(context: Context, run: SeedRun, names: tuple[str, ...]) -> None:
                          [experiment.versions.data(k).recall
                           for k in range(experiment.versions.num_versions)],
                          list(names))
+
+
+def _backfill(context: Context, run: SeedRun, names: tuple[str, ...]) -> None:
+  """The backfill curves at the last version, unless backfill.json holds
+  them for these settings."""
+  seed = _seed(context, run)
+  versions = seed.experiment.versions
+  last = versions.num_versions - 1
+  config = seed.settings.backfill
+  run_dir = seed.experiment.run_dir
+  if backfill.complete(run_dir, backfill.settings_record(
+      run_dir, config, names, last, run.seed)):
+    return
+  backfill.evaluate_run(run_dir, versions.splits[last],
+                        versions.data(last).recall, names, config,
+                        seed=run.seed, heads=seed.heads(), tasks=seed.tasks)
 
 
 def _evaluate(context: Context, runs: tuple[SeedRun, ...],

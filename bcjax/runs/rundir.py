@@ -20,6 +20,8 @@
   compatibility/<strategy>/<task>.json        a compatibility matrix
   retrieval.json                              legacy-index retrieval
                                               (`bcjax.evaluation.retrieval`)
+  backfill.json                               partial backfill curves
+                                              (`bcjax.evaluation.backfill`)
   report.json, report.csv, *.png              the report
   tensorboard/<strategy>/v<k>/                training curves (`bcjax.evaluation.curves`)
   seed<s>/...                                 with several training seeds:
@@ -141,7 +143,7 @@ class RunDir:
     return _without_checksums(read_record(self.config_path))
 
   def write_config(self, record: dict, user_ids: np.ndarray,
-                   item_ids: np.ndarray) -> None:
+                   item_ids: np.ndarray, join: bool = False) -> None:
     """Starts (or resumes) the run: checks an existing config.json before
     any file is touched, then writes the raw ids and config.json with their
     checksums; removes what a killed writer left at the top.
@@ -149,14 +151,22 @@ class RunDir:
     Args:
       record: the settings, with `GRAPH`, the graph's fingerprint.
       user_ids, item_ids: the graph's raw ids.
+      join: only check: another process started the run and may be writing
+        at its top (a worker joining the main process's run), so nothing is
+        written or removed.
 
     Raises:
       ValueError: config.json exists and is not a JSON object, one of
         `TRAINING_FIELDS` differs, or it records another graph (naming the
-        field, both values and the directory).
+        field, both values and the directory); or, to join, it is missing.
     """
     if self.config_path.exists():
       self._check_resumable(self.config(), record, (user_ids, item_ids))
+    elif join:
+      raise ValueError(f"{self.root}: no config.json to join; the run was "
+                       "never started")
+    if join:
+      return
     io.make_dir(self.root)
     io.clear_temporaries(self.root)
     digests = {self.ids_path(kind).name: io.save_npy(self.ids_path(kind), ids)
@@ -341,6 +351,11 @@ class RunDir:
   def retrieval_path(self) -> Path:
     """`retrieval.json`: Recall@K through the frozen version-0 index."""
     return self.root / "retrieval.json"
+
+  @property
+  def backfill_path(self) -> Path:
+    """`backfill.json`: the partial backfill curves of the legacy index."""
+    return self.root / "backfill.json"
 
   def report_path(self, name: str) -> Path:
     """A report file: `report.json`, `report.csv` or a plot."""

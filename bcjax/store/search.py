@@ -24,6 +24,7 @@ import numpy as np
 from bcjax.store import faiss_index
 from bcjax.store.layout import StoreError
 from bcjax.store.provenance import Space, check_same
+from bcjax.util import names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,9 +117,7 @@ def version_index(store, version: int | None = None,
   Raises:
     StoreError: an unknown version or kind.
   """
-  if kind not in faiss_index.KINDS:
-    raise StoreError(f"index kind {kind!r}; known: "
-                     f"{', '.join(faiss_index.KINDS)}")
+  names.check(faiss_index.KINDS, kind, "index kind", StoreError)
   read = store.read(version)
   return VersionIndex(read.space.version, kind,
                       faiss_index.build_index(read.items, kind),

@@ -23,9 +23,10 @@ from typing import NamedTuple, Sequence
 import ml_collections
 
 from bcjax.models import families
+from bcjax.release import backfill
 from bcjax.runs import strategies
-from bcjax.runs.strategies import STRATEGIES
-from bcjax.util import numbers
+from bcjax.runs.strategies import BC_ALIGNER_NAME, STRATEGIES
+from bcjax.util import names, numbers
 
 PRESETS = ("paper", "quick", "test")
 MAX_SEED = 2**32 - 1
@@ -85,25 +86,64 @@ class CompatConfig:
                                          getattr(self, name)))
 
 
+@dataclasses.dataclass(frozen=True)
+class BackfillConfig:
+  """The backfill stage's settings, `BackfillConfig(**config.backfill)`
+  (`validate` also makes the strategy names canonical): the curves of
+  `strategies` under every policy of `policies` (`bcjax.release.backfill`),
+  at `budgets` (from 0 to 1), as Recall@K for every K of `ks`.
+
+  Raises:
+    ValueError: an unknown or repeated policy, budgets that do not increase
+      from 0 to 1, or a non-positive K, naming the `config.backfill` field.
+  """
+  strategies: tuple[str, ...] = (BC_ALIGNER_NAME, "posthoc-lstsq")
+  policies: tuple[str, ...] = backfill.POLICIES
+  budgets: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+  ks: tuple[int, ...] = (10, 50)
+
+  def __post_init__(self):
+    field = lambda name, value: object.__setattr__(self, name, value)
+    field("strategies", tuple(self.strategies))
+    field("policies", tuple(self.policies))
+    unknown = [p for p in self.policies if p not in backfill.POLICIES]
+    if unknown or not self.policies or len(set(self.policies)) < len(
+        self.policies):
+      raise ValueError(f"config.backfill.policies must list distinct "
+                       f"policies of {', '.join(backfill.POLICIES)}; got "
+                       f"{self.policies}")
+    field("budgets", tuple(float(b) for b in backfill.check_budgets(
+        self.budgets, "config.backfill.budgets")))
+    field("ks", tuple(numbers.positive_int("config.backfill.ks", k)
+                      for k in self.ks))
+    if not self.ks:
+      raise ValueError("config.backfill.ks must list positive cut-offs, got ()")
+
+
 def get(preset: str) -> ml_collections.ConfigDict:
   """A fresh config of the named preset (`PRESETS`)."""
-  if preset not in PRESETS:
-    raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+  names.check(PRESETS, preset, "preset")
   return importlib.import_module(f"bcjax.runs.configs.{preset}").get_config()
 
 
 class Settings(NamedTuple):
-  """What a validated config means: the versions to train, the consumer and
-  compatibility settings, the training seeds, the worker processes."""
+  """What a validated config means: the versions to train, the consumer,
+  compatibility and backfill settings, the training seeds, the worker
+  processes."""
   versions: list[int]
   consumer: ConsumerConfig
   compat: CompatConfig
   seeds: list[int]
   workers: int = 1
+  backfill: BackfillConfig = BackfillConfig()
 
   def compat_strategies(self, names: Sequence[str]) -> list[str]:
     """The compatibility matrix's strategies among those a run trains."""
     return [s for s in self.compat.strategies if s in names]
+
+  def backfill_strategies(self, names: Sequence[str]) -> list[str]:
+    """The backfill curves' strategies among those a run trains."""
+    return [s for s in self.backfill.strategies if s in names]
 
 
 def validate(config: ml_collections.ConfigDict) -> Settings:
@@ -156,9 +196,13 @@ def validate(config: ml_collections.ConfigDict) -> Settings:
   compat = CompatConfig(**config.compat)
   compat = dataclasses.replace(compat, strategies=tuple(
       strategies.get(s).name for s in compat.strategies))
+  filling = BackfillConfig(**config.get("backfill", {}))
+  filling = dataclasses.replace(filling, strategies=tuple(
+      strategies.get(s).name for s in filling.strategies))
   seeds = [int(config.seed) + i for i in range(int(config.get("seeds", 1)))]
   return Settings(_versions(config.versions, num_versions),
-                  ConsumerConfig(**config.consumer), compat, seeds, workers)
+                  ConsumerConfig(**config.consumer), compat, seeds, workers,
+                  filling)
 
 
 def resolve(config: ml_collections.ConfigDict

@@ -3,7 +3,7 @@
 import ml_collections
 
 from bcjax.data import PAPER_TIMES
-from bcjax.runs.strategies import STRATEGIES
+from bcjax.runs.strategies import BC_ALIGNER_NAME, STRATEGIES
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -45,4 +45,11 @@ def get_config() -> ml_collections.ConfigDict:
   # later one; h and dropout those the main consumers chose on validation.
   config.compat = ml_collections.ConfigDict(dict(
       strategies=tuple(STRATEGIES), epochs=300, seeds=10))
+  # Beyond the paper: partial backfill of the legacy index at the last
+  # version (configs.BackfillConfig, method §11): the old items re-embedded
+  # in each policy's order, Recall@K (and the item consumers) per budget.
+  config.backfill = ml_collections.ConfigDict(dict(
+      strategies=(BC_ALIGNER_NAME, "posthoc-lstsq"),
+      policies=("random", "residual", "popularity", "score-error"),
+      budgets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0), ks=(10, 50)))
   return config

@@ -22,4 +22,6 @@ def get_config():
   config.compat.strategies = ("joint-lin-mloss",)
   config.compat.epochs = 2
   config.compat.seeds = 1
+  config.backfill.strategies = ("joint-lin-mloss",)
+  config.backfill.budgets = (0.0, 0.1, 0.5, 1.0)
   return config
