@@ -188,14 +188,9 @@ def write_seeds_report(workdir: RunDir | str | os.PathLike,
     table += "\n\n" + paired_table(content)
   if content["compatibility"]:
     table += "\n\n" + report.compatibility_table(content["compatibility"])
-  if content.get("legacy_retrieval"):
-    paths += retrieval_report.plot(content["legacy_retrieval"], run_dir.root,
-                                   title)
-    table += "\n\n" + retrieval_report.table(
-        content["legacy_retrieval"], content["legacy_retrieval_ceiling"])
-  if content.get("backfill"):
-    paths += retrieval_report.backfill_plot(content["backfill"], run_dir.root,
-                                            title)
-    table += "\n\n" + retrieval_report.backfill_table(content["backfill"])
+  more_paths, more = retrieval_report.sections(
+      content.get("legacy_retrieval"), content.get("legacy_retrieval_ceiling"),
+      content.get("backfill"), run_dir.root, title)
+  paths, table = paths + more_paths, table + more
   return content, table, paths
 

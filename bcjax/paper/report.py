@@ -289,13 +289,9 @@ def write_report(workdir: RunDir | str | os.PathLike,
   table = markdown_table(summary)
   if compat:
     table += "\n\n" + compatibility_table(compat)
-  if report.get("legacy_retrieval"):
-    paths += retrieval_report.plot(report["legacy_retrieval"], run_dir.root,
-                                   title)
-    table += "\n\n" + retrieval_report.table(
-        report["legacy_retrieval"], report["legacy_retrieval_ceiling"])
-  if report.get("backfill"):
-    over = retrieval_report.backfill_over_seeds([report["backfill"]])
-    paths += retrieval_report.backfill_plot(over, run_dir.root, title)
-    table += "\n\n" + retrieval_report.backfill_table(over)
+  more_paths, more = retrieval_report.sections(
+      report.get("legacy_retrieval"), report.get("legacy_retrieval_ceiling"),
+      report.get("backfill") and retrieval_report.backfill_over_seeds(
+          [report["backfill"]]), run_dir.root, title)
+  paths, table = paths + more_paths, table + more
   return report, table, paths

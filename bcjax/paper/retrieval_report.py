@@ -290,3 +290,28 @@ def backfill_plot(content: Mapping, out_dir: str | os.PathLike,
   plot_budget_curves(panels, content["budgets"], path,
                      f"{title}: backfill at version {content['version']}")
   return [path]
+
+
+def sections(retrieval: Mapping | None, ceiling: Mapping | None,
+             backfill_content: Mapping | None, out_dir: str | os.PathLike,
+             title: str) -> tuple[list[Path], str]:
+  """The legacy-retrieval and backfill sections of a report, one seed's or
+  several seeds' alike: their plots, and their tables after two newlines
+  each ("" when neither was measured).
+
+  Args:
+    retrieval: `summarize`'s (or `mean_over_seeds`'), or None.
+    ceiling: the refreshed ceiling of `table`.
+    backfill_content: `backfill_over_seeds`', or None.
+    out_dir: where the plots go.
+    title: the plots' title.
+  """
+  paths, text = [], ""
+  if retrieval:
+    paths += plot(retrieval, out_dir, title)
+    text += "\n\n" + table(retrieval, ceiling)
+  if backfill_content:
+    paths += backfill_plot(backfill_content, out_dir, title)
+    text += "\n\n" + backfill_table(backfill_content)
+  return paths, text
+
