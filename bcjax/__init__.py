@@ -14,6 +14,9 @@ The model-agnostic surface (see the README's "Bring your own model")::
   backward, losses                             backward maps and alignment
   metrics, data                                Recall@K, ROC-AUC; datasets
   EmbeddingStore                               the versioned store consumers read
+  registry, gate, backfill                     a release: consumers registered
+                                               with the store, the gate before
+                                               publishing, partial backfill
   reproduce, print_report                      the paper's main job and its
                                                report (`bcjax.paper.pipeline`,
                                                imported on first use)
@@ -24,12 +27,15 @@ from bcjax.core import losses, metrics
 from bcjax.core.nodes import previous_ids, split_nodes
 from bcjax.core.tasks import BPRTask, Task, epoch_batches
 from bcjax.core.epoch import BC_ALIGNER, Objective, embed
-from bcjax.core.training import Checkpointing, Result, Schedule, fit
+from bcjax.core.training import Result, fit
 from bcjax.data import TripleSampler
 from bcjax.models.interface import EmbeddingModel, FlaxModel, FunctionalModel
+from bcjax.release import backfill, gate
 from bcjax.release.lineage import Lineage, fill_from_neighbours
-from bcjax.store import EmbeddingStore, StoreError
+from bcjax.store import EmbeddingStore, StoreError, registry
 from bcjax.util import keys
+from bcjax.util.checkpointing import Checkpointing
+from bcjax.util.loop import Schedule
 
 __version__ = "0.1.0"
 
@@ -48,7 +54,8 @@ def __getattr__(name: str):
 __all__ = [
     "BC_ALIGNER", "BPRTask", "Checkpointing", "EmbeddingModel",
     "EmbeddingStore", "FlaxModel", "FunctionalModel", "Lineage", "Objective",
-    "Result", "Schedule", "StoreError", "Task", "TripleSampler", "backward",
-    "data", "embed", "epoch_batches", "fill_from_neighbours", "fit", "keys", "losses",
-    "metrics", "previous_ids", "print_report", "reproduce", "split_nodes",
+    "Result", "Schedule", "StoreError", "Task", "TripleSampler", "backfill",
+    "backward", "data", "embed", "epoch_batches", "fill_from_neighbours",
+    "fit", "gate", "keys", "losses", "metrics", "previous_ids", "print_report",
+    "registry", "reproduce", "split_nodes",
 ]

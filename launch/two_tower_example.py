@@ -17,7 +17,10 @@ Each version's embeddings are published to an `EmbeddingStore`
 consumer -- logistic regression
 predicting "the item's mean rating is above the median", a label the
 recommender never sees (BPR uses implicit feedback only) -- is trained once
-on version-0 item embeddings. Its ROC-AUC on held-out items is then measured
+on version-0 item embeddings and registered with the store; every later
+version passes the release gate (`bcjax.gate.check`: the consumer scored
+through the chain against its version-0 baseline) before it is published.
+Its ROC-AUC on held-out items is then measured
 on (a) the version-0 embeddings it was trained on, (b) the version-2
 embeddings read back from the store in version 0's space, and (c) the first
 d_0 dimensions of the raw version-2 embeddings (no backward compatibility).
@@ -106,6 +109,13 @@ def score_consumer(c, x, y) -> dict:
           "accuracy": float(jnp.mean((logits > 0) == y))}
 
 
+def linear_head(c) -> "bcjax.registry.LinearHead":
+  """The consumer as the store's registry holds it: x @ w' + b'."""
+  weights = np.asarray(c["w"] / c["std"], np.float64)
+  return bcjax.registry.LinearHead(
+      weights, float(c["b"]) - float(np.asarray(c["mean"]) @ weights))
+
+
 def run(workdir: str, size: str = "test", seed: int = 0) -> dict:
   """Trains three versions, fills the store, scores the frozen consumer."""
   cfg = SIZES[size]
@@ -116,6 +126,12 @@ def run(workdir: str, size: str = "test", seed: int = 0) -> dict:
   task, key = bcjax.BPRTask(reg=0.01), bcjax.keys.root(seed)
   tx = optax.adam(cfg["lr"])  # One optimizer object: one compiled epoch.
   lineage, result = bcjax.Lineage(), {}
+  # The frozen consumer: version-0 items, label = mean rating above median.
+  stats = data.item_stats(splits[0].train_item, splits[0].train_rating,
+                          splits[0].num_items)
+  labels = stats.mean > np.median(stats.mean)
+  held_out = np.random.default_rng(seed).random(len(stats.item)) < 0.4
+  train, test = stats.item[~held_out], stats.item[held_out]
   for k, (split, d) in enumerate(zip(splits, cfg["dims"])):
     inputs = make_inputs(split, num_users, num_items)
     model = bcjax.FlaxModel(TwoTower(d, num_items, cfg["hidden"],
@@ -140,25 +156,26 @@ def run(workdir: str, size: str = "test", seed: int = 0) -> dict:
                                 select="recall@20"),
         tx=tx, label=f"v{k}")
     z = np.asarray(lineage.embed(inputs))
-    items = z[num_users:num_users + split.num_items]
-    lineage.publish(f"{workdir}/store", z[:split.num_users], items,
-                    graph.user_ids[:split.num_users],
-                    graph.item_ids[:split.num_items], dataset=graph.name,
-                    strategy="two-tower")
+    users, items = z[:split.num_users], z[num_users:num_users + split.num_items]
+    ids = (graph.user_ids[:split.num_users], graph.item_ids[:split.num_items])
+    if k:  # The release gate over the registered consumer, then publish.
+      report = bcjax.gate.check(lineage.store, bcjax.gate.Candidate(
+          users, items, lineage.backward[-1], *ids))
+      print(report)
+      result[f"gate v{k}"] = report.passed
+    lineage.publish(f"{workdir}/store", users, items, *ids,
+                    dataset=graph.name, strategy="two-tower")
     if k == 0:
       v0_items = items
+      consumer = train_consumer(jnp.asarray(v0_items[train]),
+                                jnp.asarray(labels[~held_out], jnp.float32))
+      bcjax.registry.register_classifier(
+          lineage.store, "rating-above-median", 0, linear_head(consumer),
+          ["item"], graph.item_ids[test], labels[held_out])
     result[f"recall@20 v{k}"] = fitted.metrics["recall@20"]
     print(f"v{k}: d={d} recall@20={fitted.metrics['recall@20']:.4f} "
           f"(epoch {fitted.epoch})")
 
-  # The frozen consumer: version-0 items, label = mean rating above median.
-  stats = data.item_stats(splits[0].train_item, splits[0].train_rating,
-                     splits[0].num_items)
-  labels = stats.mean > np.median(stats.mean)
-  held_out = np.random.default_rng(seed).random(len(stats.item)) < 0.4
-  train, test = stats.item[~held_out], stats.item[held_out]
-  consumer = train_consumer(jnp.asarray(v0_items[train]),
-                            jnp.asarray(labels[~held_out], jnp.float32))
   reopened = bcjax.EmbeddingStore.open(f"{workdir}/store")
   d0 = reopened.dims[0]
   tables = {"a: v0": v0_items,

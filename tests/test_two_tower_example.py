@@ -37,6 +37,8 @@ def test_frozen_consumer_keeps_its_accuracy_on_version_2(tmp_path):
   assert b > c + 0.15  # Reading the raw version-2 prefix does not.
   for k in range(3):
     assert result[f"recall@20 v{k}"] > 0.05
+  # The registered consumer let versions 1 and 2 through the release gate.
+  assert result["gate v1"] and result["gate v2"]
 
 
 def test_the_example_uses_only_the_top_level_api():
