@@ -154,10 +154,11 @@ def summarize_backfill(measured: Mapping) -> dict:
     measured: backfill.json's content (`backfill.evaluate_run`).
 
   Returns:
-    `{"version", "budgets", "consumer_tasks", "strategies": {s: {policy:
-    {"curves": {metric: per budget}, "area": {metric: area under the curve
-    (`backfill.area`)}, "at_budget": {metric: the curve at TABLE_BUDGET}}}}}`;
-    an area or value is None where the curve misses a value.
+    The curves and areas by strategy and policy (an area or value is None
+    where the curve misses a value; areas by `backfill.area`), as
+    ``{"version", "budgets", "consumer_tasks", "strategies": {s: {policy:
+    {"curves": {metric: per budget}, "area": {metric: area}, "at_budget":
+    {metric: the curve at TABLE_BUDGET}}}}}``.
   """
   budgets = measured["settings"]["budgets"]
 
@@ -187,11 +188,13 @@ def backfill_over_seeds(records: Sequence[Mapping]) -> dict:
     records: one per seed, measured at the same budgets.
 
   Returns:
-    `{"version", "budgets", "seeds", "consumer_tasks", "strategies": {s:
+    The intervals (`bcjax.util.intervals`) for the (strategy, policy)
+    pairs every seed has, "area_vs_random" the paired interval of the area
+    minus random's, as
+    ``{"version", "budgets", "seeds", "consumer_tasks", "strategies": {s:
     {policy: {"curves": {metric: {"mean", "low", "high"} per budget},
     "area", "at_budget": {metric: interval}, "area_vs_random": {metric:
-    paired interval of the area minus random's}}}}}` (`bcjax.util.intervals`)
-    for the (strategy, policy) pairs every seed has.
+    interval}}}}}``.
 
   Raises:
     ValueError: seeds measured at different budgets.

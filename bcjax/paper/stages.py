@@ -1,7 +1,7 @@
 """The main job as a plan of stages, and what each stage reads.
 
 A training seed's work is a list of stages (`workers.Stage`), each
-resumable (it skips what the run directory holds complete):
+resumable (it skips what the run directory holds complete)::
 
   version 0          nobc's version 0, which every strategy starts from
   <strategy>         one per strategy: its versions 0..K-1, in turn
@@ -14,7 +14,7 @@ resumable (it skips what the run directory holds complete):
 
 and one cross-version evaluation scores the consumers of every seed in one
 call. The order the stages need is written here once, as each stage's
-`after` (the stages whose artifacts it reads):
+`after` (the stages whose artifacts it reads)::
 
   version 0 of nobc     before every strategy of its seed
   version k             after version k-1 of the same strategy (its stage)

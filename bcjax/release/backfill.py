@@ -8,7 +8,7 @@ vector by the newest model's, mapped into version 0's space (its BC
 embedding). A budget b in [0, 1] re-embeds the first `budget_count(b, n)`
 items of an order; the backfill curve is a metric at each budget (budget 0:
 the frozen table, budget 1: every item refreshed) and `area` its normalised
-area. The orders (`POLICIES`):
+area. The orders (`POLICIES`)::
 
   random       a permutation drawn from a key: the baseline
   residual     largest alignment residual ||newest - frozen|| first: the

@@ -154,7 +154,7 @@ def recall_at_k(index: faiss.Index, queries: np.ndarray, relevant: np.ndarray,
 
   Each query retrieves K plus its most excluded items (all at most), the
   excluded are filtered out, ties go to the lower item id
-  (`faiss_index.search`), and recall is |top-K ∩ relevant| / |relevant|.
+  (`faiss_index.search`), and recall is ``|top-K ∩ relevant| / |relevant|``.
 
   Args:
     index: an index, id = item row.
