@@ -4,16 +4,17 @@
 version, the consumers of the unintended tasks on fix-m0's version-0
 embeddings, scores them on every strategy and version, computes the
 compatibility matrices of `config.compat.strategies`, measures retrieval
-through a frozen version-0 index (`bcjax.evaluation.retrieval`), and writes the report:
+through a frozen version-0 index (`bcjax.evaluation.retrieval`) and its
+partial backfill (`bcjax.evaluation.backfill`), and writes the report:
 the plan of `bcjax.paper.stages`, run in this process or, with `config.workers` =
 W > 1, on W worker processes (`bcjax.paper.workers`). With `config.seeds` = S > 1
 it does so for the training seeds config.seed .. config.seed + S - 1, each
 in its own run directory `seed<s>/` (the cross-version evaluation scores
 every training seed in one call), and writes the report over seeds
 (`bcjax.paper.multiseed`: intervals and paired differences) at the top.
-It is resumable: complete versions, saved consumers and saved compatibility
-matrices are reused; the cross-version evaluation, the legacy retrieval and
-the report (seconds) are always redone. `launch/reproduce.py` is its command
+It is resumable: complete versions, saved consumers, saved compatibility
+matrices and backfill curves are reused; the cross-version evaluation, the
+legacy retrieval and the report (seconds) are always redone. `launch/reproduce.py` is its command
 line; the notebooks call it directly.
 """
 

@@ -9,11 +9,12 @@ A run's keys form a tree (method §9)::
   │  └─ epoch/e                               epoch e's batches
   │     ├─ triples                            the BPR triples
   │     └─ neighbours                         the sampled trees (fanout > 0)
-  └─ consumers:<task>                         a task's consumers (any strategy)
-     ├─ heads/h/s                             seed s of hidden size h
-     │  └─ epoch/e/order, epoch/e/dropout     the order on the host, the
-     │        └─ batch/i                      dropout masks under jit
-     └─ compat/j                              compatibility row j's consumers
+  ├─ consumers:<task>                         a task's consumers (any strategy)
+  │  ├─ heads/h/s                             seed s of hidden size h
+  │  │  └─ epoch/e/order, epoch/e/dropout     the order on the host, the
+  │  │        └─ batch/i                      dropout masks under jit
+  │  └─ compat/j                              compatibility row j's consumers
+  └─ backfill:random                          the random backfill order
 
 A name is folded in as its CRC32, an index as itself, so two different
 paths give two different keys (checked in `tests/test_keys.py` on every
